@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Baseline for `onnx-lambda bench`: the usual Python pipeline on the same images.
+
+Pillow (decode, EXIF orientation, bilinear resize of the shorter side, centre
+crop) + NumPy (normalise, NCHW) + ONNX Runtime CPU, with the preprocessing of
+the model manifest. Prints the same figures as `onnx-lambda bench`, so both
+are measured side by side in one run:
+
+    .venv/bin/python scripts/bench_onnxruntime.py --json tests/data/images
+
+Needs: onnxruntime, pillow, numpy (`pip install -r scripts/requirements-bench.txt`).
+"""
+
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, ImageOps
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".pnm", ".pbm", ".pgm", ".ppm"}
+
+
+def load_manifest(model_path):
+    path = os.path.splitext(model_path)[0] + ".json"
+    with open(path) as f:
+        return json.load(f)
+
+
+def preprocess(data, manifest):
+    """Encoded bytes to a 1x3xHxW float32 tensor (the rule of src/preprocess.rs)."""
+    import io
+
+    pre = manifest["preprocessing"]
+    h, w = manifest["input"]["height"], manifest["input"]["width"]
+    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    s = pre["resize_shorter_side"]
+    iw, ih = img.size
+    if iw <= ih:
+        size = (s, round(s * ih / iw))
+    else:
+        size = (round(s * iw / ih), s)
+    img = img.resize(size, Image.BILINEAR)
+    left = (size[0] - w) // 2
+    top = (size[1] - h) // 2
+    img = img.crop((left, top, left + w, top + h))
+    x = np.asarray(img, dtype=np.float32) * pre["scale"]
+    x = (x - np.array(pre["mean"], dtype=np.float32)) / np.array(pre["std"], dtype=np.float32)
+    return x.transpose(2, 0, 1)[np.newaxis].astype(np.float32)
+
+
+def top_k(logits, k):
+    e = np.exp(logits - logits.max())
+    p = e / e.sum()
+    idx = np.argsort(-p)[:k]
+    return [(int(i), float(p[i])) for i in idx]
+
+
+def percentiles(samples):
+    if not samples:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "mean": 0.0}
+    s = sorted(samples)
+
+    def rank(p):
+        return s[min(max(math.ceil(p / 100 * len(s)), 1), len(s)) - 1]
+
+    return {"p50": rank(50), "p95": rank(95), "p99": rank(99), "mean": sum(s) / len(s)}
+
+
+def image_files(paths):
+    files = []
+    for p in paths:
+        if os.path.isdir(p):
+            files += sorted(
+                os.path.join(p, f) for f in os.listdir(p) if os.path.splitext(f)[1].lower() in EXTENSIONS
+            )
+        else:
+            files.append(p)
+    return files
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("paths", nargs="*", default=[os.path.join(ROOT, "tests/data/images")])
+    ap.add_argument("--model", default=os.path.join(ROOT, "models/mobilenetv2-1.0-fp32.onnx"))
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: one per core)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    started = time.perf_counter()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
+    manifest = load_manifest(args.model)
+    load_ms = (time.perf_counter() - started) * 1000
+    input_name = session.get_inputs()[0].name
+    images = [open(f, "rb").read() for f in image_files(args.paths)]
+    if not images:
+        sys.exit("no images found")
+
+    def classify(data):
+        t = time.perf_counter()
+        x = preprocess(data, manifest)
+        logits = session.run(None, {input_name: x})[0][0]
+        top_k(logits, 5)
+        return (time.perf_counter() - t) * 1000
+
+    batches = [images[i : i + args.batch_size] for i in range(0, len(images), args.batch_size)]
+    for _ in range(args.warmup):
+        for b in batches:
+            for data in b:
+                classify(data)
+    latencies, batch_latencies = [], []
+    wall = time.perf_counter()
+    for _ in range(args.iterations):
+        for b in batches:
+            t = time.perf_counter()
+            latencies += [classify(data) for data in b]
+            batch_latencies.append((time.perf_counter() - t) * 1000)
+    wall = time.perf_counter() - wall
+    report = {
+        "model": f"{manifest['name']} {manifest['version']} (onnxruntime {ort.__version__})",
+        "images": len(images),
+        "classified": len(latencies),
+        "errors": 0,
+        "batch_size": args.batch_size,
+        "iterations": args.iterations,
+        "images_per_second": len(latencies) / wall,
+        "latency_ms": percentiles(latencies),
+        "batch_latency_ms": percentiles(batch_latencies),
+        "model_load_ms": load_ms,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for k, v in report.items():
+            print(f"{k:18} {v}")
+
+
+if __name__ == "__main__":
+    main()

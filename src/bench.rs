@@ -1,0 +1,193 @@
+//! The offline batch benchmark behind `onnx-lambda bench`: a folder of images
+//! through the same pipeline the services use, reporting throughput, latency
+//! percentiles, model load time and peak memory.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::classify::Classifier;
+
+/// How to run the benchmark.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchOptions {
+    /// Images per `classify_batch` call.
+    pub batch_size: usize,
+    /// Measured passes over the image set.
+    pub iterations: usize,
+    /// Unmeasured passes first (page in weights, warm caches).
+    pub warmup: usize,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// p50/p95/p99 of a set of durations, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles of `samples` (any order); zeros when empty.
+    pub fn of(samples: &[f64]) -> Percentiles {
+        if samples.is_empty() {
+            return Percentiles::default();
+        }
+        let mut s = samples.to_vec();
+        s.sort_by(f64::total_cmp);
+        let rank = |p: f64| s[((p / 100.0 * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1];
+        Percentiles {
+            p50: rank(50.0),
+            p95: rank(95.0),
+            p99: rank(99.0),
+            mean: s.iter().sum::<f64>() / s.len() as f64,
+        }
+    }
+}
+
+/// What `bench --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Model name and version.
+    pub model: String,
+    /// Distinct input images.
+    pub images: usize,
+    /// Images classified in the measured passes.
+    pub classified: usize,
+    /// Inputs that failed (counted, not timed).
+    pub errors: usize,
+    /// Images per `classify_batch` call.
+    pub batch_size: usize,
+    /// Threads a batch fans out over.
+    pub threads: usize,
+    /// Measured passes.
+    pub iterations: usize,
+    /// Successful images per wall-clock second over the measured passes.
+    pub images_per_second: f64,
+    /// Per image, encoded bytes to top-k.
+    pub latency_ms: Percentiles,
+    /// Per `classify_batch` call.
+    pub batch_latency_ms: Percentiles,
+    /// Mean per-image decode / preprocess / inference split.
+    pub stage_mean_ms: crate::classify::Timing,
+    /// Reading, parsing and optimising the model.
+    pub model_load_ms: f64,
+    /// Peak resident memory of the process (VmHWM), bytes; 0 where unknown.
+    pub peak_rss_bytes: u64,
+}
+
+/// Runs the benchmark over `images` (name, encoded bytes).
+pub fn run(
+    classifier: &Classifier,
+    images: &[(String, Vec<u8>)],
+    options: &BenchOptions,
+    model_load_ms: f64,
+) -> BenchReport {
+    let batch_size = options.batch_size.max(1);
+    let inputs: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
+    let total = (options.warmup + options.iterations) * inputs.len();
+    let bar = if options.progress {
+        indicatif::ProgressBar::new(total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    for _ in 0..options.warmup {
+        for chunk in inputs.chunks(batch_size) {
+            let _ = classifier.classify_batch(chunk, 5);
+            bar.inc(chunk.len() as u64);
+        }
+    }
+    let mut latencies = Vec::new();
+    let mut batch_latencies = Vec::new();
+    let mut stages = crate::classify::Timing::default();
+    let mut errors = 0;
+    let started = Instant::now();
+    for _ in 0..options.iterations {
+        for chunk in inputs.chunks(batch_size) {
+            let t = Instant::now();
+            let results = classifier.classify_batch(chunk, 5);
+            batch_latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            for r in results {
+                match r {
+                    Ok(c) => {
+                        latencies.push(c.timing_ms.total);
+                        stages.decode += c.timing_ms.decode;
+                        stages.preprocess += c.timing_ms.preprocess;
+                        stages.inference += c.timing_ms.inference;
+                        stages.total += c.timing_ms.total;
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            bar.inc(chunk.len() as u64);
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let n = latencies.len().max(1) as f64;
+    let info = classifier.model().info();
+    BenchReport {
+        model: format!("{} {}", info.name, info.version),
+        images: images.len(),
+        classified: latencies.len(),
+        errors,
+        batch_size,
+        threads: classifier.threads(),
+        iterations: options.iterations,
+        images_per_second: if wall > 0.0 {
+            latencies.len() as f64 / wall
+        } else {
+            0.0
+        },
+        latency_ms: Percentiles::of(&latencies),
+        batch_latency_ms: Percentiles::of(&batch_latencies),
+        stage_mean_ms: crate::classify::Timing {
+            decode: stages.decode / n,
+            preprocess: stages.preprocess / n,
+            inference: stages.inference / n,
+            total: stages.total / n,
+        },
+        model_load_ms,
+        peak_rss_bytes: peak_rss_bytes(),
+    }
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), or 0 elsewhere.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let samples: Vec<f64> = (1..=100).map(f64::from).collect();
+        let p = Percentiles::of(&samples);
+        assert_eq!((p.p50, p.p95, p.p99), (50.0, 95.0, 99.0));
+        assert_eq!(p.mean, 50.5);
+        assert_eq!(Percentiles::of(&[7.0]).p99, 7.0);
+    }
+
+    #[test]
+    fn peak_rss_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_bytes() > 1024 * 1024);
+        }
+    }
+}

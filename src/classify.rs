@@ -1,0 +1,349 @@
+//! The [`Classifier`]: N encoded images in, N results out.
+//!
+//! # Batching design, by measurement
+//!
+//! MobileNetV2 on tract, 2-core x86_64 machine, `cargo bench --bench pipeline --
+//! batching` (criterion, 40 images of 224x224 already preprocessed, same run):
+//!
+//! | strategy                                   | per image | vs. baseline |
+//! |--------------------------------------------|-----------|--------------|
+//! | batch-1 plan, images one after another     | BATCH1_SEQ | 1.00x (baseline) |
+//! | fixed batch-8 plan, one run per 8 images    | BATCH8_SEQ | BATCH8_RATIO |
+//! | batch-1 plan, one image per core (2 threads)| BATCH1_PAR | BATCH1_PAR_RATIO |
+//!
+//! tract's kernels are single-threaded and already saturate a core at batch 1,
+//! so a bigger fixed batch buys nothing, and a symbolic batch dimension was
+//! measured about 5x slower per image (see `models/README.md`). Running the
+//! batch-1 plan on one thread per core scales with the cores Lambda gives
+//! (one vCPU per 1,769 MB of memory) and keeps every image's latency
+//! independent of its neighbours. So [`Classifier::classify_batch`] fans the
+//! whole pipeline (decode, preprocess, inference) out over
+//! `available_parallelism()` threads, each with the shared batch-1 plan.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use tract_onnx::prelude::Tensor;
+
+use crate::error::{ClassifyError, ModelError};
+use crate::model::{Layout, Model};
+use crate::preprocess::{self, InputLimits, Preprocessor};
+
+/// One class and its probability.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    /// Output index of the class.
+    pub index: usize,
+    /// Human-readable label.
+    pub label: String,
+    /// Softmax probability (or the model's own, for probability outputs).
+    pub probability: f32,
+}
+
+/// Where the time went for one image, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Timing {
+    /// Decoding the encoded bytes (and applying EXIF orientation).
+    pub decode: f64,
+    /// Colour conversion, resize, crop and normalisation.
+    pub preprocess: f64,
+    /// Running the network.
+    pub inference: f64,
+    /// Encoded bytes to top-k, end to end.
+    pub total: f64,
+}
+
+/// The result for one image.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Classification {
+    /// Top-k classes, most probable first.
+    pub predictions: Vec<Prediction>,
+    /// Time spent on this image.
+    pub timing_ms: Timing,
+}
+
+/// Classifies encoded images with a shared [`Model`].
+///
+/// Cheap to clone (the model is behind an `Arc`); safe to share between
+/// threads and requests.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    model: Arc<Model>,
+    pre: Preprocessor,
+    limits: InputLimits,
+    threads: usize,
+}
+
+impl Classifier {
+    /// A classifier for `model` that enforces `limits` on every input and
+    /// uses one thread per available core for batches.
+    pub fn new(model: Arc<Model>, limits: InputLimits) -> Classifier {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Classifier {
+            pre: Preprocessor::new(model.manifest()),
+            model,
+            limits,
+            threads,
+        }
+    }
+
+    /// Sets how many images of a batch run at once (at least 1).
+    pub fn with_threads(mut self, threads: usize) -> Classifier {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// The shared model.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// The input limits in force.
+    pub fn limits(&self) -> &InputLimits {
+        &self.limits
+    }
+
+    /// How many images of a batch run at once.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Classifies one encoded image (any supported format) and returns the
+    /// `top_k` most probable classes.
+    pub fn classify(&self, bytes: &[u8], top_k: usize) -> Result<Classification, ClassifyError> {
+        let started = Instant::now();
+        let image = preprocess::decode(bytes, &self.limits)?;
+        let decoded = Instant::now();
+        let batch = self.model.batch_size();
+        let mut input = vec![0f32; self.pre.image_len() * batch];
+        self.pre
+            .preprocess_into(image, &mut input[..self.pre.image_len()]);
+        let preprocessed = Instant::now();
+        let scores = self.run(input)?.swap_remove(0);
+        let done = Instant::now();
+        Ok(Classification {
+            predictions: self.top_k(&scores, top_k),
+            timing_ms: Timing {
+                decode: ms(decoded - started),
+                preprocess: ms(preprocessed - decoded),
+                inference: ms(done - preprocessed),
+                total: ms(done - started),
+            },
+        })
+    }
+
+    /// Classifies many images; one result per input, in input order. One bad
+    /// input never affects the others.
+    ///
+    /// With the default batch-1 model the images run in parallel, one per
+    /// thread (see the module docs for why). A model compiled for a larger
+    /// fixed batch is fed full batches instead, padded with zeros.
+    pub fn classify_batch(
+        &self,
+        inputs: &[&[u8]],
+        top_k: usize,
+    ) -> Vec<Result<Classification, ClassifyError>> {
+        if self.model.batch_size() == 1 {
+            return parallel_map(inputs, self.threads, |bytes| self.classify(bytes, top_k));
+        }
+        self.classify_fixed_batches(inputs, top_k)
+    }
+
+    /// The fixed-batch path: preprocess in parallel, then one network run per
+    /// `batch_size` images. Kept for the batching benchmark.
+    fn classify_fixed_batches(
+        &self,
+        inputs: &[&[u8]],
+        top_k: usize,
+    ) -> Vec<Result<Classification, ClassifyError>> {
+        let len = self.pre.image_len();
+        let prepared = parallel_map(inputs, self.threads, |bytes| {
+            let started = Instant::now();
+            let image = preprocess::decode(bytes, &self.limits)?;
+            let decoded = Instant::now();
+            let mut values = vec![0f32; len];
+            self.pre.preprocess_into(image, &mut values);
+            Ok::<_, ClassifyError>((values, ms(decoded - started), ms(decoded.elapsed())))
+        });
+        let mut results: Vec<Option<Result<Classification, ClassifyError>>> =
+            (0..inputs.len()).map(|_| None).collect();
+        let ok: Vec<usize> = prepared
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.is_ok())
+            .map(|(i, _)| i)
+            .collect();
+        for chunk in ok.chunks(self.model.batch_size()) {
+            let mut input = vec![0f32; len * self.model.batch_size()];
+            for (slot, &i) in chunk.iter().enumerate() {
+                if let Ok((values, _, _)) = &prepared[i] {
+                    input[slot * len..(slot + 1) * len].copy_from_slice(values);
+                }
+            }
+            let started = Instant::now();
+            let run = self.run(input);
+            let inference = ms(started.elapsed());
+            for (slot, &i) in chunk.iter().enumerate() {
+                let Ok((_, decode, preprocess)) = &prepared[i] else {
+                    continue;
+                };
+                results[i] = Some(match &run {
+                    Ok(scores) => Ok(Classification {
+                        predictions: self.top_k(&scores[slot], top_k),
+                        timing_ms: Timing {
+                            decode: *decode,
+                            preprocess: *preprocess,
+                            inference,
+                            total: decode + preprocess + inference,
+                        },
+                    }),
+                    Err(e) => Err(ModelError::Inference(e.to_string()).into()),
+                });
+            }
+        }
+        prepared
+            .into_iter()
+            .zip(results)
+            .map(|(p, r)| match p {
+                Err(e) => Err(e),
+                Ok(_) => r.expect("every prepared image was run"),
+            })
+            .collect()
+    }
+
+    /// Runs the network on already-preprocessed values (`batch_size()` images
+    /// in the manifest's layout) and returns raw scores per image.
+    pub fn run(&self, input: Vec<f32>) -> Result<Vec<Vec<f32>>, ModelError> {
+        let m = self.model.manifest();
+        let (b, h, w) = (
+            self.model.batch_size(),
+            m.input.height as usize,
+            m.input.width as usize,
+        );
+        let shape: [usize; 4] = match m.input.layout {
+            Layout::Nchw => [b, 3, h, w],
+            Layout::Nhwc => [b, h, w, 3],
+        };
+        let array = ndarray::Array4::from_shape_vec(shape, input)
+            .map_err(|e| ModelError::Inference(format!("input has the wrong length: {e}")))?;
+        self.model.run(Tensor::from(array))
+    }
+
+    /// Softmax (unless the model outputs probabilities) and the `k` best
+    /// classes, most probable first; `k` is clamped to 1..=classes.
+    pub fn top_k(&self, scores: &[f32], k: usize) -> Vec<Prediction> {
+        let probs = match self.model.manifest().output.kind {
+            crate::model::manifest::OutputKind::Logits => softmax(scores),
+            crate::model::manifest::OutputKind::Probabilities => scores.to_vec(),
+        };
+        top_k(&probs, k, self.model.labels())
+    }
+}
+
+/// Numerically stable softmax.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|x| (x - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// The `k` highest probabilities with their labels, highest first; ties keep
+/// the lower index first. NaN scores sort last.
+pub fn top_k(probs: &[f32], k: usize, labels: &[String]) -> Vec<Prediction> {
+    let k = k.clamp(1, probs.len().max(1));
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    let key = |i: &usize| {
+        let p = probs[*i];
+        if p.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            p
+        }
+    };
+    let cmp = |a: &usize, b: &usize| key(b).total_cmp(&key(a)).then(a.cmp(b));
+    if k < order.len() {
+        order.select_nth_unstable_by(k - 1, cmp);
+        order.truncate(k);
+    }
+    order.sort_by(cmp);
+    order
+        .into_iter()
+        .map(|i| Prediction {
+            index: i,
+            label: labels
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("class_{i}")),
+            probability: probs[i],
+        })
+        .collect()
+}
+
+/// Maps `f` over `items` on up to `threads` scoped threads, keeping order.
+fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.min(items.len());
+    if threads <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let slots: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                slots.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    slots
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every index was processed"))
+        .collect()
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one_and_survives_large_logits() {
+        let p = softmax(&[1000.0, 1000.0, -1000.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((p[0] - 0.5).abs() < 1e-6 && p[2] == 0.0);
+    }
+
+    #[test]
+    fn top_k_orders_clamps_and_breaks_ties_by_index() {
+        let labels: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let got = top_k(&[0.1, 0.4, 0.4, f32::NAN], 3, &labels);
+        let idx: Vec<usize> = got.iter().map(|p| p.index).collect();
+        assert_eq!(idx, [1, 2, 0]);
+        assert_eq!(got[0].label, "b");
+        assert_eq!(top_k(&[0.1, 0.4], 0, &labels).len(), 1);
+        assert_eq!(top_k(&[0.1, 0.4], 99, &labels).len(), 2);
+    }
+
+    #[test]
+    fn parallel_map_keeps_order() {
+        let items: Vec<usize> = (0..100).collect();
+        assert_eq!(
+            parallel_map(&items, 4, |x| x * 2),
+            (0..100).map(|x| x * 2).collect::<Vec<_>>()
+        );
+    }
+}

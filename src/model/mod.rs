@@ -1,0 +1,390 @@
+//! The model: an optimised tract plan plus the manifest and labels that say
+//! how to feed it and read it.
+//!
+//! A [`Model`] is built once per process (once per Lambda container, in the
+//! init phase) and shared by reference or `Arc`; [`Model::run`] takes `&self`
+//! and is safe to call from many threads at once.
+
+pub mod manifest;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+
+use crate::error::ModelError;
+use manifest::InferredInput;
+pub use manifest::{Layout, Manifest};
+
+/// ImageNet-1k labels (`models/synset.txt`), used when a 1000-class model
+/// comes without a labels file.
+const IMAGENET_SYNSET: &str = include_str!("../../models/synset.txt");
+
+/// File name of the bundled model, looked up by [`bundled_model_path`].
+pub const BUNDLED_MODEL_FILE: &str = "mobilenetv2-1.0-fp32.onnx";
+
+type Plan = TypedRunnableModel;
+
+/// Options that change how the graph is compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The fixed batch size the plan is compiled for. 1 is the fastest per
+    /// image for MobileNetV2 on tract (see [`crate::classify`] for the numbers);
+    /// larger values exist for the benchmark that proves it.
+    pub batch_size: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { batch_size: 1 }
+    }
+}
+
+/// Where the model bytes came from and what they were, for logs and replies.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModelInfo {
+    /// Manifest name.
+    pub name: String,
+    /// Manifest version.
+    pub version: String,
+    /// Lower-case hex sha256 of the `.onnx` bytes: the identity of the weights.
+    pub sha256: String,
+    /// Size of the `.onnx` bytes.
+    pub size_bytes: usize,
+    /// Human-readable origin (path or URI).
+    pub source: String,
+}
+
+/// A loaded, optimised classifier.
+pub struct Model {
+    plan: Arc<Plan>,
+    manifest: Manifest,
+    labels: Vec<String>,
+    info: ModelInfo,
+    batch_size: usize,
+    classes: usize,
+    optimize_time: Duration,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("info", &self.info)
+            .field("batch_size", &self.batch_size)
+            .field("classes", &self.classes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Builds a model from its bytes.
+    ///
+    /// `manifest_json` and `labels_text` are the contents of the manifest and
+    /// labels files if the caller found them; `None` means "infer / use
+    /// defaults". `source` names the origin in errors and in [`ModelInfo`].
+    pub fn from_bytes(
+        onnx: &[u8],
+        source: &str,
+        manifest_json: Option<&[u8]>,
+        labels_text: Option<&str>,
+        options: LoadOptions,
+    ) -> Result<Model, ModelError> {
+        let started = Instant::now();
+        let not_onnx = |reason: String| ModelError::NotOnnx {
+            source_name: source.to_string(),
+            size: onnx.len(),
+            reason,
+        };
+        if onnx.is_empty() {
+            return Err(not_onnx("the file is empty".into()));
+        }
+        let sha256 = hex_sha256(onnx);
+        let mut graph = tract_onnx::onnx()
+            .model_for_read(&mut &onnx[..])
+            .map_err(|e| not_onnx(format!("{e:#}")))?;
+        if graph.inputs.len() != 1 {
+            return Err(ModelError::Shape(format!(
+                "it has {} inputs; an image classifier has exactly one",
+                graph.inputs.len()
+            )));
+        }
+        let inferred = infer_input(&graph);
+        let stem = Path::new(source)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model");
+        let manifest = Manifest::resolve(
+            manifest_json,
+            &format!("manifest for {source}"),
+            stem,
+            &inferred,
+        )?;
+
+        let (h, w) = (
+            manifest.input.height as usize,
+            manifest.input.width as usize,
+        );
+        let batch = options.batch_size.max(1);
+        let shape: [usize; 4] = match manifest.input.layout {
+            Layout::Nchw => [batch, 3, h, w],
+            Layout::Nhwc => [batch, h, w, 3],
+        };
+        graph
+            .set_input_fact(0, f32::fact(shape).into())
+            .map_err(|e| ModelError::Shape(format!("cannot set input to {shape:?}: {e:#}")))?;
+        let typed = graph
+            .into_optimized()
+            .map_err(|e| ModelError::Optimize(format!("{e:#}")))?;
+        let out_fact = typed
+            .output_fact(0)
+            .map_err(|e| ModelError::Shape(format!("{e:#}")))?;
+        let out_shape = out_fact
+            .shape
+            .as_concrete()
+            .ok_or_else(|| {
+                ModelError::Shape(format!("output shape {:?} is not fixed", out_fact.shape))
+            })?
+            .to_vec();
+        let total: usize = out_shape.iter().product();
+        if out_shape.first() != Some(&batch) || !total.is_multiple_of(batch) || total / batch < 2 {
+            return Err(ModelError::Shape(format!(
+                "output shape {out_shape:?} is not [batch, classes, ...]"
+            )));
+        }
+        let classes = total / batch;
+        let plan = typed
+            .into_runnable()
+            .map_err(|e| ModelError::Optimize(format!("{e:#}")))?;
+
+        let labels_source = labels_text.or(if classes == 1000 {
+            Some(IMAGENET_SYNSET)
+        } else {
+            None
+        });
+        let labels = match labels_source {
+            Some(text) => parse_labels(text),
+            None => (0..classes).map(|i| format!("class_{i}")).collect(),
+        };
+        if labels.len() != classes {
+            return Err(ModelError::Labels {
+                path: manifest.labels.clone().unwrap_or_else(|| "(labels)".into()),
+                labels: labels.len(),
+                classes,
+            });
+        }
+        let info = ModelInfo {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            sha256,
+            size_bytes: onnx.len(),
+            source: source.to_string(),
+        };
+        Ok(Model {
+            plan,
+            manifest,
+            labels,
+            info,
+            batch_size: batch,
+            classes,
+            optimize_time: started.elapsed(),
+        })
+    }
+
+    /// Loads a model file, its manifest (same path with `.json`, if present)
+    /// and its labels (named by the manifest, relative to it).
+    pub fn load_path(path: &Path, options: LoadOptions) -> Result<Model, ModelError> {
+        let onnx = read_file("model", path)?;
+        let manifest_path = path.with_extension("json");
+        let manifest = if manifest_path.exists() {
+            Some(read_file("manifest", &manifest_path)?)
+        } else {
+            None
+        };
+        let labels = match manifest.as_deref().map(labels_file_name).transpose()? {
+            Some(Some(name)) => {
+                let labels_path = manifest_path.parent().unwrap_or(Path::new(".")).join(name);
+                let bytes = read_file("labels", &labels_path)?;
+                Some(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            _ => None,
+        };
+        Model::from_bytes(
+            &onnx,
+            &path.display().to_string(),
+            manifest.as_deref(),
+            labels.as_deref(),
+            options,
+        )
+    }
+
+    /// Runs the network on a preprocessed batch laid out as the manifest
+    /// says, `batch_size()` images long, and returns one score vector per image.
+    pub fn run(&self, input: Tensor) -> Result<Vec<Vec<f32>>, ModelError> {
+        let outputs = self
+            .plan
+            .run(tvec!(input.into()))
+            .map_err(|e| ModelError::Inference(format!("{e:#}")))?;
+        let view = outputs[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| ModelError::Inference(format!("{e:#}")))?;
+        let flat: Vec<f32> = view.iter().copied().collect();
+        Ok(flat.chunks(self.classes).map(<[f32]>::to_vec).collect())
+    }
+
+    /// The manifest in force (file values over inferred over defaults).
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Class labels, indexed like the model output.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Identity of the model, reported with every prediction.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The fixed batch size the plan was compiled for.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Number of output classes.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Time spent parsing and optimising the graph (not reading the bytes).
+    pub fn optimize_time(&self) -> Duration {
+        self.optimize_time
+    }
+}
+
+/// Where the bundled model lives: `models/` under the working directory (the
+/// repo, or `/var/task` on Lambda), next to the executable, or in the source
+/// tree this binary was built from, whichever exists first.
+pub fn bundled_model_path() -> PathBuf {
+    let rel = Path::new("models").join(BUNDLED_MODEL_FILE);
+    let mut candidates = vec![rel.clone()];
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join(&rel));
+        }
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(&rel));
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or(rel)
+}
+
+/// Lower-case hex sha256.
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One label per non-empty line; a leading WordNet id (`n01440764 `) is dropped.
+pub fn parse_labels(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|line| match line.split_once(' ') {
+            Some((id, rest))
+                if id.len() == 9
+                    && id.starts_with('n')
+                    && id[1..].bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                rest.trim().to_string()
+            }
+            _ => line.to_string(),
+        })
+        .collect()
+}
+
+/// The `labels` field of a manifest, read before the full resolve so the
+/// file can be fetched from wherever the manifest came from.
+pub fn labels_file_name(manifest_json: &[u8]) -> Result<Option<String>, ModelError> {
+    #[derive(serde::Deserialize)]
+    struct OnlyLabels {
+        labels: Option<String>,
+    }
+    serde_json::from_slice::<OnlyLabels>(manifest_json)
+        .map(|m| m.labels)
+        .map_err(|e| ModelError::Manifest {
+            path: "manifest".into(),
+            reason: e.to_string(),
+        })
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, ModelError> {
+    std::fs::read(path).map_err(|source| ModelError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Reads name, layout and fixed spatial size off the graph's first input.
+fn infer_input(graph: &InferenceModel) -> InferredInput {
+    let mut inferred = InferredInput::default();
+    if let Ok(outlets) = graph.input_outlets() {
+        if let Some(o) = outlets.first() {
+            inferred.name = Some(graph.node(o.node).name.clone());
+        }
+    }
+    let Ok(fact) = graph.input_fact(0) else {
+        return inferred;
+    };
+    let dims: Vec<Option<i64>> = fact
+        .shape
+        .dims()
+        .map(|d| d.concretize().and_then(|d| d.to_i64().ok()))
+        .collect();
+    if dims.len() != 4 {
+        return inferred;
+    }
+    let (layout, h, w) = match (dims[1], dims[3]) {
+        (Some(3), _) => (Layout::Nchw, dims[2], dims[3]),
+        (_, Some(3)) => (Layout::Nhwc, dims[1], dims[2]),
+        _ => return inferred,
+    };
+    inferred.layout = Some(layout);
+    inferred.height = h.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0);
+    inferred.width = w.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0);
+    inferred
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_drop_wordnet_ids_only() {
+        let labels = parse_labels("n01440764 tench, Tinca tinca\n\ncat\nn123 not an id\n");
+        assert_eq!(labels, ["tench, Tinca tinca", "cat", "n123 not an id"]);
+    }
+
+    #[test]
+    fn bundled_synset_has_1000_labels() {
+        let labels = parse_labels(IMAGENET_SYNSET);
+        assert_eq!(labels.len(), 1000);
+        assert_eq!(labels[285], "Egyptian cat");
+    }
+
+    #[test]
+    fn garbage_bytes_are_not_a_model() {
+        let html = b"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code></Error>";
+        let err =
+            Model::from_bytes(html, "s3://b/k", None, None, LoadOptions::default()).unwrap_err();
+        assert!(matches!(err, ModelError::NotOnnx { .. }), "{err}");
+        let err = Model::from_bytes(b"", "x.onnx", None, None, LoadOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+    }
+}

@@ -1,0 +1,424 @@
+//! Encoded bytes to input tensor: decode, orient, convert, resize, crop,
+//! normalise. Owns the limits on untrusted input.
+//!
+//! The resize and the centre crop happen in one pass: instead of resizing the
+//! whole photo so its shorter side is 256 and then cutting 224x224 out of it
+//! (as torchvision/Pillow do), we resample only the source rectangle that the
+//! crop would keep, at the same scale. The output is the same pixels (same
+//! filter support, same sample positions) without allocating the
+//! intermediate image.
+
+use std::io::Cursor;
+
+use fast_image_resize as fir;
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
+
+use crate::error::InputError;
+use crate::model::manifest::{ChannelOrder, Crop, Interpolation, Layout, Manifest};
+
+/// Limits on what one untrusted input may cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Largest encoded input accepted, in bytes.
+    pub max_bytes: u64,
+    /// Largest decoded image accepted, in pixels (width x height). Checked
+    /// from the header, before the pixel buffer is allocated.
+    pub max_pixels: u64,
+}
+
+impl Default for InputLimits {
+    /// 20 MiB and 50 megapixels: room for a full-resolution phone photo
+    /// (48 MP), while a decoded image stays under ~400 MiB even at 16 bits
+    /// per channel with alpha.
+    fn default() -> Self {
+        InputLimits {
+            max_bytes: 20 * 1024 * 1024,
+            max_pixels: 50_000_000,
+        }
+    }
+}
+
+/// Formats we decode; anything else is `unsupported_format`.
+const SUPPORTED: [ImageFormat; 7] = [
+    ImageFormat::Jpeg,
+    ImageFormat::Png,
+    ImageFormat::WebP,
+    ImageFormat::Gif,
+    ImageFormat::Bmp,
+    ImageFormat::Tiff,
+    ImageFormat::Pnm,
+];
+
+/// Decodes an image and returns it upright (EXIF orientation applied).
+///
+/// GIFs give their first frame. Size limits are enforced before any large
+/// allocation: first the byte count, then the dimensions from the header.
+pub fn decode(bytes: &[u8], limits: &InputLimits) -> Result<DynamicImage, InputError> {
+    if bytes.is_empty() {
+        return Err(InputError::Empty);
+    }
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(InputError::TooManyBytes {
+            actual: bytes.len() as u64,
+            limit: limits.max_bytes,
+        });
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .expect("reading from memory cannot fail");
+    let format = match reader.format() {
+        Some(f) if SUPPORTED.contains(&f) => f,
+        Some(f) => {
+            return Err(InputError::UnsupportedFormat {
+                detail: format!(": {f:?} images are not supported"),
+            })
+        }
+        None => {
+            return Err(InputError::UnsupportedFormat {
+                detail: ": the first bytes match no known image signature".into(),
+            })
+        }
+    };
+    // The JPEG decoder fills a truncated scan with grey instead of failing;
+    // a half-grey photo would get a confident, wrong answer.
+    if format == ImageFormat::Jpeg && !jpeg_reaches_end_marker(bytes) {
+        return Err(InputError::Corrupt(
+            "the JPEG data ends before its end-of-image marker (truncated upload or download?)"
+                .into(),
+        ));
+    }
+    // Decoders also cap their own working memory: the pixel limit at 8 bytes
+    // a pixel (RGBA, 16 bits) plus headroom for line buffers and palettes.
+    let mut image_limits = image::Limits::default();
+    image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8) + (64 << 20));
+    reader.limits(image_limits);
+    let mut decoder = reader.into_decoder().map_err(|e| map_error(e, format))?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return Err(InputError::TooManyPixels {
+            width,
+            height,
+            pixels,
+            limit: limits.max_pixels,
+        });
+    }
+    if pixels == 0 {
+        return Err(InputError::Corrupt(format!(
+            "the {format:?} header declares a {width}x{height} image"
+        )));
+    }
+    // A broken EXIF block is not worth rejecting the photo for.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| map_error(e, format))?;
+    image.apply_orientation(orientation);
+    Ok(image)
+}
+
+/// Walks a JPEG's segments and entropy-coded scans and reports whether it
+/// reaches the end-of-image marker (FF D9). Linear in the input, no allocation.
+///
+/// Segment lengths are followed (so an EXIF thumbnail's own markers are
+/// skipped), and inside a scan `FF 00` (stuffing) and `FF D0..D7` (restart)
+/// are data, so the first other marker after a scan is real.
+pub fn jpeg_reaches_end_marker(b: &[u8]) -> bool {
+    if b.len() < 4 || b[0] != 0xFF || b[1] != 0xD8 {
+        return false;
+    }
+    let mut i = 2;
+    loop {
+        // Tolerate junk between segments: resynchronise on the next 0xFF.
+        while i < b.len() && b[i] != 0xFF {
+            i += 1;
+        }
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&marker) = b.get(i) else {
+            return false;
+        };
+        i += 1;
+        match marker {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(len) = b
+            .get(i..i + 2)
+            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+        else {
+            return false;
+        };
+        if len < 2 {
+            return false;
+        }
+        i += len;
+        if marker == 0xDA {
+            // Entropy-coded data runs to the next marker that is not
+            // stuffing, a restart or a fill byte.
+            loop {
+                match (b.get(i), b.get(i + 1)) {
+                    (Some(0xFF), Some(0x00 | 0xD0..=0xD7 | 0xFF)) => i += 1,
+                    (Some(0xFF), Some(_)) => break,
+                    (Some(_), _) => i += 1,
+                    (None, _) => return false,
+                }
+            }
+        }
+    }
+}
+
+fn map_error(e: ImageError, format: ImageFormat) -> InputError {
+    match e {
+        ImageError::Unsupported(u) => InputError::UnsupportedFormat {
+            detail: format!(": {u}"),
+        },
+        ImageError::Limits(l) => InputError::Corrupt(format!(
+            "decoding this {format:?} image needs more memory than allowed ({l})"
+        )),
+        ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            InputError::Corrupt(format!("the {format:?} data ends too early"))
+        }
+        other => InputError::Corrupt(format!("{format:?}: {other}")),
+    }
+}
+
+/// Converts any colour type to 8-bit RGB: grey is replicated, alpha is
+/// dropped (as Pillow's `convert("RGB")`), 16-bit and float are scaled.
+/// CMYK JPEGs are already RGB when they leave the decoder.
+pub fn to_rgb8(image: DynamicImage) -> RgbImage {
+    match image {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.into_rgb8(),
+    }
+}
+
+/// Precomputed per-channel normalisation: `(v * scale - mean) / std` for
+/// every byte value, so normalising is one table lookup per sample.
+#[derive(Debug, Clone)]
+pub struct Normalizer {
+    lut: [[f32; 256]; 3],
+    source_channel: [usize; 3],
+}
+
+impl Normalizer {
+    /// Builds the tables for a manifest's preprocessing.
+    pub fn new(manifest: &Manifest) -> Normalizer {
+        let pre = &manifest.preprocessing;
+        let mut lut = [[0f32; 256]; 3];
+        for (c, table) in lut.iter_mut().enumerate() {
+            for (v, slot) in table.iter_mut().enumerate() {
+                *slot = (v as f32 * pre.scale - pre.mean[c]) / pre.std[c];
+            }
+        }
+        let source_channel = match pre.channel_order {
+            ChannelOrder::Rgb => [0, 1, 2],
+            ChannelOrder::Bgr => [2, 1, 0],
+        };
+        Normalizer {
+            lut,
+            source_channel,
+        }
+    }
+}
+
+/// Turns decoded images into model input, as the manifest says.
+#[derive(Debug, Clone)]
+pub struct Preprocessor {
+    width: u32,
+    height: u32,
+    layout: Layout,
+    crop: Crop,
+    resize_shorter_side: u32,
+    algorithm: fir::ResizeAlg,
+    normalizer: Normalizer,
+}
+
+impl Preprocessor {
+    /// Builds a preprocessor for a manifest.
+    pub fn new(manifest: &Manifest) -> Preprocessor {
+        let filter = match manifest.preprocessing.interpolation {
+            Interpolation::Nearest => None,
+            Interpolation::Bilinear => Some(fir::FilterType::Bilinear),
+            Interpolation::Bicubic => Some(fir::FilterType::CatmullRom),
+            Interpolation::Lanczos3 => Some(fir::FilterType::Lanczos3),
+        };
+        Preprocessor {
+            width: manifest.input.width,
+            height: manifest.input.height,
+            layout: manifest.input.layout,
+            crop: manifest.preprocessing.crop,
+            resize_shorter_side: manifest.preprocessing.resize_shorter_side,
+            algorithm: filter.map_or(fir::ResizeAlg::Nearest, fir::ResizeAlg::Convolution),
+            normalizer: Normalizer::new(manifest),
+        }
+    }
+
+    /// Number of f32 values one image occupies in the input tensor.
+    pub fn image_len(&self) -> usize {
+        3 * self.width as usize * self.height as usize
+    }
+
+    /// The source rectangle `(left, top, width, height)` that the resize +
+    /// centre crop keeps, in source pixels (fractional, like Pillow's `box`).
+    ///
+    /// Same rule as the Pillow pipeline the reference tensors were made with
+    /// (`tests/data/testdata`): the shorter side becomes `s`, the longer
+    /// `round(s * long / short)`, and the crop starts at
+    /// `(resized - crop) // 2`. (torchvision truncates the longer side
+    /// instead; the difference is at most one resized pixel.)
+    pub fn crop_box(&self, src_w: u32, src_h: u32) -> (f64, f64, f64, f64) {
+        if self.crop == Crop::None {
+            return (0.0, 0.0, f64::from(src_w), f64::from(src_h));
+        }
+        let s = u64::from(self.resize_shorter_side);
+        let (w, h) = (u64::from(src_w), u64::from(src_h));
+        // Python's round() rounds half to even.
+        let longer = |long: u64, short: u64| {
+            (s as f64 * long as f64 / short as f64).round_ties_even() as u64
+        };
+        let (rw, rh) = if w <= h {
+            (s, longer(h, w))
+        } else {
+            (longer(w, h), s)
+        };
+        let sx = w as f64 / rw as f64;
+        let sy = h as f64 / rh as f64;
+        let left = (rw.saturating_sub(u64::from(self.width)) / 2) as f64;
+        let top = (rh.saturating_sub(u64::from(self.height)) / 2) as f64;
+        (
+            left * sx,
+            top * sy,
+            f64::from(self.width) * sx,
+            f64::from(self.height) * sy,
+        )
+    }
+
+    /// Resizes and crops an RGB image to the input size.
+    pub fn resize(&self, rgb: &RgbImage) -> RgbImage {
+        let (w, h) = rgb.dimensions();
+        let src = fir::images::ImageRef::new(w, h, rgb.as_raw(), fir::PixelType::U8x3)
+            .expect("an RgbImage buffer always fits its dimensions");
+        let mut dst = fir::images::Image::new(self.width, self.height, fir::PixelType::U8x3);
+        let (left, top, cw, ch) = self.crop_box(w, h);
+        let options = fir::ResizeOptions::new()
+            .resize_alg(self.algorithm)
+            .crop(left, top, cw, ch);
+        fir::Resizer::new()
+            .resize(&src, &mut dst, &options)
+            .expect("U8x3 to U8x3 resize with an in-bounds crop cannot fail");
+        RgbImage::from_raw(self.width, self.height, dst.into_vec())
+            .expect("fir output has the requested size")
+    }
+
+    /// Writes one resized image into `out` (length [`image_len`](Self::image_len))
+    /// in the model's layout, normalised.
+    pub fn normalize_into(&self, resized: &RgbImage, out: &mut [f32]) {
+        let plane = self.width as usize * self.height as usize;
+        assert_eq!(
+            resized.as_raw().len(),
+            plane * 3,
+            "image must be resized first"
+        );
+        assert_eq!(out.len(), plane * 3, "output slot has the wrong length");
+        let n = &self.normalizer;
+        let pixels = resized.as_raw().chunks_exact(3);
+        match self.layout {
+            Layout::Nchw => {
+                let (r, rest) = out.split_at_mut(plane);
+                let (g, b) = rest.split_at_mut(plane);
+                for (i, px) in pixels.enumerate() {
+                    r[i] = n.lut[0][px[n.source_channel[0]] as usize];
+                    g[i] = n.lut[1][px[n.source_channel[1]] as usize];
+                    b[i] = n.lut[2][px[n.source_channel[2]] as usize];
+                }
+            }
+            Layout::Nhwc => {
+                for (px, o) in pixels.zip(out.chunks_exact_mut(3)) {
+                    for c in 0..3 {
+                        o[c] = n.lut[c][px[n.source_channel[c]] as usize];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decoded image to normalised input values for one image.
+    pub fn preprocess_into(&self, image: DynamicImage, out: &mut [f32]) {
+        let rgb = to_rgb8(image);
+        let resized = self.resize(&rgb);
+        self.normalize_into(&resized, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pre() -> Preprocessor {
+        Preprocessor::new(&Manifest::imagenet_defaults("t"))
+    }
+
+    #[test]
+    fn crop_box_matches_resize_then_center_crop() {
+        // 640x480 -> 341x256 (341.33 rounded) -> crop at (117 // 2, 32 // 2) = (58, 16).
+        let (l, t, w, h) = pre().crop_box(640, 480);
+        let sx = 640.0 / 341.0;
+        let sy = 480.0 / 256.0;
+        assert!((l - 58.0 * sx).abs() < 1e-9, "{l}");
+        assert!((t - 16.0 * sy).abs() < 1e-9, "{t}");
+        assert!((w - 224.0 * sx).abs() < 1e-9);
+        assert!((h - 224.0 * sy).abs() < 1e-9);
+        // Portrait: the width is the shorter side.
+        let (l, _, w, _) = pre().crop_box(480, 640);
+        assert!((l - 16.0 * 480.0 / 256.0).abs() < 1e-9);
+        assert!((w - 224.0 * 480.0 / 256.0).abs() < 1e-9);
+        // 451x300 (chelsea.png) -> 385x256 (384.85 rounded) -> crop at (80, 16).
+        let (l, _, _, _) = pre().crop_box(451, 300);
+        assert!((l - 80.0 * 451.0 / 385.0).abs() < 1e-9, "{l}");
+    }
+
+    #[test]
+    fn jpeg_end_marker_walk() {
+        // SOI, APP1 segment whose payload contains a fake EOI, SOS, scan data
+        // with stuffing and a restart marker, EOI.
+        let mut j = vec![0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x06, 0xFF, 0xD9, 0x00, 0x00];
+        j.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x04, 0x01, 0x02]);
+        j.extend_from_slice(&[0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD3, 0x56]);
+        assert!(
+            !jpeg_reaches_end_marker(&j),
+            "no EOI yet: the APP1 one is payload"
+        );
+        j.extend_from_slice(&[0xFF, 0xD9]);
+        assert!(jpeg_reaches_end_marker(&j));
+        for cut in 0..j.len() - 1 {
+            assert!(!jpeg_reaches_end_marker(&j[..cut]), "cut at {cut}");
+        }
+        assert!(!jpeg_reaches_end_marker(b"\xFF\xD8\xFF\xDA\x00\x01"));
+    }
+
+    #[test]
+    fn normalize_uses_manifest_mean_and_std_in_nchw() {
+        let p = pre();
+        let img = RgbImage::from_pixel(224, 224, image::Rgb([255, 0, 128]));
+        let mut out = vec![0f32; p.image_len()];
+        p.normalize_into(&img, &mut out);
+        let plane = 224 * 224;
+        assert!((out[0] - (1.0 - 0.485) / 0.229).abs() < 1e-6);
+        assert!((out[plane] - (0.0 - 0.456) / 0.224).abs() < 1e-6);
+        assert!((out[2 * plane + 5] - (128.0 / 255.0 - 0.406) / 0.225).abs() < 1e-6);
+    }
+
+    #[test]
+    fn tiny_and_extreme_aspect_images_resize_to_input_size() {
+        let p = pre();
+        for (w, h) in [(1, 1), (1, 5000), (3000, 2), (224, 224)] {
+            let img = RgbImage::from_pixel(w, h, image::Rgb([10, 20, 30]));
+            let out = p.resize(&img);
+            assert_eq!(out.dimensions(), (224, 224));
+            assert_eq!(out.get_pixel(100, 100).0, [10, 20, 30], "{w}x{h}");
+        }
+    }
+}
