@@ -2,17 +2,19 @@
 //!
 //! # Batching design, by measurement
 //!
-//! MobileNetV2 on tract, 2-core x86_64 machine, `cargo bench --bench pipeline --
-//! batching` (criterion, 40 images of 224x224 already preprocessed, same run):
+//! MobileNetV2 on tract, 2-core x86_64 (Xeon, AVX2), `cargo bench --bench
+//! pipeline -- batching` (criterion, 8 preprocessed images per iteration, all
+//! three strategies in the same run):
 //!
-//! | strategy                                   | per image | vs. baseline |
-//! |--------------------------------------------|-----------|--------------|
-//! | batch-1 plan, images one after another     | BATCH1_SEQ | 1.00x (baseline) |
-//! | fixed batch-8 plan, one run per 8 images    | BATCH8_SEQ | BATCH8_RATIO |
-//! | batch-1 plan, one image per core (2 threads)| BATCH1_PAR | BATCH1_PAR_RATIO |
+//! | strategy                                     | 8 images | per image | throughput |
+//! |----------------------------------------------|----------|-----------|------------|
+//! | batch-1 plan, one image after another         | 281 ms   | 35.2 ms   | 1.00x (baseline) |
+//! | fixed batch-8 plan, one run                   | 448 ms   | 56.1 ms   | 0.63x |
+//! | batch-1 plan, one image per core (2 threads)  | 151 ms   | 18.8 ms   | 1.87x |
 //!
 //! tract's kernels are single-threaded and already saturate a core at batch 1,
-//! so a bigger fixed batch buys nothing, and a symbolic batch dimension was
+//! so a bigger fixed batch buys nothing (it is slower: larger activations
+//! fall out of cache), and a symbolic batch dimension was
 //! measured about 5x slower per image (see `models/README.md`). Running the
 //! batch-1 plan on one thread per core scales with the cores Lambda gives
 //! (one vCPU per 1,769 MB of memory) and keeps every image's latency
