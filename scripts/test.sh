@@ -1,11 +1,36 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md documents it. Works on a fresh machine
-# with the Rust toolchain: everything else it needs it installs or starts.
+# with the Rust toolchain and python3: it installs what the tests need into
+# .venv and starts the servers they use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Share one build directory between clones and CI runs (a clean build of
-# tract takes most of ten minutes on two cores).
+# tract and the AWS SDK takes most of twenty minutes on two cores).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/onnx-lambda/target}"
+
+# Python test tools (moto's S3 + SQS server), pinned, in a local venv.
+if ! .venv/bin/python -c 'import moto, flask' 2>/dev/null; then
+  echo "== installing test tools into .venv (scripts/requirements-test.txt)"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+fi
+
+# One moto server for the whole run on a free loopback port, stopped on exit.
+# Tests read MOTO_ENDPOINT (without it, each test binary starts its own).
+port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+moto_log="${TMPDIR:-/tmp}/onnx-lambda-moto-$port.log"
+.venv/bin/moto_server -H 127.0.0.1 -p "$port" >"$moto_log" 2>&1 &
+moto_pid=$!
+trap 'kill "$moto_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  if .venv/bin/python -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then
+    break
+  fi
+  kill -0 "$moto_pid" 2>/dev/null || { cat "$moto_log"; echo "moto_server exited" >&2; exit 1; }
+  sleep 0.2
+done
+export MOTO_ENDPOINT="http://127.0.0.1:$port"
+echo "== moto server at $MOTO_ENDPOINT (log: $moto_log)"
 
 cargo test --locked "$@"

@@ -2,17 +2,22 @@
 //! command line.
 //!
 //! One pipeline, several doors. The library holds the pipeline:
-//! [`model`] loads and optimises the network once, [`preprocess`] turns
-//! untrusted bytes into an input tensor within limits, [`classify`] runs
-//! batches and produces top-k predictions, and [`bench`] measures it all.
-//! The binary (`src/main.rs`) only parses the command line and wires these
-//! together.
+//! [`config`] reads and validates every setting once, [`model`] fetches
+//! (S3 or file, [`model::source`]) and optimises the network once,
+//! [`preprocess`] turns untrusted bytes into an input tensor within limits,
+//! [`classify`] runs batches and produces top-k predictions, and [`bench`]
+//! measures it all. The doors: [`lambda`] (the Lambda handler and the state
+//! shared by its invocations) and the CLI. The binary (`src/main.rs`) only
+//! parses the command line and wires these together.
 
 #![warn(missing_docs)]
 
+pub mod aws;
 pub mod bench;
 pub mod classify;
+pub mod config;
 pub mod error;
+pub mod lambda;
 pub mod model;
 pub mod preprocess;
 

@@ -1,5 +1,9 @@
-//! The `onnx-lambda` binary: parses the command line, builds the model once
-//! and hands it to the chosen door. All logic lives in the library.
+//! The `onnx-lambda` binary: parses the command line, validates the
+//! configuration, builds the model and SDK clients once, and hands them to
+//! the chosen door. All logic lives in the library.
+//!
+//! With no subcommand inside Lambda (`AWS_LAMBDA_RUNTIME_API` is set, as for
+//! a `bootstrap` in a custom runtime) it runs the Lambda handler.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -10,44 +14,51 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use onnx_lambda::bench::{self, BenchOptions};
-use onnx_lambda::{Classifier, InputLimits, LoadOptions, Model};
+use onnx_lambda::config::{self, Config};
+use onnx_lambda::lambda::App;
+use onnx_lambda::model::source::{Location, ModelLoader};
+use onnx_lambda::{Classifier, LoadOptions};
 
 #[derive(Parser)]
 #[command(
     name = "onnx-lambda",
     version,
-    about = "ONNX image classification: CLI, benchmark, and (soon) Lambda/SQS/HTTP doors"
+    about = "ONNX image classification for AWS Lambda, SQS and the command line",
+    after_help = "Every setting can also come from the environment (MODEL_URI, MODEL_MANIFEST_URI, MODEL_SHA256, \
+                  MODEL_MAX_BYTES, TOP_K, MAX_INPUT_BYTES, MAX_IMAGE_PIXELS, THREADS); flags win. \
+                  See README.md."
 )]
 struct Cli {
     #[command(flatten)]
-    model: ModelArgs,
+    overrides: Overrides,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
+/// Flags that override the environment.
 #[derive(Args)]
-struct ModelArgs {
-    /// ONNX model file; its manifest is the same path with `.json`. Default: the bundled MobileNetV2.
-    #[arg(long, global = true, env = "MODEL_URI", value_name = "PATH")]
-    model: Option<PathBuf>,
-    /// Largest encoded image accepted, in bytes.
-    #[arg(long, global = true, env = "MAX_INPUT_BYTES", default_value_t = InputLimits::default().max_bytes)]
-    max_input_bytes: u64,
-    /// Largest decoded image accepted, in pixels (width x height).
-    #[arg(long, global = true, env = "MAX_IMAGE_PIXELS", default_value_t = InputLimits::default().max_pixels)]
-    max_image_pixels: u64,
-    /// Images classified at once (default: one per core).
-    #[arg(long, global = true, env = "THREADS")]
-    threads: Option<usize>,
+struct Overrides {
+    /// Model location: s3://bucket/key[?versionId=V], file:///path or a path [env: MODEL_URI]
+    #[arg(long, global = true, value_name = "URI")]
+    model: Option<String>,
+    /// Largest encoded image accepted, in bytes [env: MAX_INPUT_BYTES]
+    #[arg(long, global = true, value_name = "BYTES")]
+    max_input_bytes: Option<String>,
+    /// Largest decoded image accepted, in pixels [env: MAX_IMAGE_PIXELS]
+    #[arg(long, global = true, value_name = "PIXELS")]
+    max_image_pixels: Option<String>,
+    /// Images classified at once (default: one per core) [env: THREADS]
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<String>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Classify image files; prints one JSON object per file (JSON Lines).
     Predict {
-        /// How many classes to report per image.
-        #[arg(long, env = "TOP_K", default_value_t = 5)]
-        top_k: usize,
+        /// How many classes to report per image [env: TOP_K, default 5]
+        #[arg(long, value_name = "N")]
+        top_k: Option<String>,
         /// Image files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -72,48 +83,136 @@ enum Command {
         /// Image files or folders (default: the bundled sample images).
         paths: Vec<PathBuf>,
     },
+    /// Run as an AWS Lambda function (the default inside Lambda).
+    Lambda,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let command = match cli.command {
+        Some(c) => c,
+        None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => Command::Lambda,
+        None => {
+            eprintln!("error: no command given; try `onnx-lambda --help`");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(matches!(command, Command::Lambda));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.overrides, command)) {
         Ok(code) => code,
         Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "start-up failed");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let plan_batch = match &cli.command {
+/// JSON logs on stderr (CloudWatch takes both streams); `RUST_LOG` overrides
+/// the level (info inside Lambda, warn on the command line).
+fn init_tracing(lambda: bool) {
+    let default = if lambda { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_current_span(false)
+        .init();
+}
+
+/// The environment, then flags on top; every value validated.
+fn configure(o: &Overrides, top_k: Option<&String>) -> anyhow::Result<Config> {
+    let mut c = Config::from_env()?;
+    if let Some(m) = &o.model {
+        c.model = Location::parse("--model", m)?;
+    }
+    if let Some(v) = &o.max_input_bytes {
+        c.limits.max_bytes = config::parse_positive("--max-input-bytes", v, "a number of bytes")?;
+    }
+    if let Some(v) = &o.max_image_pixels {
+        c.limits.max_pixels =
+            config::parse_positive("--max-image-pixels", v, "a number of pixels")?;
+    }
+    if let Some(v) = &o.threads {
+        c.threads = Some(config::parse_positive("--threads", v, "a number of threads")? as usize);
+    }
+    if let Some(v) = top_k {
+        c.top_k = config::parse_top_k("--top-k", v)?;
+    }
+    Ok(c)
+}
+
+/// An S3 client when the configuration needs one (or always, inside Lambda).
+async fn s3_if_needed(config: &Config, always: bool) -> Option<aws_sdk_s3::Client> {
+    let on_s3 = |l: &Location| matches!(l, Location::S3 { .. });
+    if always || on_s3(&config.model) || config.manifest.as_ref().is_some_and(on_s3) {
+        let sdk = onnx_lambda::aws::sdk_config().await;
+        Some(onnx_lambda::aws::s3_client(&sdk))
+    } else {
+        None
+    }
+}
+
+async fn run(overrides: Overrides, command: Command) -> anyhow::Result<ExitCode> {
+    let top_k = match &command {
+        Command::Predict { top_k, .. } => top_k.as_ref(),
+        _ => None,
+    };
+    let config = configure(&overrides, top_k)?;
+    let s3 = s3_if_needed(&config, matches!(command, Command::Lambda)).await;
+    let loader = ModelLoader::new(s3.clone());
+
+    if let Command::Lambda = command {
+        let app = Arc::new(App::init(config, &loader, s3).await?);
+        lambda_runtime::run(lambda_runtime::service_fn(
+            move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
+                let app = app.clone();
+                async move {
+                    let id = event.context.request_id.clone();
+                    Ok::<_, lambda_runtime::Error>(
+                        onnx_lambda::lambda::handle(app, event.payload, &id).await,
+                    )
+                }
+            },
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("the Lambda runtime loop failed: {e}"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let plan_batch = match &command {
         Command::Bench { plan_batch, .. } => *plan_batch,
         _ => 1,
     };
     let started = Instant::now();
-    let path = cli
-        .model
-        .model
-        .clone()
-        .unwrap_or_else(onnx_lambda::model::bundled_model_path);
-    let model = Model::load_path(
-        &path,
-        LoadOptions {
-            batch_size: plan_batch,
-        },
-    )
-    .with_context(|| format!("loading model {}", path.display()))?;
+    let loaded = loader
+        .load_with(
+            &config,
+            LoadOptions {
+                batch_size: plan_batch,
+            },
+        )
+        .await
+        .with_context(|| format!("loading the model from {}", config.model))?;
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let limits = InputLimits {
-        max_bytes: cli.model.max_input_bytes,
-        max_pixels: cli.model.max_image_pixels,
-    };
-    let mut classifier = Classifier::new(Arc::new(model), limits);
-    if let Some(t) = cli.model.threads {
+    let mut classifier = Classifier::new(loaded.model, config.limits);
+    if let Some(t) = config.threads {
         classifier = classifier.with_threads(t);
     }
-    match cli.command {
-        Command::Predict { top_k, files } => predict(&classifier, &files, top_k),
+    match command {
+        Command::Predict { files, .. } => predict(&classifier, &files, config.top_k),
         Command::Bench {
             batch_size,
             iterations,
@@ -126,10 +225,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let images = files
                 .iter()
                 .map(|f| {
-                    Ok((
-                        f.display().to_string(),
-                        std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
-                    ))
+                    let bytes =
+                        std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+                    Ok((f.display().to_string(), bytes))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let options = BenchOptions {
@@ -138,7 +236,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 warmup,
                 progress: std::io::stderr().is_terminal(),
             };
-            let report = bench::run(&classifier, &images, &options, load_ms);
+            let report =
+                tokio::task::block_in_place(|| bench::run(&classifier, &images, &options, load_ms));
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -146,6 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Lambda => unreachable!("handled above"),
     }
 }
 
@@ -160,7 +260,7 @@ fn predict(classifier: &Classifier, files: &[PathBuf], top_k: usize) -> anyhow::
             .iter()
             .map(|r| r.as_ref().map_or(&[][..], |b| b.as_slice()))
             .collect();
-        let results = classifier.classify_batch(&inputs, top_k);
+        let results = tokio::task::block_in_place(|| classifier.classify_batch(&inputs, top_k));
         for ((file, bytes), result) in chunk.iter().zip(&read).zip(results) {
             let line = match (bytes, result) {
                 (Err(e), _) => {

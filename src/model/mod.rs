@@ -6,6 +6,7 @@
 //! and is safe to call from many threads at once.
 
 pub mod manifest;
+pub mod source;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

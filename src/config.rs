@@ -1,0 +1,253 @@
+//! One configuration for every entry point (CLI, servers, the Lambda
+//! handler), read from environment variables and validated once at start-up.
+//!
+//! Every bad value is reported with the variable's name and what is allowed,
+//! so a misconfigured Lambda fails its init phase with a message that says
+//! exactly what to fix, instead of failing later on the first request.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::model::source::Location;
+use crate::preprocess::InputLimits;
+
+/// A configuration value that cannot be used.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("{var}={value:?} is invalid: {expected}")]
+pub struct ConfigError {
+    /// The environment variable (or flag) at fault.
+    pub var: &'static str,
+    /// The value it had.
+    pub value: String,
+    /// What is allowed instead.
+    pub expected: String,
+}
+
+/// Default cap on model size: MobileNetV2 is 14 MB, ResNet-50 98 MB; this
+/// leaves room for larger classifiers while refusing a runaway object.
+pub const DEFAULT_MODEL_MAX_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Default number of classes returned per image.
+pub const DEFAULT_TOP_K: usize = 5;
+
+/// Everything the service needs to start, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `MODEL_URI`: where the ONNX model comes from. Default: the bundled model.
+    pub model: Location,
+    /// `MODEL_MANIFEST_URI`: an explicit manifest. Default: the model's
+    /// location with a `.json` extension, optional (defaults apply if absent).
+    pub manifest: Option<Location>,
+    /// `MODEL_SHA256`: expected lower-case hex digest of the model bytes.
+    pub model_sha256: Option<String>,
+    /// `MODEL_MAX_BYTES`: refuse larger model objects.
+    pub model_max_bytes: u64,
+    /// `TOP_K`: default classes per image (requests may ask for others).
+    pub top_k: usize,
+    /// `MAX_INPUT_BYTES` and `MAX_IMAGE_PIXELS`.
+    pub limits: InputLimits,
+    /// `THREADS`: images classified at once; default one per core.
+    pub threads: Option<usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            model: Location::File(crate::model::bundled_model_path()),
+            manifest: None,
+            model_sha256: None,
+            model_max_bytes: DEFAULT_MODEL_MAX_BYTES,
+            top_k: DEFAULT_TOP_K,
+            limits: InputLimits::default(),
+            threads: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    /// Reads configuration through `lookup` (a variable name to its value),
+    /// so tests can supply values without touching the process environment.
+    /// Empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
+        let mut c = Config::default();
+        if let Some(v) = get("MODEL_URI") {
+            c.model = Location::parse("MODEL_URI", &v)?;
+        }
+        if let Some(v) = get("MODEL_MANIFEST_URI") {
+            c.manifest = Some(Location::parse("MODEL_MANIFEST_URI", &v)?);
+        }
+        if let Some(v) = get("MODEL_SHA256") {
+            c.model_sha256 = Some(parse_sha256("MODEL_SHA256", &v)?);
+        }
+        if let Some(v) = get("MODEL_MAX_BYTES") {
+            c.model_max_bytes = parse_positive("MODEL_MAX_BYTES", &v, "a number of bytes")?;
+        }
+        if let Some(v) = get("TOP_K") {
+            c.top_k = parse_top_k("TOP_K", &v)?;
+        }
+        if let Some(v) = get("MAX_INPUT_BYTES") {
+            c.limits.max_bytes = parse_positive("MAX_INPUT_BYTES", &v, "a number of bytes")?;
+        }
+        if let Some(v) = get("MAX_IMAGE_PIXELS") {
+            c.limits.max_pixels = parse_positive("MAX_IMAGE_PIXELS", &v, "a number of pixels")?;
+        }
+        if let Some(v) = get("THREADS") {
+            let n = parse_positive("THREADS", &v, "a number of threads")?;
+            c.threads = Some(usize::try_from(n).unwrap_or(usize::MAX).min(256));
+        }
+        Ok(c)
+    }
+
+    /// The manifest to fetch and whether it must exist: an explicit
+    /// `MODEL_MANIFEST_URI` must; the implicit `.json` sibling may be absent.
+    pub fn manifest_location(&self) -> (Location, bool) {
+        match &self.manifest {
+            Some(m) => (m.clone(), true),
+            None => (self.model.with_extension("json"), false),
+        }
+    }
+}
+
+/// A positive whole number, with an error naming `var`.
+pub fn parse_positive(var: &'static str, value: &str, what: &str) -> Result<u64, ConfigError> {
+    match value.trim().replace('_', "").parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(ConfigError {
+            var,
+            value: value.to_string(),
+            expected: format!("expected {what}: a whole number greater than 0"),
+        }),
+    }
+}
+
+/// `TOP_K`: 1 to 1000.
+pub fn parse_top_k(var: &'static str, value: &str) -> Result<usize, ConfigError> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err(ConfigError {
+            var,
+            value: value.to_string(),
+            expected: "expected a whole number from 1 to 1000".into(),
+        }),
+    }
+}
+
+/// A sha256 digest: 64 hex digits (case-insensitive), returned lower-case.
+pub fn parse_sha256(var: &'static str, value: &str) -> Result<String, ConfigError> {
+    let v = value.trim().to_ascii_lowercase();
+    if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(v)
+    } else {
+        Err(ConfigError {
+            var,
+            value: value.to_string(),
+            expected: "expected a sha256 digest: 64 hexadecimal digits (sha256sum model.onnx)"
+                .into(),
+        })
+    }
+}
+
+/// A local path from a `file://` URI or a plain path.
+pub fn local_path(value: &str) -> PathBuf {
+    PathBuf::from(value.strip_prefix("file://").unwrap_or(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn nothing_configured_means_bundled_defaults() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c, Config::default());
+        assert!(
+            matches!(&c.model, Location::File(p) if p.ends_with("models/mobilenetv2-1.0-fp32.onnx"))
+        );
+        let (manifest, required) = c.manifest_location();
+        assert!(!required);
+        assert!(
+            matches!(manifest, Location::File(p) if p.ends_with("models/mobilenetv2-1.0-fp32.json"))
+        );
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let sha = "8CDD0539566D8C48E81E8E8F5BDEC67B53DA39881ABB4D56CE1A7E66FD10EA02";
+        let c = config(&[
+            ("MODEL_URI", "s3://models/zoo/resnet50.onnx?versionId=abc"),
+            (
+                "MODEL_MANIFEST_URI",
+                "s3://models/zoo/resnet50-manifest.json",
+            ),
+            ("MODEL_SHA256", sha),
+            ("MODEL_MAX_BYTES", "1000000"),
+            ("TOP_K", "3"),
+            ("MAX_INPUT_BYTES", "2_000_000"),
+            ("MAX_IMAGE_PIXELS", "1000000"),
+            ("THREADS", "4"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.model,
+            Location::S3 {
+                bucket: "models".into(),
+                key: "zoo/resnet50.onnx".into(),
+                version_id: Some("abc".into())
+            }
+        );
+        assert_eq!(
+            c.model_sha256.as_deref(),
+            Some(sha.to_ascii_lowercase().as_str())
+        );
+        assert_eq!(
+            (c.model_max_bytes, c.top_k, c.threads),
+            (1_000_000, 3, Some(4))
+        );
+        assert_eq!(
+            c.limits,
+            InputLimits {
+                max_bytes: 2_000_000,
+                max_pixels: 1_000_000
+            }
+        );
+        assert!(c.manifest_location().1);
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        for (var, value) in [
+            ("MODEL_URI", "s3://"),
+            ("MODEL_URI", "s3://bucket-only"),
+            ("MODEL_URI", "https://example.com/model.onnx"),
+            ("MODEL_MANIFEST_URI", "s3:///key.json"),
+            ("MODEL_SHA256", "abc"),
+            ("MODEL_MAX_BYTES", "-1"),
+            ("TOP_K", "0"),
+            ("TOP_K", "five"),
+            ("MAX_INPUT_BYTES", "20MB"),
+            ("MAX_IMAGE_PIXELS", "0"),
+            ("THREADS", "0"),
+        ] {
+            let err = config(&[(var, value)]).unwrap_err();
+            assert_eq!(err.var, var, "{value}");
+            let msg = err.to_string();
+            assert!(msg.contains(var) && msg.contains("expected"), "{msg}");
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Shared test helpers: a real moto server (S3 + SQS wire protocols) and a
+//! Lambda Runtime API emulator for driving the real runtime loop.
+#![allow(dead_code)]
+
+pub mod runtime_api;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Path of a file under `tests/data`.
+pub fn data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(rel)
+}
+
+/// A free TCP port on loopback (bind to 0, read it, release it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Moto {
+    endpoint: String,
+    _child: Option<Child>,
+}
+
+/// The endpoint of a moto server: `MOTO_ENDPOINT` if `scripts/test.sh`
+/// started one, else one started here for this test binary (it dies with
+/// the test process). Panics with instructions when moto is not installed:
+/// a test that needs S3 must not silently pass without it.
+pub fn moto_endpoint() -> &'static str {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    &MOTO
+        .get_or_init(|| {
+            if let Ok(endpoint) = std::env::var("MOTO_ENDPOINT") {
+                return Moto {
+                    endpoint,
+                    _child: None,
+                };
+            }
+            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+            let program = if venv.exists() {
+                venv
+            } else {
+                PathBuf::from("moto_server")
+            };
+            let port = free_port();
+            let mut cmd = Command::new(&program);
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            // Kill moto when this test process exits, however it exits.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let child = cmd.spawn().unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e}. Run scripts/test.sh, which installs moto into .venv",
+                    program.display()
+                )
+            });
+            let endpoint = format!("http://127.0.0.1:{port}");
+            wait_for_port(port, Duration::from_secs(30));
+            Moto {
+                endpoint,
+                _child: Some(child),
+            }
+        })
+        .endpoint
+}
+
+/// Waits until something listens on `port`.
+pub fn wait_for_port(port: u16, timeout: Duration) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < timeout,
+            "nothing listens on port {port} after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Environment for the AWS SDK (ours or boto3) to talk to moto.
+pub fn aws_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", moto_endpoint().to_string()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ]
+}
+
+/// An S3 client for moto, built like the service builds its own.
+pub async fn s3_client() -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(moto_endpoint())
+        .force_path_style(true)
+        .http_client(onnx_lambda::aws::http_client())
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// A bucket name unique to this test run.
+pub fn unique_bucket(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Creates `bucket` and uploads `objects` (key, bytes).
+pub async fn put_objects(client: &aws_sdk_s3::Client, bucket: &str, objects: &[(&str, Vec<u8>)]) {
+    client
+        .create_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("create bucket");
+    for (key, bytes) in objects {
+        client
+            .put_object()
+            .bucket(bucket)
+            .key(*key)
+            .body(bytes.clone().into())
+            .send()
+            .await
+            .expect("put object");
+    }
+}
