@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/onnx-lambda/target}"
 
 # Python test tools (moto's S3 + SQS server), pinned, in a local venv.
-if ! .venv/bin/python -c 'import moto, flask' 2>/dev/null; then
+if ! .venv/bin/python -c 'import moto, flask, tritonclient.http' 2>/dev/null; then
   echo "== installing test tools into .venv (scripts/requirements-test.txt)"
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt

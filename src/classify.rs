@@ -115,6 +115,18 @@ impl Classifier {
     /// Classifies one encoded image (any supported format) and returns the
     /// `top_k` most probable classes.
     pub fn classify(&self, bytes: &[u8], top_k: usize) -> Result<Classification, ClassifyError> {
+        let (scores, mut timing) = self.scores_timed(bytes)?;
+        let started = Instant::now();
+        let predictions = self.top_k(&scores, top_k);
+        timing.total += ms(started.elapsed());
+        Ok(Classification {
+            predictions,
+            timing_ms: timing,
+        })
+    }
+
+    /// The raw model output for one encoded image, and where the time went.
+    fn scores_timed(&self, bytes: &[u8]) -> Result<(Vec<f32>, Timing), ClassifyError> {
         let started = Instant::now();
         let image = preprocess::decode(bytes, &self.limits)?;
         let decoded = Instant::now();
@@ -125,15 +137,44 @@ impl Classifier {
         let preprocessed = Instant::now();
         let scores = self.run(input)?.swap_remove(0);
         let done = Instant::now();
-        Ok(Classification {
-            predictions: self.top_k(&scores, top_k),
-            timing_ms: Timing {
+        Ok((
+            scores,
+            Timing {
                 decode: ms(decoded - started),
                 preprocess: ms(preprocessed - decoded),
                 inference: ms(done - preprocessed),
                 total: ms(done - started),
             },
+        ))
+    }
+
+    /// Raw model outputs (logits or probabilities, as the model gives them)
+    /// for encoded images, one result per input, in parallel.
+    pub fn scores_batch(&self, inputs: &[&[u8]]) -> Vec<Result<Vec<f32>, ClassifyError>> {
+        parallel_map(inputs, self.threads, |bytes| {
+            self.scores_timed(bytes).map(|(s, _)| s)
         })
+    }
+
+    /// Raw model outputs for `n` already-preprocessed images laid out back
+    /// to back in the manifest's layout (the KServe `FP32` input).
+    pub fn scores_for_tensor(&self, values: &[f32], n: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        let len = self.pre.image_len();
+        if values.len() != len * n {
+            return Err(ModelError::Inference(format!(
+                "expected {} values for {n} images, got {}",
+                len * n,
+                values.len()
+            )));
+        }
+        let images: Vec<&[f32]> = values.chunks_exact(len).collect();
+        parallel_map(&images, self.threads, |image| {
+            let mut input = vec![0f32; len * self.model.batch_size()];
+            input[..len].copy_from_slice(image);
+            self.run(input).map(|mut s| s.swap_remove(0))
+        })
+        .into_iter()
+        .collect()
     }
 
     /// Classifies many images; one result per input, in input order. One bad

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::inputs::{parse_allowlist, AllowedPrefix};
 use crate::model::source::Location;
 use crate::preprocess::InputLimits;
 
@@ -49,7 +50,21 @@ pub struct Config {
     pub limits: InputLimits,
     /// `THREADS`: images classified at once; default one per core.
     pub threads: Option<usize>,
+    /// `S3_INPUT_ALLOWLIST`: where requests may reference images by
+    /// `s3://` (comma-separated `s3://bucket[/prefix]`); empty by default.
+    pub s3_input_allowlist: Vec<AllowedPrefix>,
+    /// `MAX_REQUEST_BYTES`: largest HTTP request body.
+    pub max_request_bytes: usize,
+    /// `MAX_BATCH_IMAGES`: most images in one `{"images": [...]}` request.
+    pub max_batch_images: usize,
 }
+
+/// Default `MAX_REQUEST_BYTES`: the synchronous Lambda payload limit, so the
+/// local server behaves like the deployed function.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
+
+/// Default `MAX_BATCH_IMAGES`.
+pub const DEFAULT_MAX_BATCH_IMAGES: usize = 16;
 
 impl Default for Config {
     fn default() -> Self {
@@ -61,6 +76,9 @@ impl Default for Config {
             top_k: DEFAULT_TOP_K,
             limits: InputLimits::default(),
             threads: None,
+            s3_input_allowlist: Vec::new(),
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_batch_images: DEFAULT_MAX_BATCH_IMAGES,
         }
     }
 }
@@ -101,6 +119,23 @@ impl Config {
         if let Some(v) = get("THREADS") {
             let n = parse_positive("THREADS", &v, "a number of threads")?;
             c.threads = Some(usize::try_from(n).unwrap_or(usize::MAX).min(256));
+        }
+        if let Some(v) = get("S3_INPUT_ALLOWLIST") {
+            c.s3_input_allowlist = parse_allowlist(&v).map_err(|reason| ConfigError {
+                var: "S3_INPUT_ALLOWLIST",
+                value: v.clone(),
+                expected: format!(
+                    "expected comma-separated s3://bucket[/prefix] entries: {reason}"
+                ),
+            })?;
+        }
+        if let Some(v) = get("MAX_REQUEST_BYTES") {
+            c.max_request_bytes =
+                parse_positive("MAX_REQUEST_BYTES", &v, "a number of bytes")? as usize;
+        }
+        if let Some(v) = get("MAX_BATCH_IMAGES") {
+            let n = parse_positive("MAX_BATCH_IMAGES", &v, "a number of images")?;
+            c.max_batch_images = usize::try_from(n).unwrap_or(usize::MAX).min(1024);
         }
         Ok(c)
     }
@@ -243,6 +278,9 @@ mod tests {
             ("MAX_INPUT_BYTES", "20MB"),
             ("MAX_IMAGE_PIXELS", "0"),
             ("THREADS", "0"),
+            ("S3_INPUT_ALLOWLIST", "bucket/prefix"),
+            ("MAX_REQUEST_BYTES", "big"),
+            ("MAX_BATCH_IMAGES", "0"),
         ] {
             let err = config(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{value}");

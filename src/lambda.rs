@@ -1,6 +1,10 @@
 //! The Lambda door: the shared application state built once per container,
 //! and the handler that decides what an incoming event is.
 //!
+//! Events: API Gateway REST (v1) and HTTP (v2) APIs, Function URLs and ALB
+//! go to the HTTP router ([`crate::http`]); anything else is read as a direct
+//! invocation.
+//!
 //! `main` builds an [`App`] (config, SDK clients, the model) during the
 //! Lambda init phase, before the runtime loop starts, and every invocation
 //! borrows it. Nothing is loaded lazily inside the handler, so concurrent or
@@ -80,21 +84,120 @@ pub struct DirectRequest {
 pub async fn handle(app: Arc<App>, event: Value, request_id: &str) -> Value {
     let cold_start = app.take_cold_start();
     let started = Instant::now();
-    let response = match serde_json::from_value::<DirectRequest>(event) {
-        Ok(req) => direct(app.clone(), req).await,
-        Err(e) => error_body(
-            "unsupported_event",
-            &format!("the event is not a supported Lambda event nor a direct request {{\"image\": \"<base64>\", \"top_k\": 5}}: {e}"),
-        ),
+    let (kind, response, ok) = if is_http_event(&event) {
+        let r = http_event(app.clone(), event).await;
+        let ok = r
+            .get("statusCode")
+            .and_then(Value::as_u64)
+            .is_some_and(|s| s < 400);
+        ("http", r, ok)
+    } else {
+        let r = match serde_json::from_value::<DirectRequest>(event) {
+            Ok(req) => direct(app.clone(), req).await,
+            Err(e) => error_body(
+                "unsupported_event",
+                &format!(
+                    "the event is not a supported Lambda event (API Gateway, Function URL, ALB) nor a direct \
+                     request {{\"image\": \"<base64>\", \"top_k\": 5}}: {e}"
+                ),
+            ),
+        };
+        let ok = r.get("error").is_none();
+        ("direct", r, ok)
     };
     tracing::info!(
         request_id,
         cold_start,
-        ok = response.get("error").is_none(),
+        kind,
+        ok,
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         "invocation"
     );
     response
+}
+
+/// API Gateway (REST and HTTP APIs), Function URLs and ALB all carry a
+/// `requestContext`; REST API test events may carry only `httpMethod`.
+fn is_http_event(event: &Value) -> bool {
+    event.get("requestContext").is_some() || event.get("httpMethod").is_some()
+}
+
+/// Converts an HTTP-shaped event to an `http::Request`, routes it, and
+/// shapes the answer as that event source expects.
+async fn http_event(app: Arc<App>, event: Value) -> Value {
+    use lambda_http::request::{LambdaRequest, RequestOrigin};
+    let request: LambdaRequest = match serde_json::from_value(event) {
+        Ok(r) => r,
+        Err(e) => {
+            // Every HTTP source accepts this minimal shape.
+            let body = error_body(
+                "invalid_event",
+                &format!("the HTTP event could not be read: {e}"),
+            );
+            return json!({"statusCode": 400, "headers": {"content-type": "application/json"},
+                          "body": body.to_string(), "isBase64Encoded": false});
+        }
+    };
+    let origin = request.request_origin();
+    let request = http::Request::<lambda_http::Body>::from(request);
+    // Route on the resource path: REST APIs prefix the stage ("/prod/predict").
+    let path = lambda_http::RequestExt::raw_http_path(&request).to_string();
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    if let Ok(uri) = http::Uri::builder().path_and_query(path_and_query).build() {
+        parts.uri = uri;
+    }
+    let bytes = match body {
+        lambda_http::Body::Text(t) => bytes::Bytes::from(t),
+        lambda_http::Body::Binary(b) => bytes::Bytes::from(b),
+        _ => bytes::Bytes::new(),
+    };
+    let response = crate::http::route(Some(app), http::Request::from_parts(parts, bytes)).await;
+    let (parts, body) = response.into_parts();
+    let status = i64::from(parts.status.as_u16());
+    let body = Some(aws_lambda_events::encodings::Body::Text(
+        String::from_utf8(body)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    ));
+    let headers = parts.headers;
+    let value = match origin {
+        RequestOrigin::ApiGatewayV1 => {
+            let mut r = aws_lambda_events::apigw::ApiGatewayProxyResponse::default();
+            r.status_code = status;
+            // REST APIs merge both header fields; send each header once.
+            r.multi_value_headers = headers;
+            r.body = body;
+            serde_json::to_value(r)
+        }
+        RequestOrigin::Alb => {
+            let mut r = aws_lambda_events::alb::AlbTargetGroupResponse::default();
+            r.status_code = status;
+            r.status_description = Some(format!(
+                "{} {}",
+                status,
+                parts.status.canonical_reason().unwrap_or_default()
+            ));
+            // The target group may use either field: fill both.
+            r.headers = headers.clone();
+            r.multi_value_headers = headers;
+            r.body = body;
+            serde_json::to_value(r)
+        }
+        // HTTP APIs (payload 2.0) and Function URLs.
+        _ => {
+            let mut r = aws_lambda_events::apigw::ApiGatewayV2httpResponse::default();
+            r.status_code = status;
+            r.headers = headers;
+            r.body = body;
+            serde_json::to_value(r)
+        }
+    };
+    value.unwrap_or_else(
+        |e| json!({"statusCode": 500, "body": format!("cannot serialise the response: {e}")}),
+    )
 }
 
 async fn direct(app: Arc<App>, req: DirectRequest) -> Value {

@@ -17,9 +17,12 @@ pub mod bench;
 pub mod classify;
 pub mod config;
 pub mod error;
+pub mod http;
+pub mod inputs;
 pub mod lambda;
 pub mod model;
 pub mod preprocess;
+pub mod serve;
 
 pub use classify::{Classification, Classifier, Prediction, Timing};
 pub use error::{ClassifyError, InputError, ModelError};

@@ -25,8 +25,8 @@ use onnx_lambda::{Classifier, LoadOptions};
     version,
     about = "ONNX image classification for AWS Lambda, SQS and the command line",
     after_help = "Every setting can also come from the environment (MODEL_URI, MODEL_MANIFEST_URI, MODEL_SHA256, \
-                  MODEL_MAX_BYTES, TOP_K, MAX_INPUT_BYTES, MAX_IMAGE_PIXELS, THREADS); flags win. \
-                  See README.md."
+                  MODEL_MAX_BYTES, TOP_K, MAX_INPUT_BYTES, MAX_IMAGE_PIXELS, THREADS, S3_INPUT_ALLOWLIST, \
+                  MAX_REQUEST_BYTES, MAX_BATCH_IMAGES); flags win. See README.md."
 )]
 struct Cli {
     #[command(flatten)]
@@ -82,6 +82,12 @@ enum Command {
         json: bool,
         /// Image files or folders (default: the bundled sample images).
         paths: Vec<PathBuf>,
+    },
+    /// Serve the HTTP API (/predict, /health, /ready, /model, KServe V2 /v2) locally.
+    Serve {
+        /// Address to listen on (port 0 picks a free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
     },
     /// Run as an AWS Lambda function (the default inside Lambda).
     Lambda,
@@ -171,8 +177,36 @@ async fn run(overrides: Overrides, command: Command) -> anyhow::Result<ExitCode>
         _ => None,
     };
     let config = configure(&overrides, top_k)?;
-    let s3 = s3_if_needed(&config, matches!(command, Command::Lambda)).await;
+    // Lambda and the server read request images from S3 (allow-listed).
+    let s3 = s3_if_needed(
+        &config,
+        matches!(command, Command::Lambda | Command::Serve { .. }),
+    )
+    .await;
     let loader = ModelLoader::new(s3.clone());
+
+    if let Command::Serve { addr } = &command {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        println!("listening on http://{local}");
+        std::io::stdout().flush()?;
+        tracing::info!(%local, "listening; loading the model");
+        let slot = onnx_lambda::serve::Slot::default();
+        let server = tokio::spawn(onnx_lambda::serve::serve(
+            listener,
+            slot.clone(),
+            config.max_request_bytes,
+            shutdown_signal(),
+        ));
+        let app = App::init(config, &loader, s3).await?;
+        let _ = slot.set(Arc::new(app));
+        tracing::info!(%local, "ready");
+        server.await.context("the server task failed")??;
+        tracing::info!("shut down");
+        return Ok(ExitCode::SUCCESS);
+    }
 
     if let Command::Lambda = command {
         let app = Arc::new(App::init(config, &loader, s3).await?);
@@ -245,7 +279,18 @@ async fn run(overrides: Overrides, command: Command) -> anyhow::Result<ExitCode>
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Lambda => unreachable!("handled above"),
+        Command::Lambda | Command::Serve { .. } => unreachable!("handled above"),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
     }
 }
 
