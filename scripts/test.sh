@@ -9,11 +9,13 @@ cd "$(dirname "$0")/.."
 # tract and the AWS SDK takes most of twenty minutes on two cores).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/onnx-lambda/target}"
 
-# Python test tools (moto's S3 + SQS server), pinned, in a local venv.
-if ! .venv/bin/python -c 'import moto, flask, tritonclient.http' 2>/dev/null; then
+# Python test tools (moto's S3 + SQS server, the Triton client, cfn-lint),
+# pinned, in a local venv; reinstalled when the requirements file changes.
+if ! cmp -s scripts/requirements-test.txt .venv/.requirements-test.txt 2>/dev/null; then
   echo "== installing test tools into .venv (scripts/requirements-test.txt)"
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+  cp scripts/requirements-test.txt .venv/.requirements-test.txt
 fi
 
 # One moto server for the whole run on a free loopback port, stopped on exit.

@@ -403,6 +403,44 @@ async fn every_error_code_has_its_status() {
 }
 
 #[tokio::test]
+async fn an_unreachable_s3_is_a_502_not_a_hang_or_a_500() {
+    // An S3 client pointing at a closed port, one attempt: the network error path.
+    let dead = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(format!("http://127.0.0.1:{}", common::free_port()))
+            .force_path_style(true)
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(1))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "t", "t", None, None, "t",
+            ))
+            .http_client(onnx_lambda::aws::http_client())
+            .build(),
+    );
+    let config = Config {
+        s3_input_allowlist: onnx_lambda::inputs::parse_allowlist("s3://down-bucket").unwrap(),
+        ..Config::default()
+    };
+    let app = Arc::new(
+        App::init(config, &ModelLoader::new(None), Some(dead))
+            .await
+            .unwrap(),
+    );
+    let body = json!({"s3_uri": "s3://down-bucket/cat.png"}).to_string();
+    let (s, b) = call(
+        Some(app),
+        request("POST", "/predict", Some("application/json"), body),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str().unwrap()),
+        (502, "s3_unavailable"),
+        "{b}"
+    );
+}
+
+#[tokio::test]
 async fn health_ready_and_model_describe_the_service() {
     let (app, _) = app().await;
     let (s, b) = call(Some(app.clone()), request("GET", "/ready", None, "")).await;

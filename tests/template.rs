@@ -1,0 +1,64 @@
+//! The deployment template: valid CloudFormation/SAM (cfn-lint, offline),
+//! and it configures the function only with settings the service reads.
+
+use std::path::Path;
+use std::process::Command;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn cfn_lint_accepts_the_template() {
+    let lint = root().join(".venv/bin/cfn-lint");
+    let out = Command::new(&lint)
+        .arg(root().join("template.yaml"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run scripts/test.sh, which installs cfn-lint",
+                lint.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "cfn-lint:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn template_sets_only_variables_the_config_knows() {
+    let template = std::fs::read_to_string(root().join("template.yaml")).unwrap();
+    let known = [
+        "MODEL_URI",
+        "MODEL_MANIFEST_URI",
+        "MODEL_SHA256",
+        "MODEL_MAX_BYTES",
+        "TOP_K",
+        "MAX_INPUT_BYTES",
+        "MAX_IMAGE_PIXELS",
+        "THREADS",
+        "S3_INPUT_ALLOWLIST",
+        "MAX_REQUEST_BYTES",
+        "MAX_BATCH_IMAGES",
+        "RUST_LOG",
+    ];
+    let vars: Vec<&str> = template
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("Variables:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("          "))
+        .filter_map(|l| l.trim().split_once(':').map(|(k, _)| k))
+        .collect();
+    assert!(vars.contains(&"MODEL_URI"), "{vars:?}");
+    for v in &vars {
+        assert!(known.contains(v), "template sets {v}, which nothing reads");
+    }
+    // An empty value means "default" to the service: the template's empty
+    // parameter defaults must be accepted at start-up.
+    let config =
+        onnx_lambda::config::Config::from_lookup(|k| vars.contains(&k).then(String::new)).unwrap();
+    assert_eq!(config, onnx_lambda::config::Config::default());
+}
