@@ -210,6 +210,61 @@ async fn oversized_and_non_onnx_objects_are_refused() {
     );
 }
 
+#[tokio::test]
+async fn a_version_id_pins_the_model_object() {
+    let s3 = s3_client().await;
+    let bucket = unique_bucket("versioned");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    s3.put_bucket_versioning()
+        .bucket(&bucket)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let put = |body: Vec<u8>| {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        async move {
+            s3.put_object()
+                .bucket(bucket)
+                .key("m.onnx")
+                .body(body.into())
+                .send()
+                .await
+                .unwrap()
+                .version_id
+                .unwrap()
+        }
+    };
+    let good = put(model_bytes()).await;
+    put(b"a later upload that is not a model".to_vec()).await;
+    let loader = ModelLoader::new(Some(s3.clone()));
+
+    let latest = loader
+        .load(&s3_config(&bucket, "m.onnx"))
+        .await
+        .unwrap_err();
+    assert!(
+        latest.to_string().contains("not a loadable ONNX model"),
+        "{latest}"
+    );
+    let mut pinned = s3_config(&bucket, "m.onnx");
+    pinned.model = Location::parse(
+        "MODEL_URI",
+        &format!("s3://{bucket}/m.onnx?versionId={good}"),
+    )
+    .unwrap();
+    let loaded = loader.load(&pinned).await.unwrap();
+    assert_eq!(
+        loaded.model.info().sha256,
+        "8cdd0539566d8c48e81e8e8f5bdec67b53da39881abb4d56ce1a7e66fd10ea02"
+    );
+}
+
 /// Runs the binary's `predict` with `env`, returning (success, stderr).
 fn predict_with(env: &[(&str, String)]) -> (bool, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_onnx-lambda"));
