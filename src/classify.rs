@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::Tensor;
 
 use crate::error::{ClassifyError, ModelError};
@@ -34,7 +34,7 @@ use crate::model::{Layout, Model};
 use crate::preprocess::{self, InputLimits, Preprocessor};
 
 /// One class and its probability.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
     /// Output index of the class.
     pub index: usize,
@@ -45,7 +45,7 @@ pub struct Prediction {
 }
 
 /// Where the time went for one image, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timing {
     /// Decoding the encoded bytes (and applying EXIF orientation).
     pub decode: f64,

@@ -57,6 +57,8 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// `MAX_BATCH_IMAGES`: most images in one `{"images": [...]}` request.
     pub max_batch_images: usize,
+    /// `RESULTS_QUEUE_URL`: where SQS job results go.
+    pub results_queue_url: Option<String>,
 }
 
 /// Default `MAX_REQUEST_BYTES`: the synchronous Lambda payload limit, so the
@@ -79,6 +81,7 @@ impl Default for Config {
             s3_input_allowlist: Vec::new(),
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_batch_images: DEFAULT_MAX_BATCH_IMAGES,
+            results_queue_url: None,
         }
     }
 }
@@ -132,6 +135,17 @@ impl Config {
         if let Some(v) = get("MAX_REQUEST_BYTES") {
             c.max_request_bytes =
                 parse_positive("MAX_REQUEST_BYTES", &v, "a number of bytes")? as usize;
+        }
+        if let Some(v) = get("RESULTS_QUEUE_URL") {
+            if !(v.starts_with("https://") || v.starts_with("http://")) {
+                return Err(ConfigError {
+                    var: "RESULTS_QUEUE_URL",
+                    value: v,
+                    expected: "expected a queue URL, https://sqs.REGION.amazonaws.com/ACCOUNT/NAME"
+                        .into(),
+                });
+            }
+            c.results_queue_url = Some(v);
         }
         if let Some(v) = get("MAX_BATCH_IMAGES") {
             let n = parse_positive("MAX_BATCH_IMAGES", &v, "a number of images")?;
@@ -281,6 +295,7 @@ mod tests {
             ("S3_INPUT_ALLOWLIST", "bucket/prefix"),
             ("MAX_REQUEST_BYTES", "big"),
             ("MAX_BATCH_IMAGES", "0"),
+            ("RESULTS_QUEUE_URL", "my-queue"),
         ] {
             let err = config(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{value}");

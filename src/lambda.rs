@@ -32,6 +32,8 @@ pub struct App {
     pub classifier: Classifier,
     /// S3 client (inputs by reference; `None` when S3 is not configured).
     pub s3: Option<aws_sdk_s3::Client>,
+    /// SQS client for the results queue (`None` outside the SQS doors).
+    pub sqs: Option<aws_sdk_sqs::Client>,
     cold: AtomicBool,
 }
 
@@ -52,8 +54,26 @@ impl App {
             config,
             classifier,
             s3,
+            sqs: None,
             cold: AtomicBool::new(true),
         })
+    }
+
+    /// Adds the SQS client results are written with.
+    pub fn with_sqs(mut self, sqs: aws_sdk_sqs::Client) -> App {
+        self.sqs = Some(sqs);
+        self
+    }
+
+    /// The results sink, when an SQS client and `RESULTS_QUEUE_URL` are set.
+    pub fn results_sink(&self) -> Option<crate::jobs::sink::ResultsSink> {
+        match (&self.sqs, &self.config.results_queue_url) {
+            (Some(sqs), Some(url)) => Some(crate::jobs::sink::ResultsSink::new(
+                sqs.clone(),
+                url.clone(),
+            )),
+            _ => None,
+        }
     }
 
     /// The loaded model's identity.
@@ -84,7 +104,11 @@ pub struct DirectRequest {
 pub async fn handle(app: Arc<App>, event: Value, request_id: &str) -> Value {
     let cold_start = app.take_cold_start();
     let started = Instant::now();
-    let (kind, response, ok) = if is_http_event(&event) {
+    let (kind, response, ok) = if is_sqs_event(&event) {
+        let r = sqs_event(&app, event).await;
+        let ok = r["batchItemFailures"].as_array().is_some_and(Vec::is_empty);
+        ("sqs", r, ok)
+    } else if is_http_event(&event) {
         let r = http_event(app.clone(), event).await;
         let ok = r
             .get("statusCode")
@@ -114,6 +138,56 @@ pub async fn handle(app: Arc<App>, event: Value, request_id: &str) -> Value {
         "invocation"
     );
     response
+}
+
+fn is_sqs_event(event: &Value) -> bool {
+    event["Records"]
+        .as_array()
+        .and_then(|r| r.first())
+        .is_some_and(|r| r["eventSource"] == "aws:sqs")
+}
+
+/// An SQS batch: process it and report `batchItemFailures` for exactly the
+/// messages to deliver again (ReportBatchItemFailures must be enabled on the
+/// event source mapping).
+async fn sqs_event(app: &Arc<App>, event: Value) -> Value {
+    let event: aws_lambda_events::sqs::SqsEvent = match serde_json::from_value(event) {
+        Ok(e) => e,
+        Err(e) => {
+            // Cannot tell the messages apart: fail the invocation so the whole
+            // batch is retried (and eventually dead-lettered), never dropped.
+            tracing::error!(error = %e, "unreadable SQS event");
+            return json!({"batchItemFailures": null, "error": format!("unreadable SQS event: {e}")});
+        }
+    };
+    let messages: Vec<crate::jobs::InMessage> = event
+        .records
+        .into_iter()
+        .map(|r| crate::jobs::InMessage {
+            receive_count: r
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+            message_id: r.message_id.unwrap_or_default(),
+            body: r.body.unwrap_or_default(),
+        })
+        .collect();
+    let sink = app.results_sink();
+    let outcome = crate::jobs::process_batch(app, sink.as_ref(), &messages).await;
+    let failures: Vec<Value> = outcome
+        .failed
+        .iter()
+        .map(|id| json!({"itemIdentifier": id}))
+        .collect();
+    tracing::info!(
+        messages = messages.len(),
+        ok = outcome.ok,
+        errors = outcome.errors,
+        failed = failures.len(),
+        "sqs batch"
+    );
+    json!({"batchItemFailures": failures})
 }
 
 /// API Gateway (REST and HTTP APIs), Function URLs and ALB all carry a

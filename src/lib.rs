@@ -19,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod inputs;
+pub mod jobs;
 pub mod lambda;
 pub mod model;
 pub mod preprocess;

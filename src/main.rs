@@ -26,7 +26,7 @@ use onnx_lambda::{Classifier, LoadOptions};
     about = "ONNX image classification for AWS Lambda, SQS and the command line",
     after_help = "Every setting can also come from the environment (MODEL_URI, MODEL_MANIFEST_URI, MODEL_SHA256, \
                   MODEL_MAX_BYTES, TOP_K, MAX_INPUT_BYTES, MAX_IMAGE_PIXELS, THREADS, S3_INPUT_ALLOWLIST, \
-                  MAX_REQUEST_BYTES, MAX_BATCH_IMAGES); flags win. See README.md."
+                  MAX_REQUEST_BYTES, MAX_BATCH_IMAGES, RESULTS_QUEUE_URL); flags win. See README.md."
 )]
 struct Cli {
     #[command(flatten)]
@@ -88,6 +88,57 @@ enum Command {
         /// Address to listen on (port 0 picks a free port; the address is printed).
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: String,
+    },
+    /// Process SQS jobs outside Lambda: long polling, results to RESULTS_QUEUE_URL.
+    Worker {
+        /// The job queue URL.
+        #[arg(long)]
+        queue: String,
+        /// The results queue URL [env: RESULTS_QUEUE_URL]
+        #[arg(long)]
+        results_queue: Option<String>,
+        /// Messages per receive (1 to 10).
+        #[arg(long, default_value_t = 10)]
+        batch_size: i32,
+        /// Batches processed at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Visibility timeout in seconds, renewed while a batch runs.
+        #[arg(long, default_value_t = 60)]
+        visibility_timeout: i32,
+        /// Long-poll wait in seconds (0 to 20).
+        #[arg(long, default_value_t = 20)]
+        wait_seconds: i32,
+    },
+    /// Upload images to S3 and enqueue one job per image.
+    Submit {
+        /// Bucket to upload to.
+        #[arg(long)]
+        bucket: String,
+        /// Key prefix (e.g. `batch-42/`).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// The job queue URL.
+        #[arg(long)]
+        queue: String,
+        /// Image files or folders.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Drain results into a JSON Lines file until N distinct jobs have results.
+    Collect {
+        /// The results queue URL.
+        #[arg(long)]
+        queue: String,
+        /// Distinct job ids to wait for.
+        #[arg(long)]
+        expect: usize,
+        /// Output file (JSON Lines).
+        #[arg(long)]
+        out: PathBuf,
+        /// Give up after this many seconds without a new result.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
     },
     /// Run as an AWS Lambda function (the default inside Lambda).
     Lambda,
@@ -160,12 +211,12 @@ fn configure(o: &Overrides, top_k: Option<&String>) -> anyhow::Result<Config> {
     Ok(c)
 }
 
-/// An S3 client when the configuration needs one (or always, inside Lambda).
-async fn s3_if_needed(config: &Config, always: bool) -> Option<aws_sdk_s3::Client> {
+/// The SDK configuration when anything needs AWS: an S3 model, or a door
+/// that reads S3 inputs or writes SQS results. Loaded once.
+async fn sdk_if_needed(config: &Config, door_needs_aws: bool) -> Option<aws_config::SdkConfig> {
     let on_s3 = |l: &Location| matches!(l, Location::S3 { .. });
-    if always || on_s3(&config.model) || config.manifest.as_ref().is_some_and(on_s3) {
-        let sdk = onnx_lambda::aws::sdk_config().await;
-        Some(onnx_lambda::aws::s3_client(&sdk))
+    if door_needs_aws || on_s3(&config.model) || config.manifest.as_ref().is_some_and(on_s3) {
+        Some(onnx_lambda::aws::sdk_config().await)
     } else {
         None
     }
@@ -176,13 +227,75 @@ async fn run(overrides: Overrides, command: Command) -> anyhow::Result<ExitCode>
         Command::Predict { top_k, .. } => top_k.as_ref(),
         _ => None,
     };
-    let config = configure(&overrides, top_k)?;
-    // Lambda and the server read request images from S3 (allow-listed).
-    let s3 = s3_if_needed(
-        &config,
-        matches!(command, Command::Lambda | Command::Serve { .. }),
-    )
-    .await;
+    let mut config = configure(&overrides, top_k)?;
+    if let Command::Worker {
+        results_queue: Some(q),
+        ..
+    } = &command
+    {
+        config.results_queue_url = Some(q.clone());
+    }
+    let needs_aws = !matches!(command, Command::Predict { .. } | Command::Bench { .. });
+    let sdk = sdk_if_needed(&config, needs_aws).await;
+    let s3 = sdk.as_ref().map(onnx_lambda::aws::s3_client);
+    let sqs = sdk.as_ref().map(onnx_lambda::aws::sqs_client);
+    match (&command, &s3, &sqs) {
+        (
+            Command::Submit {
+                bucket,
+                prefix,
+                queue,
+                paths,
+            },
+            Some(s3),
+            Some(sqs),
+        ) => {
+            let files = image_files(paths)?;
+            let summary = onnx_lambda::jobs::bulk::submit(
+                s3,
+                sqs,
+                bucket,
+                prefix,
+                queue,
+                &files,
+                std::io::stderr().is_terminal(),
+            )
+            .await;
+            println!("{}", serde_json::to_string(&summary)?);
+            return Ok(if summary.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        (
+            Command::Collect {
+                queue,
+                expect,
+                out,
+                timeout,
+            },
+            _,
+            Some(sqs),
+        ) => {
+            let summary = onnx_lambda::jobs::bulk::collect(
+                sqs,
+                queue,
+                *expect,
+                out,
+                std::time::Duration::from_secs(*timeout),
+                std::io::stderr().is_terminal(),
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&summary)?);
+            return Ok(if summary.complete {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        _ => {}
+    }
     let loader = ModelLoader::new(s3.clone());
 
     if let Command::Serve { addr } = &command {
@@ -208,8 +321,42 @@ async fn run(overrides: Overrides, command: Command) -> anyhow::Result<ExitCode>
         return Ok(ExitCode::SUCCESS);
     }
 
+    if let Command::Worker {
+        queue,
+        batch_size,
+        concurrency,
+        visibility_timeout,
+        wait_seconds,
+        ..
+    } = &command
+    {
+        let sqs = sqs.context("no SQS client")?;
+        let app = App::init(config, &loader, s3).await?.with_sqs(sqs.clone());
+        let sink = app.results_sink().context(
+            "the worker needs a results queue: --results-queue URL or RESULTS_QUEUE_URL",
+        )?;
+        let options = onnx_lambda::jobs::worker::WorkerOptions {
+            queue_url: queue.clone(),
+            batch_size: *batch_size,
+            wait_seconds: *wait_seconds,
+            visibility_timeout: *visibility_timeout,
+            concurrency: *concurrency,
+        };
+        tracing::info!(queue = %queue, results = %sink.queue_url(), "worker started");
+        let stats =
+            onnx_lambda::jobs::worker::run(Arc::new(app), sqs, sink, options, shutdown_signal())
+                .await;
+        tracing::info!(?stats, "worker stopped");
+        println!("{}", serde_json::to_string(&stats)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+
     if let Command::Lambda = command {
-        let app = Arc::new(App::init(config, &loader, s3).await?);
+        let mut app = App::init(config, &loader, s3).await?;
+        if let Some(sqs) = sqs {
+            app = app.with_sqs(sqs);
+        }
+        let app = Arc::new(app);
         lambda_runtime::run(lambda_runtime::service_fn(
             move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
                 let app = app.clone();
@@ -279,7 +426,7 @@ async fn run(overrides: Overrides, command: Command) -> anyhow::Result<ExitCode>
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Lambda | Command::Serve { .. } => unreachable!("handled above"),
+        _ => unreachable!("handled above"),
     }
 }
 

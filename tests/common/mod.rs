@@ -148,3 +148,84 @@ pub async fn put_objects(client: &aws_sdk_s3::Client, bucket: &str, objects: &[(
             .expect("put object");
     }
 }
+
+/// An SQS client for moto.
+pub async fn sqs_client() -> aws_sdk_sqs::Client {
+    let conf = aws_sdk_sqs::config::Builder::new()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .endpoint_url(moto_endpoint())
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .http_client(onnx_lambda::aws::http_client())
+        .build();
+    aws_sdk_sqs::Client::from_conf(conf)
+}
+
+/// Creates a queue (unique name from `prefix`) with `attributes`; returns its URL.
+pub async fn create_queue(
+    sqs: &aws_sdk_sqs::Client,
+    prefix: &str,
+    attributes: &[(&str, String)],
+) -> String {
+    let mut req = sqs.create_queue().queue_name(unique_bucket(prefix));
+    for (k, v) in attributes {
+        req = req.attributes(aws_sdk_sqs::types::QueueAttributeName::from(*k), v.clone());
+    }
+    req.send().await.expect("create queue").queue_url.unwrap()
+}
+
+/// Drains a queue: every body currently in it (deleting them).
+pub async fn drain(sqs: &aws_sdk_sqs::Client, queue: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let r = sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .unwrap();
+        let messages = r.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return out;
+        }
+        for m in messages {
+            out.push(m.body.clone().unwrap_or_default());
+            sqs.delete_message()
+                .queue_url(queue)
+                .receipt_handle(m.receipt_handle.unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Approximate visible + in-flight messages in a queue.
+pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, queue: &str) -> usize {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let r = sqs
+        .get_queue_attributes()
+        .queue_url(queue)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap();
+    let attrs = r.attributes.unwrap_or_default();
+    [
+        A::ApproximateNumberOfMessages,
+        A::ApproximateNumberOfMessagesNotVisible,
+    ]
+    .iter()
+    .map(|a| {
+        attrs
+            .get(a)
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0)
+    })
+    .sum()
+}

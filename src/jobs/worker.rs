@@ -1,0 +1,254 @@
+//! `onnx-lambda worker`: the SQS batch logic outside Lambda. Long-polls the
+//! job queue, processes batches (bounded concurrency), deletes a message
+//! only after its results are written, keeps the messages of a long batch
+//! invisible while it runs, and on SIGTERM/SIGINT stops receiving (after the
+//! current long poll, at most `wait_seconds`), finishes what is in flight and
+//! deletes nothing unfinished.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName,
+};
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use super::sink::ResultsSink;
+use super::{process_batch, InMessage};
+use crate::lambda::App;
+
+/// How the worker polls.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The job queue.
+    pub queue_url: String,
+    /// Messages per receive (1 to 10).
+    pub batch_size: i32,
+    /// Long-poll wait (0 to 20 s).
+    pub wait_seconds: i32,
+    /// Visibility timeout set on receive and renewed while a batch runs.
+    pub visibility_timeout: i32,
+    /// Batches processed at once.
+    pub concurrency: usize,
+}
+
+/// Counters for the summary line.
+#[derive(Debug, Default, Serialize)]
+pub struct WorkerStats {
+    /// Messages received.
+    pub received: usize,
+    /// Messages deleted (all their results written).
+    pub deleted: usize,
+    /// Messages left for redelivery.
+    pub redelivered: usize,
+    /// `ok` results written.
+    pub ok: usize,
+    /// `error` results written.
+    pub errors: usize,
+}
+
+#[derive(Default)]
+struct Counters {
+    received: AtomicUsize,
+    deleted: AtomicUsize,
+    redelivered: AtomicUsize,
+    ok: AtomicUsize,
+    errors: AtomicUsize,
+}
+
+/// Runs until `shutdown` resolves, then drains in-flight batches.
+pub async fn run(
+    app: Arc<App>,
+    sqs: aws_sdk_sqs::Client,
+    sink: ResultsSink,
+    options: WorkerOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> WorkerStats {
+    // Stop between receives, never in the middle of one: a receive that is
+    // cut off may already have hidden messages for the visibility timeout.
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.store(true, Ordering::SeqCst);
+        }
+    };
+    let watcher = tokio::spawn(watcher);
+    let counters = Arc::new(Counters::default());
+    let mut inflight = JoinSet::new();
+    let concurrency = options.concurrency.max(1);
+    loop {
+        while inflight.len() >= concurrency {
+            inflight.join_next().await;
+        }
+        let receive = sqs
+            .receive_message()
+            .queue_url(&options.queue_url)
+            .max_number_of_messages(options.batch_size.clamp(1, 10))
+            .wait_time_seconds(options.wait_seconds.clamp(0, 20))
+            .visibility_timeout(options.visibility_timeout)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send();
+        if stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let received = receive.await;
+        let messages = match received {
+            Ok(out) => out.messages.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "receive failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        counters
+            .received
+            .fetch_add(messages.len(), Ordering::Relaxed);
+        let batch: Vec<(InMessage, String)> = messages
+            .into_iter()
+            .filter_map(|m| {
+                let receive_count = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                Some((
+                    InMessage {
+                        message_id: m.message_id?,
+                        body: m.body.unwrap_or_default(),
+                        receive_count,
+                    },
+                    m.receipt_handle?,
+                ))
+            })
+            .collect();
+        let (app, sqs, sink, options, counters) = (
+            app.clone(),
+            sqs.clone(),
+            sink.clone(),
+            options.clone(),
+            counters.clone(),
+        );
+        inflight.spawn(async move { handle(app, sqs, sink, options, counters, batch).await });
+    }
+    tracing::info!(
+        in_flight = inflight.len(),
+        "shutting down: finishing batches in flight"
+    );
+    while inflight.join_next().await.is_some() {}
+    watcher.abort();
+    WorkerStats {
+        received: counters.received.load(Ordering::Relaxed),
+        deleted: counters.deleted.load(Ordering::Relaxed),
+        redelivered: counters.redelivered.load(Ordering::Relaxed),
+        ok: counters.ok.load(Ordering::Relaxed),
+        errors: counters.errors.load(Ordering::Relaxed),
+    }
+}
+
+async fn handle(
+    app: Arc<App>,
+    sqs: aws_sdk_sqs::Client,
+    sink: ResultsSink,
+    options: WorkerOptions,
+    counters: Arc<Counters>,
+    batch: Vec<(InMessage, String)>,
+) {
+    // Keep the batch invisible while it runs, however long that is.
+    let handles: Vec<String> = batch.iter().map(|(_, h)| h.clone()).collect();
+    let heartbeat = {
+        let (sqs, queue, handles) = (sqs.clone(), options.queue_url.clone(), handles.clone());
+        let every = Duration::from_secs(
+            u64::try_from(options.visibility_timeout / 2)
+                .unwrap_or(1)
+                .max(1),
+        );
+        let timeout = options.visibility_timeout;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                for chunk in handles.chunks(10) {
+                    let entries = chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(i, h)| {
+                            ChangeMessageVisibilityBatchRequestEntry::builder()
+                                .id(i.to_string())
+                                .receipt_handle(h)
+                                .visibility_timeout(timeout)
+                                .build()
+                                .expect("fields set")
+                        })
+                        .collect();
+                    let r = sqs
+                        .change_message_visibility_batch()
+                        .queue_url(&queue)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await;
+                    if let Err(e) = r {
+                        tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "cannot extend visibility");
+                    }
+                }
+            }
+        })
+    };
+    let messages: Vec<InMessage> = batch.iter().map(|(m, _)| m.clone()).collect();
+    let outcome = process_batch(&app, Some(&sink), &messages).await;
+    heartbeat.abort();
+    counters.ok.fetch_add(outcome.ok, Ordering::Relaxed);
+    counters.errors.fetch_add(outcome.errors, Ordering::Relaxed);
+    counters
+        .redelivered
+        .fetch_add(outcome.failed.len(), Ordering::Relaxed);
+    let done: Vec<&String> = batch
+        .iter()
+        .filter(|(m, _)| !outcome.failed.contains(&m.message_id))
+        .map(|(_, h)| h)
+        .collect();
+    for chunk in done.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(*h)
+                    .build()
+                    .expect("fields set")
+            })
+            .collect();
+        match sqs
+            .delete_message_batch()
+            .queue_url(&options.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            // A message not deleted comes back; its result is then written
+            // twice, which consumers deduplicate by job_id.
+            Ok(out) => {
+                counters
+                    .deleted
+                    .fetch_add(out.successful().len(), Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "delete failed; messages will be redelivered")
+            }
+        }
+    }
+    tracing::info!(
+        messages = batch.len(),
+        ok = outcome.ok,
+        errors = outcome.errors,
+        redelivered = outcome.failed.len(),
+        "batch done"
+    );
+}

@@ -1,0 +1,537 @@
+//! Asynchronous batch predictions against real moto SQS + S3: every job is
+//! accounted for, poison messages get error results, transient failures are
+//! redelivered and end in the dead-letter queue, and a stopped worker loses
+//! nothing.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use base64::Engine;
+use common::{
+    aws_env, create_queue, data, drain, put_objects, queue_depth, s3_client, sqs_client,
+    unique_bucket,
+};
+use onnx_lambda::config::Config;
+use onnx_lambda::jobs::JobResult;
+use onnx_lambda::lambda::App;
+use onnx_lambda::model::source::ModelLoader;
+use serde_json::{json, Value};
+
+const PHOTOS: [(&str, &[u64]); 5] = [
+    ("chelsea.png", &[285, 281, 282]),
+    ("coffee.png", &[967, 968]),
+    ("rocket.jpg", &[657, 744, 812]),
+    ("grace_hopper.jpg", &[652, 457]),
+    ("china.jpg", &[698, 663]),
+];
+
+/// A bucket holding the five sample photos under `in/` and a corrupt file.
+async fn photo_bucket() -> String {
+    let bucket = unique_bucket("jobs");
+    let mut objects: Vec<(String, Vec<u8>)> = PHOTOS
+        .iter()
+        .map(|(f, _)| {
+            (
+                format!("in/{f}"),
+                std::fs::read(data(&format!("images/{f}"))).unwrap(),
+            )
+        })
+        .collect();
+    let png = std::fs::read(data("images/chelsea.png")).unwrap();
+    objects.push(("in/corrupt.png".into(), png[..png.len() / 3].to_vec()));
+    let refs: Vec<(&str, Vec<u8>)> = objects
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    put_objects(&s3_client().await, &bucket, &refs).await;
+    bucket
+}
+
+/// Sends bodies in batches of 10; returns the message id of each.
+async fn send_all(sqs: &aws_sdk_sqs::Client, queue: &str, bodies: &[String]) -> Vec<String> {
+    let mut ids = vec![String::new(); bodies.len()];
+    for (c, chunk) in bodies.chunks(10).enumerate() {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(b)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let out = sqs
+            .send_message_batch()
+            .queue_url(queue)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
+        assert!(out.failed().is_empty());
+        for ok in out.successful() {
+            ids[c * 10 + ok.id().parse::<usize>().unwrap()] = ok.message_id().to_string();
+        }
+    }
+    ids
+}
+
+struct Worker(Child);
+
+impl Worker {
+    fn start(queue: &str, results: &str, extra: &[&str]) -> Worker {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_onnx-lambda"));
+        cmd.args([
+            "worker",
+            "--queue",
+            queue,
+            "--results-queue",
+            results,
+            "--wait-seconds",
+            "1",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        for (k, v) in aws_env() {
+            cmd.env(k, v);
+        }
+        Worker(cmd.spawn().unwrap())
+    }
+
+    /// SIGTERM, then wait: the worker must exit cleanly on its own.
+    fn stop(mut self) -> Value {
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                assert!(status.success(), "worker exit status {status}");
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "worker did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut out = String::new();
+        std::io::Read::read_to_string(self.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+        serde_json::from_str(out.lines().last().unwrap_or("null")).unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+/// Runs `onnx-lambda collect` and returns the results by job id.
+fn collect(results: &str, expect: usize, timeout: u64) -> (HashMap<String, JobResult>, Value) {
+    let out = std::env::temp_dir().join(format!(
+        "collect-{}-{}.jsonl",
+        std::process::id(),
+        unique_bucket("c")
+    ));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_onnx-lambda"));
+    cmd.args([
+        "collect",
+        "--queue",
+        results,
+        "--expect",
+        &expect.to_string(),
+        "--timeout",
+        &timeout.to_string(),
+        "--out",
+    ])
+    .arg(&out);
+    for (k, v) in aws_env() {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    let summary: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    let results = std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let r: JobResult = serde_json::from_str(l).unwrap();
+            (r.job_id.clone(), r)
+        })
+        .collect();
+    std::fs::remove_file(&out).ok();
+    (results, summary)
+}
+
+#[tokio::test]
+async fn three_hundred_jobs_with_ten_percent_poison_all_get_results() {
+    let sqs = sqs_client().await;
+    let bucket = photo_bucket().await;
+    let jobs = create_queue(&sqs, "jobs", &[("VisibilityTimeout", "60".into())]).await;
+    let results = create_queue(&sqs, "results", &[]).await;
+
+    // 270 good jobs (S3 references and inline base64) and 30 poison ones.
+    let inline = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(data("images/coffee.png")).unwrap());
+    let mut bodies = Vec::new();
+    let mut expected: Vec<(Option<String>, &str, &[u64])> = Vec::new(); // (job id, code or "ok", family)
+    for i in 0..300 {
+        let id = format!("job-{i}");
+        if i % 10 == 3 {
+            match (i / 10) % 3 {
+                0 => {
+                    bodies.push("{\"job_id\": \"half a message".to_string());
+                    expected.push((None, "invalid_job", &[]));
+                }
+                1 => {
+                    bodies.push(json!({"job_id": id, "image": {"s3_uri": format!("s3://{bucket}/in/missing-{i}.jpg")}}).to_string());
+                    expected.push((Some(id), "s3_object_not_found", &[]));
+                }
+                _ => {
+                    bodies.push(json!({"job_id": id, "image": {"s3_uri": format!("s3://{bucket}/in/corrupt.png")}}).to_string());
+                    expected.push((Some(id), "corrupt_image", &[]));
+                }
+            }
+        } else if i % 10 == 7 {
+            bodies.push(json!({"job_id": id, "image": {"base64": inline}, "top_k": 2}).to_string());
+            expected.push((Some(id), "ok", &[967, 968]));
+        } else {
+            let (photo, family) = PHOTOS[i % 5];
+            bodies.push(
+                json!({"job_id": id, "image": {"s3_uri": format!("s3://{bucket}/in/{photo}")}})
+                    .to_string(),
+            );
+            expected.push((Some(id), "ok", family));
+        }
+    }
+    let message_ids = send_all(&sqs, &jobs, &bodies).await;
+    let worker = Worker::start(&jobs, &results, &["--concurrency", "2"]);
+    let (got, summary) = tokio::task::spawn_blocking({
+        let results = results.clone();
+        move || collect(&results, 300, 120)
+    })
+    .await
+    .unwrap();
+    let stats = worker.stop();
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!(got.len(), 300, "every job has a result; worker {stats}");
+    for (i, (id, code, family)) in expected.iter().enumerate() {
+        // Invalid JSON has no job id: the result falls back to the message id.
+        let id = id.clone().unwrap_or_else(|| message_ids[i].clone());
+        let r = got.get(&id).unwrap_or_else(|| panic!("no result for {id}"));
+        assert_eq!(r.message_id, message_ids[i]);
+        assert_eq!(
+            r.model["sha256"],
+            "8cdd0539566d8c48e81e8e8f5bdec67b53da39881abb4d56ce1a7e66fd10ea02"
+        );
+        assert!(r.attempt >= 1);
+        if *code == "ok" {
+            assert_eq!(r.status, "ok", "{id}: {:?}", r.error);
+            let p = r.predictions.as_ref().unwrap();
+            assert!(
+                family.contains(&(p[0].index as u64)),
+                "{id}: top-1 {} not in {family:?}",
+                p[0].index
+            );
+            assert_eq!(p.len(), if i % 10 == 7 { 2 } else { 5 });
+        } else {
+            assert_eq!(r.status, "error", "{id}");
+            assert_eq!(r.error.as_ref().unwrap().code, *code, "{id}");
+        }
+    }
+    assert_eq!(summary["ok"], 270);
+    assert_eq!(
+        queue_depth(&sqs, &jobs).await,
+        0,
+        "every job message was deleted"
+    );
+}
+
+async fn app(results_queue: &str) -> Arc<App> {
+    let config = Config {
+        results_queue_url: Some(results_queue.to_string()),
+        ..Config::default()
+    };
+    let s3 = s3_client().await;
+    let app = App::init(config, &ModelLoader::new(None), Some(s3))
+        .await
+        .unwrap();
+    Arc::new(app.with_sqs(sqs_client().await))
+}
+
+/// An SQS event like Lambda's, from `events/sqs-jobs.json` with new bodies.
+fn sqs_event(bodies: &[String], receive_count: u32) -> Value {
+    let template: Value = serde_json::from_slice(
+        &std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("events/sqs-jobs.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let record = template["Records"][0].clone();
+    let records: Vec<Value> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let mut r = record.clone();
+            r["messageId"] = json!(format!("msg-{i}"));
+            r["body"] = json!(b);
+            r["attributes"]["ApproximateReceiveCount"] = json!(receive_count.to_string());
+            r
+        })
+        .collect();
+    json!({"Records": records})
+}
+
+#[tokio::test]
+async fn the_lambda_handler_reports_unwritten_results_as_batch_item_failures() {
+    let sqs = sqs_client().await;
+    let bucket = photo_bucket().await;
+    // A results queue URL that does not exist yet: "unavailable".
+    let name = unique_bucket("late-results");
+    let url = format!("{}/123456789012/{name}", common::moto_endpoint());
+    let app = app(&url).await;
+    let bodies: Vec<String> = (0..4)
+        .map(|i| json!({"job_id": format!("j{i}"), "image": {"s3_uri": format!("s3://{bucket}/in/{}", PHOTOS[i].0)}}).to_string())
+        .chain(["not json".to_string()])
+        .collect();
+
+    let first = onnx_lambda::lambda::handle(app.clone(), sqs_event(&bodies, 1), "r1").await;
+    let failures: HashSet<String> = first["batchItemFailures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
+        .collect();
+    let all: HashSet<String> = (0..5).map(|i| format!("msg-{i}")).collect();
+    assert_eq!(
+        failures, all,
+        "nothing may be acknowledged while results cannot be written"
+    );
+
+    // The queue comes back; the redelivered batch completes.
+    let created = sqs
+        .create_queue()
+        .queue_name(&name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    assert_eq!(created, url);
+    let second = onnx_lambda::lambda::handle(app.clone(), sqs_event(&bodies, 2), "r2").await;
+    assert_eq!(second["batchItemFailures"], json!([]), "{second}");
+    let results: Vec<JobResult> = drain(&sqs, &url)
+        .await
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    assert_eq!(results.len(), 5);
+    for r in &results {
+        assert_eq!(r.attempt, 2);
+        if r.job_id == "msg-4" {
+            assert_eq!(r.error.as_ref().unwrap().code, "invalid_job");
+        } else {
+            assert_eq!(r.status, "ok");
+        }
+    }
+}
+
+#[tokio::test]
+async fn transient_failures_end_in_the_dead_letter_queue_and_nothing_is_lost() {
+    let sqs = sqs_client().await;
+    let bucket = photo_bucket().await;
+    let dlq = create_queue(&sqs, "dlq", &[]).await;
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    let redrive = json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"}).to_string();
+    let jobs = create_queue(&sqs, "redrive-jobs", &[("RedrivePolicy", redrive)]).await;
+    let results = create_queue(&sqs, "results", &[]).await;
+    let bodies: Vec<String> = (0..20)
+        .map(|i| json!({"job_id": format!("d{i}"), "image": {"s3_uri": format!("s3://{bucket}/in/{}", PHOTOS[i % 5].0)}}).to_string())
+        .collect();
+    send_all(&sqs, &jobs, &bodies).await;
+
+    // Phase 1: the results queue is unreachable; every batch fails
+    // transiently and is redelivered after a 1 s visibility timeout.
+    let missing = format!(
+        "{}/123456789012/{}",
+        common::moto_endpoint(),
+        unique_bucket("nowhere")
+    );
+    let worker = Worker::start(
+        &jobs,
+        &missing,
+        &["--visibility-timeout", "1", "--batch-size", "5"],
+    );
+    let start = Instant::now();
+    while drain_count(&sqs, &dlq).await < 5 && start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let stats = worker.stop();
+    assert!(stats["redelivered"].as_u64().unwrap() > 0, "{stats}");
+
+    // Phase 2: results flow again; the rest complete.
+    let worker = Worker::start(&jobs, &results, &["--visibility-timeout", "1"]);
+    let start = Instant::now();
+    while queue_depth(&sqs, &jobs).await > 0 && start.elapsed() < Duration::from_secs(90) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    worker.stop();
+    let dead: HashSet<String> = drain(&sqs, &dlq)
+        .await
+        .iter()
+        .map(|b| {
+            serde_json::from_str::<Value>(b).unwrap()["job_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let done: HashSet<String> = drain(&sqs, &results)
+        .await
+        .iter()
+        .map(|b| serde_json::from_str::<JobResult>(b).unwrap().job_id)
+        .collect();
+    assert!(
+        dead.len() >= 5,
+        "some jobs were dead-lettered: {}",
+        dead.len()
+    );
+    assert!(
+        dead.is_disjoint(&done),
+        "a dead-lettered job also has a result"
+    );
+    let all: HashSet<String> = (0..20).map(|i| format!("d{i}")).collect();
+    let accounted: HashSet<String> = dead.union(&done).cloned().collect();
+    assert_eq!(accounted, all, "results + dead-lettered = sent");
+}
+
+/// Messages currently in the DLQ, without consuming them.
+async fn drain_count(sqs: &aws_sdk_sqs::Client, queue: &str) -> usize {
+    queue_depth(sqs, queue).await
+}
+
+#[tokio::test]
+async fn a_worker_stopped_mid_run_and_restarted_loses_nothing() {
+    let sqs = sqs_client().await;
+    let bucket = photo_bucket().await;
+    let jobs = create_queue(&sqs, "restart-jobs", &[("VisibilityTimeout", "30".into())]).await;
+    let results = create_queue(&sqs, "restart-results", &[]).await;
+    let bodies: Vec<String> = (0..60)
+        .map(|i| json!({"job_id": format!("r{i}"), "image": {"s3_uri": format!("s3://{bucket}/in/{}", PHOTOS[i % 5].0)}}).to_string())
+        .collect();
+    send_all(&sqs, &jobs, &bodies).await;
+
+    let worker = Worker::start(&jobs, &results, &[]);
+    let start = Instant::now();
+    while queue_depth(&sqs, &results).await < 10 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = worker.stop(); // in the middle of the run
+    assert!(
+        stats["deleted"].as_u64().unwrap() < 60,
+        "stopped mid-run: {stats}"
+    );
+    assert_eq!(
+        stats["received"],
+        stats["deleted"].as_u64().unwrap() + stats["redelivered"].as_u64().unwrap(),
+        "{stats}"
+    );
+
+    let worker = Worker::start(&jobs, &results, &[]);
+    let (got, summary) = tokio::task::spawn_blocking({
+        let results = results.clone();
+        move || collect(&results, 60, 60)
+    })
+    .await
+    .unwrap();
+    worker.stop();
+    assert_eq!(summary["complete"], true, "{summary}");
+    let ids: HashSet<&String> = got.keys().collect();
+    assert_eq!(ids.len(), 60);
+    assert!(got.values().all(|r| r.status == "ok"));
+}
+
+#[tokio::test]
+async fn s3_event_notifications_through_sqs_classify_the_new_objects() {
+    let sqs = sqs_client().await;
+    let bucket = unique_bucket("drop");
+    put_objects(
+        &s3_client().await,
+        &bucket,
+        &[(
+            "in/my cat.jpg",
+            std::fs::read(data("images/chelsea.png")).unwrap(),
+        )],
+    )
+    .await;
+    let results = create_queue(&sqs, "s3-results", &[]).await;
+    let app = app(&results).await;
+    // The documented example, pointed at this bucket.
+    let mut event: Value = serde_json::from_slice(
+        &std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("events/sqs-s3-notification.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut body: Value =
+        serde_json::from_str(event["Records"][0]["body"].as_str().unwrap()).unwrap();
+    body["Records"][0]["s3"]["bucket"]["name"] = json!(bucket);
+    event["Records"][0]["body"] = json!(body.to_string());
+    let out = onnx_lambda::lambda::handle(app.clone(), event, "s3").await;
+    assert_eq!(out["batchItemFailures"], json!([]), "{out}");
+    let got: Vec<JobResult> = drain(&sqs, &results)
+        .await
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].job_id, "in/my cat.jpg",
+        "job_id falls back to the (decoded) key"
+    );
+    assert_eq!(got[0].predictions.as_ref().unwrap()[0].index, 285);
+
+    // The other example: a job for a missing object and an inline 1x1 PNG.
+    let event: Value = serde_json::from_slice(
+        &std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("events/sqs-jobs.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let out = onnx_lambda::lambda::handle(app.clone(), event, "jobs").await;
+    assert_eq!(out["batchItemFailures"], json!([]), "{out}");
+    let got: HashMap<String, JobResult> = drain(&sqs, &results)
+        .await
+        .iter()
+        .map(|b| serde_json::from_str::<JobResult>(b).unwrap())
+        .map(|r| (r.job_id.clone(), r))
+        .collect();
+    assert_eq!(
+        got["photo-0001"].error.as_ref().unwrap().code,
+        "s3_object_not_found"
+    );
+    assert_eq!(got["photo-0002"].status, "ok");
+    assert_eq!(got["photo-0002"].predictions.as_ref().unwrap().len(), 3);
+}
