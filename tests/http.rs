@@ -156,6 +156,11 @@ async fn call(app: Option<Arc<App>>, req: http::Request<Bytes>) -> (u16, Value) 
     )
 }
 
+/// `POST path` with a JSON body.
+fn json_post(path: &str, body: &Value) -> http::Request<Bytes> {
+    request("POST", path, Some("application/json"), body.to_string())
+}
+
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -174,37 +179,20 @@ async fn predict_accepts_bytes_base64_s3_and_batches() {
     assert!([652, 457].contains(&b["predictions"][0]["index"].as_u64().unwrap()));
     assert_eq!(b["model"]["sha256"], app.model_info().sha256);
 
-    let json_body = json!({"image": b64(&jpeg), "top_k": 4}).to_string();
-    let (s, b2) = call(
-        Some(app.clone()),
-        request("POST", "/predict", Some("application/json"), json_body),
-    )
-    .await;
+    let json_body = json!({"image": b64(&jpeg), "top_k": 4});
+    let (s, b2) = call(Some(app.clone()), json_post("/predict", &json_body)).await;
     assert_eq!(s, 200, "{b2}");
     assert_eq!(b2["predictions"].as_array().unwrap().len(), 4);
     assert_eq!(b2["predictions"][0], b["predictions"][0]);
 
-    let s3_body = json!({"s3_uri": format!("s3://{bucket}/allowed/cat.png")}).to_string();
-    let (s, b) = call(
-        Some(app.clone()),
-        request("POST", "/predict", Some("application/json"), s3_body),
-    )
-    .await;
+    let s3_body = json!({"s3_uri": format!("s3://{bucket}/allowed/cat.png")});
+    let (s, b) = call(Some(app.clone()), json_post("/predict", &s3_body)).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["predictions"][0]["index"], 285);
 
     let batch = json!({"images": [b64(&jpeg), {"s3_uri": format!("s3://{bucket}/allowed/cat.png")},
                                   {"image": b64(b"junk")}, {"s3_uri": format!("s3://{bucket}/secret/cat.png")}]});
-    let (s, b) = call(
-        Some(app.clone()),
-        request(
-            "POST",
-            "/predict",
-            Some("application/json"),
-            batch.to_string(),
-        ),
-    )
-    .await;
+    let (s, b) = call(Some(app.clone()), json_post("/predict", &batch)).await;
     assert_eq!(s, 200, "{b}");
     let results = b["results"].as_array().unwrap();
     assert_eq!(results.len(), 4);
@@ -271,52 +259,33 @@ async fn every_error_code_has_its_status() {
             "invalid_top_k",
         ),
         (
-            request(
-                "POST",
-                "/predict",
-                Some("application/json"),
-                json!({"s3_uri": "s3://x"}).to_string(),
-            ),
+            json_post("/predict", &json!({"s3_uri": "s3://x"})),
             400,
             "invalid_s3_uri",
         ),
         (
-            request(
-                "POST",
+            json_post(
                 "/predict",
-                Some("application/json"),
-                json!({"s3_uri": format!("s3://{bucket}/allowed/nope.png")}).to_string(),
+                &json!({"s3_uri": format!("s3://{bucket}/allowed/nope.png")}),
             ),
             400,
             "s3_object_not_found",
         ),
         (
-            request(
-                "POST",
+            json_post(
                 "/predict",
-                Some("application/json"),
-                json!({"s3_uri": format!("s3://{bucket}/secret/cat.png")}).to_string(),
+                &json!({"s3_uri": format!("s3://{bucket}/secret/cat.png")}),
             ),
             403,
             "s3_uri_not_allowed",
         ),
         (
-            request(
-                "POST",
-                "/predict",
-                Some("application/json"),
-                json!({"images": []}).to_string(),
-            ),
+            json_post("/predict", &json!({"images": []})),
             400,
             "invalid_batch",
         ),
         (
-            request(
-                "POST",
-                "/predict",
-                Some("application/json"),
-                json!({"images": vec!["a"; 5]}).to_string(),
-            ),
+            json_post("/predict", &json!({"images": vec!["a"; 5]})),
             400,
             "invalid_batch",
         ),
@@ -427,12 +396,8 @@ async fn an_unreachable_s3_is_a_502_not_a_hang_or_a_500() {
             .await
             .unwrap(),
     );
-    let body = json!({"s3_uri": "s3://down-bucket/cat.png"}).to_string();
-    let (s, b) = call(
-        Some(app),
-        request("POST", "/predict", Some("application/json"), body),
-    )
-    .await;
+    let body = json!({"s3_uri": "s3://down-bucket/cat.png"});
+    let (s, b) = call(Some(app), json_post("/predict", &body)).await;
     assert_eq!(
         (s, b["error"]["code"].as_str().unwrap()),
         (502, "s3_unavailable"),
@@ -473,16 +438,7 @@ async fn open_inference_protocol_in_process() {
         .collect();
     let body = json!({"id": "r1", "inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": input}],
                       "outputs": [{"name": "output"}, {"name": "output", "parameters": {"classification": 3}}]});
-    let (s, r) = call(
-        a(),
-        request(
-            "POST",
-            "/v2/models/mobilenetv2-1.0/infer",
-            Some("application/json"),
-            body.to_string(),
-        ),
-    )
-    .await;
+    let (s, r) = call(a(), json_post("/v2/models/mobilenetv2-1.0/infer", &body)).await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["id"], "r1");
     assert_eq!(r["outputs"][0]["shape"], json!([1, 1000]));
@@ -501,24 +457,49 @@ async fn open_inference_protocol_in_process() {
     assert_eq!(r["outputs"][1]["shape"], json!([1, 3]));
 
     let errors: Vec<(http::Request<Bytes>, u16)> = vec![
-        (request("POST", "/v2/models/other/infer", Some("application/json"), "{}"), 404),
-        (request("POST", "/v2/models/mobilenetv2-1.0/infer", Some("application/json"), "nope"), 400),
         (
-            request("POST", "/v2/models/mobilenetv2-1.0/infer", Some("application/json"),
-                json!({"inputs": [{"name": "input", "shape": [1, 3, 100, 100], "datatype": "FP32", "data": [0.0]}]}).to_string()),
+            request(
+                "POST",
+                "/v2/models/other/infer",
+                Some("application/json"),
+                "{}",
+            ),
+            404,
+        ),
+        (
+            request(
+                "POST",
+                "/v2/models/mobilenetv2-1.0/infer",
+                Some("application/json"),
+                "nope",
+            ),
+            400,
+        ),
+        (
+            json_post(
+                "/v2/models/mobilenetv2-1.0/infer",
+                &json!({"inputs": [{"name": "input", "shape": [1, 3, 100, 100], "datatype": "FP32", "data": [0.0]}]}),
+            ),
             422,
         ),
         (
-            request("POST", "/v2/models/mobilenetv2-1.0/infer", Some("application/json"),
-                json!({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "INT8", "data": [0]}]}).to_string()),
+            json_post(
+                "/v2/models/mobilenetv2-1.0/infer",
+                &json!({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "INT8", "data": [0]}]}),
+            ),
             422,
         ),
         (
-            request("POST", "/v2/models/mobilenetv2-1.0/infer", Some("application/json"),
-                json!({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": [0.0, 1.0]}]}).to_string()),
+            json_post(
+                "/v2/models/mobilenetv2-1.0/infer",
+                &json!({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": [0.0, 1.0]}]}),
+            ),
             422,
         ),
-        (request("GET", "/v2/models/mobilenetv2-1.0/infer", None, ""), 405),
+        (
+            request("GET", "/v2/models/mobilenetv2-1.0/infer", None, ""),
+            405,
+        ),
     ];
     for (req, status) in errors {
         let what = format!("{} {}", req.method(), req.uri());

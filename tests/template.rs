@@ -43,16 +43,30 @@ fn template_sets_only_variables_the_config_knows() {
         "S3_INPUT_ALLOWLIST",
         "MAX_REQUEST_BYTES",
         "MAX_BATCH_IMAGES",
+        "RESULTS_QUEUE_URL",
         "RUST_LOG",
     ];
-    let vars: Vec<&str> = template
-        .lines()
-        .skip_while(|l| !l.trim_start().starts_with("Variables:"))
-        .skip(1)
-        .take_while(|l| l.starts_with("          "))
-        .filter_map(|l| l.trim().split_once(':').map(|(k, _)| k))
-        .collect();
-    assert!(vars.contains(&"MODEL_URI"), "{vars:?}");
+    // Every `Variables:` block, each entry one level deeper than its header.
+    let lines: Vec<&str> = template.lines().collect();
+    let mut vars: Vec<&str> = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim() != "Variables:" {
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        for entry in &lines[i + 1..] {
+            if entry.len() - entry.trim_start().len() <= indent {
+                break;
+            }
+            if let Some((k, _)) = entry.trim().split_once(':') {
+                vars.push(k);
+            }
+        }
+    }
+    assert!(
+        vars.contains(&"MODEL_URI") && vars.contains(&"RESULTS_QUEUE_URL"),
+        "{vars:?}"
+    );
     for v in &vars {
         assert!(known.contains(v), "template sets {v}, which nothing reads");
     }
