@@ -151,13 +151,26 @@ fn is_sqs_event(event: &Value) -> bool {
 /// messages to deliver again (ReportBatchItemFailures must be enabled on the
 /// event source mapping).
 async fn sqs_event(app: &Arc<App>, event: Value) -> Value {
+    // Every message id we can see, in case the event does not deserialise.
+    let ids: Vec<Value> = event["Records"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|r| r.get("messageId").cloned())
+                .collect()
+        })
+        .unwrap_or_default();
     let event: aws_lambda_events::sqs::SqsEvent = match serde_json::from_value(event) {
         Ok(e) => e,
         Err(e) => {
-            // Cannot tell the messages apart: fail the invocation so the whole
-            // batch is retried (and eventually dead-lettered), never dropped.
+            // Report every message as failed: retried, then dead-lettered,
+            // never dropped.
             tracing::error!(error = %e, "unreadable SQS event");
-            return json!({"batchItemFailures": null, "error": format!("unreadable SQS event: {e}")});
+            let failures: Vec<Value> = ids
+                .into_iter()
+                .map(|id| json!({"itemIdentifier": id}))
+                .collect();
+            return json!({"batchItemFailures": failures});
         }
     };
     let messages: Vec<crate::jobs::InMessage> = event

@@ -535,3 +535,20 @@ async fn s3_event_notifications_through_sqs_classify_the_new_objects() {
     assert_eq!(got["photo-0002"].status, "ok");
     assert_eq!(got["photo-0002"].predictions.as_ref().unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn an_unreadable_sqs_event_fails_every_message_it_names() {
+    let results = create_queue(&sqs_client().await, "unused-results", &[]).await;
+    let app = app(&results).await;
+    // `body` must be a string; a malformed record must not drop the batch.
+    let event = json!({"Records": [
+        {"eventSource": "aws:sqs", "messageId": "m1", "body": 42},
+        {"eventSource": "aws:sqs", "messageId": "m2", "body": "{}"}
+    ]});
+    let out = onnx_lambda::lambda::handle(app, event, "bad").await;
+    assert_eq!(
+        out["batchItemFailures"],
+        json!([{"itemIdentifier": "m1"}, {"itemIdentifier": "m2"}]),
+        "{out}"
+    );
+}
