@@ -180,8 +180,8 @@ pub async fn collect(
                 continue;
             }
         };
-        let mut delete = Vec::new();
-        for (i, m) in messages.iter().enumerate() {
+        let mut delete: Vec<&str> = Vec::new();
+        for m in &messages {
             let body = m.body().unwrap_or_default();
             match serde_json::from_str::<super::JobResult>(body) {
                 Ok(r) => {
@@ -202,28 +202,12 @@ pub async fn collect(
                 Err(_) => summary.unreadable += 1,
             }
             if let Some(h) = m.receipt_handle() {
-                delete.push(
-                    aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(h)
-                        .build()
-                        .expect("fields set"),
-                );
+                delete.push(h);
             }
         }
         // Written before deleted: a crash here leaves duplicates, never gaps.
         file.flush()?;
-        if !delete.is_empty() {
-            if let Err(e) = sqs
-                .delete_message_batch()
-                .queue_url(queue_url)
-                .set_entries(Some(delete))
-                .send()
-                .await
-            {
-                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "delete failed; results may come again");
-            }
-        }
+        super::delete_messages(sqs, queue_url, &delete).await;
     }
     bar.finish_and_clear();
     summary.results = seen.len();

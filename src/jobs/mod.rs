@@ -412,6 +412,52 @@ pub async fn process_batch(
     outcome
 }
 
+/// Deletes messages by receipt handle (batches of 10); returns how many were
+/// deleted. A message not deleted comes back, and its result is then written
+/// again, which consumers deduplicate by `job_id`: never a loss.
+pub async fn delete_messages(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    handles: &[&str],
+) -> usize {
+    let mut deleted = 0;
+    for chunk in handles.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(*h)
+                    .build()
+                    .expect("id and receipt handle are set")
+            })
+            .collect();
+        match sqs
+            .delete_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            Ok(out) => {
+                deleted += out.successful().len();
+                for f in out.failed() {
+                    tracing::warn!(
+                        code = f.code(),
+                        "message not deleted; it will be delivered again"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %aws_sdk_sqs::error::DisplayErrorContext(&e),
+                "delete failed; the messages will be delivered again"
+            ),
+        }
+    }
+    deleted
+}
+
 async fn fetch(app: &App, job: &Job) -> Result<Vec<u8>, FetchError> {
     match &job.source {
         ImageSource::Base64(b64) => {

@@ -9,10 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageSystemAttributeName,
-};
+use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
@@ -208,42 +205,13 @@ async fn handle(
     counters
         .redelivered
         .fetch_add(outcome.failed.len(), Ordering::Relaxed);
-    let done: Vec<&String> = batch
+    let done: Vec<&str> = batch
         .iter()
         .filter(|(m, _)| !outcome.failed.contains(&m.message_id))
-        .map(|(_, h)| h)
+        .map(|(_, h)| h.as_str())
         .collect();
-    for chunk in done.chunks(10) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(*h)
-                    .build()
-                    .expect("fields set")
-            })
-            .collect();
-        match sqs
-            .delete_message_batch()
-            .queue_url(&options.queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-        {
-            // A message not deleted comes back; its result is then written
-            // twice, which consumers deduplicate by job_id.
-            Ok(out) => {
-                counters
-                    .deleted
-                    .fetch_add(out.successful().len(), Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "delete failed; messages will be redelivered")
-            }
-        }
-    }
+    let deleted = super::delete_messages(&sqs, &options.queue_url, &done).await;
+    counters.deleted.fetch_add(deleted, Ordering::Relaxed);
     tracing::info!(
         messages = batch.len(),
         ok = outcome.ok,
