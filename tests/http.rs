@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
-use common::{aws_env, data, put_objects, s3_client, unique_bucket};
+use common::{aws_env, data, event, put_objects, s3_client, unique_bucket};
 use onnx_lambda::config::Config;
 use onnx_lambda::lambda::App;
 use onnx_lambda::model::source::ModelLoader;
@@ -60,13 +60,6 @@ async fn app() -> (Arc<App>, String) {
     })
     .await
     .clone()
-}
-
-fn event(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("events")
-        .join(name);
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
 #[tokio::test]
@@ -156,6 +149,11 @@ async fn call(app: Option<Arc<App>>, req: http::Request<Bytes>) -> (u16, Value) 
     )
 }
 
+/// `POST path` with a raw body of type `content_type`.
+fn post(path: &str, content_type: &str, body: impl Into<Bytes>) -> http::Request<Bytes> {
+    request("POST", path, Some(content_type), body)
+}
+
 /// `POST path` with a JSON body.
 fn json_post(path: &str, body: &Value) -> http::Request<Bytes> {
     request("POST", path, Some("application/json"), body.to_string())
@@ -171,7 +169,7 @@ async fn predict_accepts_bytes_base64_s3_and_batches() {
     let jpeg = std::fs::read(data("images/grace_hopper.jpg")).unwrap();
     let (s, b) = call(
         Some(app.clone()),
-        request("POST", "/predict?top_k=2", Some("image/jpeg"), jpeg.clone()),
+        post("/predict?top_k=2", "image/jpeg", jpeg.clone()),
     )
     .await;
     assert_eq!(s, 200, "{b}");
@@ -209,52 +207,33 @@ async fn every_error_code_has_its_status() {
     let png = std::fs::read(data("images/chelsea.png")).unwrap();
     let cases: Vec<(http::Request<Bytes>, u16, &str)> = vec![
         (
-            request("POST", "/predict", Some("application/json"), "{\"image\": "),
+            post("/predict", "application/json", "{\"image\": "),
             400,
             "invalid_json",
         ),
         (
-            request(
-                "POST",
-                "/predict",
-                Some("application/json"),
-                "{\"imagez\": \"x\"}",
-            ),
+            post("/predict", "application/json", "{\"imagez\": \"x\"}"),
             400,
             "invalid_json",
         ),
         (
-            request(
-                "POST",
-                "/predict",
-                Some("application/json"),
-                "{\"image\": \"***\"}",
-            ),
+            post("/predict", "application/json", "{\"image\": \"***\"}"),
             400,
             "invalid_base64",
         ),
+        (post("/predict", "image/png", ""), 400, "empty_input"),
         (
-            request("POST", "/predict", Some("image/png"), ""),
-            400,
-            "empty_input",
-        ),
-        (
-            request(
-                "POST",
-                "/predict",
-                Some("image/png"),
-                png[..png.len() / 2].to_vec(),
-            ),
+            post("/predict", "image/png", png[..png.len() / 2].to_vec()),
             400,
             "corrupt_image",
         ),
         (
-            request("POST", "/predict", Some("image/png"), "GIF? no"),
+            post("/predict", "image/png", "GIF? no"),
             400,
             "unsupported_format",
         ),
         (
-            request("POST", "/predict?top_k=0", Some("image/png"), png.clone()),
+            post("/predict?top_k=0", "image/png", png.clone()),
             400,
             "invalid_top_k",
         ),
@@ -290,22 +269,17 @@ async fn every_error_code_has_its_status() {
             "invalid_batch",
         ),
         (
-            request("POST", "/predict", Some("image/png"), vec![0u8; 4_000_001]),
+            post("/predict", "image/png", vec![0u8; 4_000_001]),
             413,
             "payload_too_large",
         ),
         (
-            request("POST", "/predict", Some("text/plain"), "hello"),
+            post("/predict", "text/plain", "hello"),
             415,
             "unsupported_media_type",
         ),
         (
-            request(
-                "POST",
-                "/predict",
-                Some("multipart/form-data; boundary=x"),
-                "--x",
-            ),
+            post("/predict", "multipart/form-data; boundary=x", "--x"),
             415,
             "unsupported_media_type",
         ),
@@ -340,17 +314,13 @@ async fn every_error_code_has_its_status() {
         ..Config::default()
     };
     let strict = app_with(small_limits).await;
-    let (s, b) = call(
-        Some(strict),
-        request("POST", "/predict", Some("image/png"), png),
-    )
-    .await;
+    let (s, b) = call(Some(strict), post("/predict", "image/png", png)).await;
     assert_eq!(
         (s, b["error"]["code"].as_str().unwrap()),
         (400, "image_too_large")
     );
     // Not ready yet: 503 everywhere but the liveness routes.
-    let (s, b) = call(None, request("POST", "/predict", Some("image/png"), "x")).await;
+    let (s, b) = call(None, post("/predict", "image/png", "x")).await;
     assert_eq!(
         (s, b["error"]["code"].as_str().unwrap()),
         (503, "not_ready")
@@ -458,19 +428,13 @@ async fn open_inference_protocol_in_process() {
 
     let errors: Vec<(http::Request<Bytes>, u16)> = vec![
         (
-            request(
-                "POST",
-                "/v2/models/other/infer",
-                Some("application/json"),
-                "{}",
-            ),
+            post("/v2/models/other/infer", "application/json", "{}"),
             404,
         ),
         (
-            request(
-                "POST",
+            post(
                 "/v2/models/mobilenetv2-1.0/infer",
-                Some("application/json"),
+                "application/json",
                 "nope",
             ),
             400,

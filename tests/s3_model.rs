@@ -446,13 +446,7 @@ async fn the_shared_app_serves_concurrent_invocations_without_reloading() {
         assert_eq!(body["predictions"][0]["index"], 285, "{body}");
     }
     // The documented example event, and an event of no known kind.
-    let example: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("events/direct-invoke.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let example: serde_json::Value = common::event("direct-invoke.json");
     let body = onnx_lambda::lambda::handle(app.clone(), example, "example").await;
     assert_eq!(body["predictions"].as_array().unwrap().len(), 3, "{body}");
     assert!(

@@ -269,13 +269,7 @@ async fn app(results_queue: &str) -> Arc<App> {
 
 /// An SQS event like Lambda's, from `events/sqs-jobs.json` with new bodies.
 fn sqs_event(bodies: &[String], receive_count: u32) -> Value {
-    let template: Value = serde_json::from_slice(
-        &std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("events/sqs-jobs.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let template: Value = common::event("sqs-jobs.json");
     let record = template["Records"][0].clone();
     let records: Vec<Value> = bodies
         .iter()
@@ -329,11 +323,7 @@ async fn the_lambda_handler_reports_unwritten_results_as_batch_item_failures() {
     assert_eq!(created, url);
     let second = onnx_lambda::lambda::handle(app.clone(), sqs_event(&bodies, 2), "r2").await;
     assert_eq!(second["batchItemFailures"], json!([]), "{second}");
-    let results: Vec<JobResult> = drain(&sqs, &url)
-        .await
-        .iter()
-        .map(|b| serde_json::from_str(b).unwrap())
-        .collect();
+    let results: Vec<JobResult> = results_in(&sqs, &url).await;
     assert_eq!(results.len(), 5);
     for r in &results {
         assert_eq!(r.attempt, 2);
@@ -423,6 +413,15 @@ async fn transient_failures_end_in_the_dead_letter_queue_and_nothing_is_lost() {
     assert_eq!(accounted, all, "results + dead-lettered = sent");
 }
 
+/// Every result message in `queue`, parsed (and deleted).
+async fn results_in(sqs: &aws_sdk_sqs::Client, queue: &str) -> Vec<JobResult> {
+    drain(sqs, queue)
+        .await
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect()
+}
+
 /// Messages currently in the DLQ, without consuming them.
 async fn drain_count(sqs: &aws_sdk_sqs::Client, queue: &str) -> usize {
     queue_depth(sqs, queue).await
@@ -486,25 +485,14 @@ async fn s3_event_notifications_through_sqs_classify_the_new_objects() {
     let results = create_queue(&sqs, "s3-results", &[]).await;
     let app = app(&results).await;
     // The documented example, pointed at this bucket.
-    let mut event: Value = serde_json::from_slice(
-        &std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("events/sqs-s3-notification.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let mut event: Value = common::event("sqs-s3-notification.json");
     let mut body: Value =
         serde_json::from_str(event["Records"][0]["body"].as_str().unwrap()).unwrap();
     body["Records"][0]["s3"]["bucket"]["name"] = json!(bucket);
     event["Records"][0]["body"] = json!(body.to_string());
     let out = onnx_lambda::lambda::handle(app.clone(), event, "s3").await;
     assert_eq!(out["batchItemFailures"], json!([]), "{out}");
-    let got: Vec<JobResult> = drain(&sqs, &results)
-        .await
-        .iter()
-        .map(|b| serde_json::from_str(b).unwrap())
-        .collect();
+    let got: Vec<JobResult> = results_in(&sqs, &results).await;
     assert_eq!(got.len(), 1);
     assert_eq!(
         got[0].job_id, "in/my cat.jpg",
@@ -513,13 +501,7 @@ async fn s3_event_notifications_through_sqs_classify_the_new_objects() {
     assert_eq!(got[0].predictions.as_ref().unwrap()[0].index, 285);
 
     // The other example: a job for a missing object and an inline 1x1 PNG.
-    let event: Value = serde_json::from_slice(
-        &std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("events/sqs-jobs.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let event: Value = common::event("sqs-jobs.json");
     let out = onnx_lambda::lambda::handle(app.clone(), event, "jobs").await;
     assert_eq!(out["batchItemFailures"], json!([]), "{out}");
     let got: HashMap<String, JobResult> = drain(&sqs, &results)

@@ -17,6 +17,14 @@ pub fn data(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// A Lambda event from `events/`.
+pub fn event(name: &str) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("events")
+        .join(name);
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 /// A free TCP port on loopback (bind to 0, read it, release it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
