@@ -27,7 +27,7 @@ fn photo(name: &str) -> Vec<u8> {
 
 fn classifier(batch_size: usize, threads: usize) -> Classifier {
     let model = Model::load_path(
-        &onnx_lambda::model::bundled_model_path(),
+        &onnx_lambda::bundled_model_path(),
         LoadOptions { batch_size },
     )
     .expect("bundled model");

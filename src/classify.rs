@@ -29,9 +29,10 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::Tensor;
 
+use crate::config::InputLimits;
 use crate::error::{ClassifyError, ModelError};
 use crate::model::{Layout, Model};
-use crate::preprocess::{self, InputLimits, Preprocessor};
+use crate::preprocess::{self, Preprocessor};
 
 /// One class and its probability.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,24 +5,82 @@
 //! so a misconfigured Lambda fails its init phase with a message that says
 //! exactly what to fix, instead of failing later on the first request.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use thiserror::Error;
+pub use crate::error::ConfigError;
+use crate::location::{parse_allowlist, AllowedPrefix, Location};
 
-use crate::inputs::{parse_allowlist, AllowedPrefix};
-use crate::model::source::Location;
-use crate::preprocess::InputLimits;
+/// One environment variable the service reads: the single list that the
+/// `--help` text and the README's configuration table are checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// The variable.
+    pub name: &'static str,
+    /// The command-line flag that overrides it, if any.
+    pub flag: Option<&'static str>,
+    /// What it is for, one line.
+    pub meaning: &'static str,
+}
 
-/// A configuration value that cannot be used.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[error("{var}={value:?} is invalid: {expected}")]
-pub struct ConfigError {
-    /// The environment variable (or flag) at fault.
-    pub var: &'static str,
-    /// The value it had.
-    pub value: String,
-    /// What is allowed instead.
-    pub expected: String,
+/// Every variable [`Config::from_lookup`] reads, in the README's order.
+#[rustfmt::skip]
+pub const SETTINGS: &[Setting] = &[
+    Setting { name: "MODEL_URI", flag: Some("--model"), meaning: "model location: s3://bucket/key[?versionId=V], file:///path or a path" },
+    Setting { name: "MODEL_MANIFEST_URI", flag: None, meaning: "manifest location; default: the model's with .json (optional)" },
+    Setting { name: "MODEL_SHA256", flag: None, meaning: "expected sha256 of the model bytes" },
+    Setting { name: "MODEL_MAX_BYTES", flag: None, meaning: "largest model object accepted" },
+    Setting { name: "TOP_K", flag: Some("--top-k"), meaning: "classes per image, 1 to 1000" },
+    Setting { name: "MAX_INPUT_BYTES", flag: Some("--max-input-bytes"), meaning: "largest encoded image accepted" },
+    Setting { name: "MAX_IMAGE_PIXELS", flag: Some("--max-image-pixels"), meaning: "largest decoded image accepted" },
+    Setting { name: "THREADS", flag: Some("--threads"), meaning: "images classified at once" },
+    Setting { name: "S3_INPUT_ALLOWLIST", flag: None, meaning: "s3://bucket[/prefix] list requests may read images from" },
+    Setting { name: "MAX_REQUEST_BYTES", flag: None, meaning: "largest HTTP request body" },
+    Setting { name: "MAX_BATCH_IMAGES", flag: None, meaning: "most images in one request" },
+    Setting { name: "RESULTS_QUEUE_URL", flag: Some("--results-queue"), meaning: "where SQS job results go" },
+];
+
+/// Limits on what one untrusted input may cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Largest encoded input accepted, in bytes.
+    pub max_bytes: u64,
+    /// Largest decoded image accepted, in pixels (width x height). Checked
+    /// from the header, before the pixel buffer is allocated.
+    pub max_pixels: u64,
+}
+
+impl Default for InputLimits {
+    /// 20 MiB and 50 megapixels: room for a full-resolution phone photo
+    /// (48 MP), while a decoded image stays under ~400 MiB even at 16 bits
+    /// per channel with alpha.
+    fn default() -> Self {
+        InputLimits {
+            max_bytes: 20 * 1024 * 1024,
+            max_pixels: 50_000_000,
+        }
+    }
+}
+
+/// File name of the bundled model, looked up by [`bundled_model_path`].
+pub const BUNDLED_MODEL_FILE: &str = "mobilenetv2-1.0-fp32.onnx";
+
+/// Where the bundled model lives: `models/` under the working directory (the
+/// repo, or `/var/task` on Lambda), next to the executable, or in the source
+/// tree this binary was built from, whichever exists first.
+pub fn bundled_model_path() -> PathBuf {
+    let rel = Path::new("models").join(BUNDLED_MODEL_FILE);
+    let mut candidates = vec![rel.clone()];
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join(&rel));
+        }
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(&rel));
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or(rel)
 }
 
 /// Default cap on model size: MobileNetV2 is 14 MB, ResNet-50 98 MB; this
@@ -71,7 +129,7 @@ pub const DEFAULT_MAX_BATCH_IMAGES: usize = 16;
 impl Default for Config {
     fn default() -> Self {
         Config {
-            model: Location::File(crate::model::bundled_model_path()),
+            model: Location::File(bundled_model_path()),
             manifest: None,
             model_sha256: None,
             model_max_bytes: DEFAULT_MODEL_MAX_BYTES,
@@ -96,7 +154,13 @@ impl Config {
     /// so tests can supply values without touching the process environment.
     /// Empty values count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let get = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
+        let get = |var: &str| {
+            debug_assert!(
+                SETTINGS.iter().any(|s| s.name == var),
+                "{var} is missing from SETTINGS"
+            );
+            lookup(var).filter(|v| !v.trim().is_empty())
+        };
         let mut c = Config::default();
         if let Some(v) = get("MODEL_URI") {
             c.model = Location::parse("MODEL_URI", &v)?;
@@ -124,13 +188,7 @@ impl Config {
             c.threads = Some(usize::try_from(n).unwrap_or(usize::MAX).min(256));
         }
         if let Some(v) = get("S3_INPUT_ALLOWLIST") {
-            c.s3_input_allowlist = parse_allowlist(&v).map_err(|reason| ConfigError {
-                var: "S3_INPUT_ALLOWLIST",
-                value: v.clone(),
-                expected: format!(
-                    "expected comma-separated s3://bucket[/prefix] entries: {reason}"
-                ),
-            })?;
+            c.s3_input_allowlist = parse_allowlist(&v)?;
         }
         if let Some(v) = get("MAX_REQUEST_BYTES") {
             c.max_request_bytes =
@@ -201,11 +259,6 @@ pub fn parse_sha256(var: &'static str, value: &str) -> Result<String, ConfigErro
                 .into(),
         })
     }
-}
-
-/// A local path from a `file://` URI or a plain path.
-pub fn local_path(value: &str) -> PathBuf {
-    PathBuf::from(value.strip_prefix("file://").unwrap_or(value))
 }
 
 #[cfg(test)]
@@ -302,5 +355,20 @@ mod tests {
             let msg = err.to_string();
             assert!(msg.contains(var) && msg.contains("expected"), "{msg}");
         }
+    }
+
+    #[test]
+    fn every_setting_is_read_and_nothing_else() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        Config::from_lookup(|var| {
+            asked.borrow_mut().push(var.to_string());
+            None
+        })
+        .unwrap();
+        let mut asked = asked.into_inner();
+        asked.sort();
+        let mut listed: Vec<String> = SETTINGS.iter().map(|s| s.name.to_string()).collect();
+        listed.sort();
+        assert_eq!(asked, listed);
     }
 }

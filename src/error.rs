@@ -1,11 +1,61 @@
-//! Errors shared by every door (CLI, HTTP, SQS).
+//! Errors below the doors, and the one error body every door sends.
 //!
-//! Each variant carries a stable, machine-readable [`code`](InputError::code)
-//! so that clients can branch on it, and a message that says what went wrong
-//! and what to do about it. The doors map these to their own wire format in one
-//! place each.
+//! Each error type covers one concern and gives every variant a stable,
+//! machine-readable [`code`](ErrorCode::code) so clients can branch on it,
+//! with a message that says what went wrong and what to do about it. The
+//! doors never format errors themselves: they send an [`ErrorBody`], and
+//! `http::error` is the one place that picks status codes.
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+/// An error with a stable code. Codes are part of the API: never change one.
+pub trait ErrorCode: std::fmt::Display {
+    /// The stable, machine-readable code.
+    fn code(&self) -> &'static str;
+}
+
+/// `{"code", "message"}`: how every door reports one failure (HTTP bodies,
+/// direct invocations, SQS error results, CLI JSON lines).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable code.
+    pub code: String,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// A body from a code and a message.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The body of any coded error.
+    pub fn of(e: &impl ErrorCode) -> ErrorBody {
+        ErrorBody::new(e.code(), e.to_string())
+    }
+
+    /// `{"error": {"code", "message"}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "error": self })
+    }
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("{var}={value:?} is invalid: {expected}")]
+pub struct ConfigError {
+    /// The environment variable (or flag) at fault.
+    pub var: &'static str,
+    /// The value it had.
+    pub value: String,
+    /// What is allowed instead.
+    pub expected: String,
+}
 
 /// Why one input image could not be classified.
 ///
@@ -47,9 +97,8 @@ pub enum InputError {
     },
 }
 
-impl InputError {
-    /// Stable code for clients and result messages; never change an existing one.
-    pub fn code(&self) -> &'static str {
+impl ErrorCode for InputError {
+    fn code(&self) -> &'static str {
         match self {
             InputError::Empty => "empty_input",
             InputError::TooManyBytes { .. } => "input_too_large",
@@ -67,17 +116,6 @@ impl InputError {
 /// exhaustion and are reported as internal errors.
 #[derive(Debug, Error)]
 pub enum ModelError {
-    /// The model or manifest file could not be read.
-    #[error("cannot read {what} at {path}: {source}")]
-    Io {
-        /// "model", "manifest" or "labels".
-        what: &'static str,
-        /// Where we looked.
-        path: String,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
     /// The bytes are not an ONNX model tract can load (an S3 error page, a
     /// truncated upload, a TensorFlow file...).
     #[error("{source_name} is not a loadable ONNX model ({size} bytes): {reason}")]
@@ -127,14 +165,18 @@ pub enum ClassifyError {
     /// The model failed: internal error.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The work itself failed (a worker thread died): internal error.
+    #[error("{0}")]
+    Internal(String),
 }
 
-impl ClassifyError {
-    /// Stable code, as in [`InputError::code`]; `inference_failed` for model errors.
-    pub fn code(&self) -> &'static str {
+impl ErrorCode for ClassifyError {
+    /// The input's code, or `inference_failed` for model errors.
+    fn code(&self) -> &'static str {
         match self {
             ClassifyError::Input(e) => e.code(),
             ClassifyError::Model(_) => "inference_failed",
+            ClassifyError::Internal(_) => "internal",
         }
     }
 }

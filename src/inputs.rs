@@ -1,18 +1,30 @@
-//! Images fetched by reference (`s3://bucket/key`) for a request: only from
-//! buckets/prefixes on the allow-list (`S3_INPUT_ALLOWLIST`, empty by
-//! default, so a public endpoint cannot be turned into a reader of
-//! everything the function's role can see), and never more than
-//! `MAX_INPUT_BYTES`.
+//! Getting a request's or a job's image bytes: inline base64, or an
+//! `s3://bucket/key` reference read through the one bounded S3 GET, never
+//! more than `MAX_INPUT_BYTES`.
+//!
+//! HTTP requests may only reference buckets/prefixes on the allow-list
+//! (`S3_INPUT_ALLOWLIST`, empty by default, so a public endpoint cannot be
+//! turned into a reader of everything the function's role can see). SQS jobs
+//! come from producers the operator trusts: for them IAM is the boundary.
 
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use base64::Engine;
 use thiserror::Error;
 
-use crate::lambda::App;
-use crate::model::source::Location;
+use crate::aws::s3::{self, ObjectRef, S3Error};
+use crate::error::ErrorCode;
+use crate::location::{AllowedPrefix, Location};
 
-/// Why an input could not be fetched.
+/// Why an input's bytes could not be had (before any decoding).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum InputError {
+pub enum FetchError {
+    /// Inline image data that is not base64.
+    #[error("{field} is not valid base64: {reason}")]
+    InvalidBase64 {
+        /// The field, as the client named it (`"image"`, `images[2]`).
+        field: String,
+        /// What the decoder said.
+        reason: String,
+    },
     /// Not an `s3://bucket/key` URI.
     #[error("{uri:?} is not an s3://bucket/key URI: {reason}")]
     InvalidUri {
@@ -61,203 +73,172 @@ pub enum InputError {
     },
 }
 
-impl InputError {
-    /// Stable code.
-    pub fn code(&self) -> &'static str {
+impl ErrorCode for FetchError {
+    fn code(&self) -> &'static str {
         match self {
-            InputError::InvalidUri { .. } => "invalid_s3_uri",
-            InputError::NotAllowed { .. } => "s3_uri_not_allowed",
-            InputError::NotFound { .. } => "s3_object_not_found",
-            InputError::AccessDenied { .. } => "s3_access_denied",
-            InputError::TooLarge { .. } => "input_too_large",
-            InputError::Unavailable { .. } => "s3_unavailable",
+            FetchError::InvalidBase64 { .. } => "invalid_base64",
+            FetchError::InvalidUri { .. } => "invalid_s3_uri",
+            FetchError::NotAllowed { .. } => "s3_uri_not_allowed",
+            FetchError::NotFound { .. } => "s3_object_not_found",
+            FetchError::AccessDenied { .. } => "s3_access_denied",
+            FetchError::TooLarge { .. } => "input_too_large",
+            FetchError::Unavailable { .. } => "s3_unavailable",
         }
     }
+}
 
-    /// Whether retrying the same request later may succeed.
+impl FetchError {
+    /// Whether retrying the same input later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, InputError::Unavailable { .. })
+        matches!(self, FetchError::Unavailable { .. })
+    }
+
+    fn from_s3(e: S3Error, uri: &str) -> FetchError {
+        let uri = uri.to_string();
+        match e {
+            S3Error::NoSuchBucket | S3Error::NoSuchKey => FetchError::NotFound { uri },
+            S3Error::AccessDenied => FetchError::AccessDenied { uri },
+            S3Error::TooLarge { size, limit } => FetchError::TooLarge { uri, size, limit },
+            S3Error::Unavailable(message) => FetchError::Unavailable { uri, message },
+        }
     }
 }
 
-/// One allowed `s3://bucket/prefix`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AllowedPrefix {
-    /// Bucket.
-    pub bucket: String,
-    /// Key prefix ("" allows the whole bucket).
-    pub prefix: String,
-}
-
-impl std::fmt::Display for AllowedPrefix {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "s3://{}/{}", self.bucket, self.prefix)
-    }
-}
-
-/// Parses `S3_INPUT_ALLOWLIST`: comma-separated `s3://bucket[/prefix]`.
-pub fn parse_allowlist(value: &str) -> Result<Vec<AllowedPrefix>, String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|entry| {
-            let rest = entry
-                .strip_prefix("s3://")
-                .ok_or_else(|| format!("{entry:?} does not start with s3://"))?;
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.len() < 3 || bucket.contains(['*', '?']) || prefix.contains(['*', '?']) {
-                return Err(format!(
-                    "{entry:?} is not s3://bucket or s3://bucket/prefix (no wildcards)"
-                ));
-            }
-            Ok(AllowedPrefix {
-                bucket: bucket.to_string(),
-                prefix: prefix.to_string(),
-            })
+/// Decodes inline image data; `field` names it in the error.
+pub fn decode_base64(field: &str, data: &str) -> Result<Vec<u8>, FetchError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| FetchError::InvalidBase64 {
+            field: field.to_string(),
+            reason: e.to_string(),
         })
-        .collect()
 }
 
-/// Parses a request's `s3://bucket/key` and checks the allow-list.
-pub fn check_uri(uri: &str, allowed: &[AllowedPrefix]) -> Result<(String, String), InputError> {
-    let (bucket, key) = match Location::parse("s3_uri", uri) {
+/// Parses `s3://bucket/key` (no version pin) into bucket and key.
+pub fn parse_s3_uri(uri: &str) -> Result<(String, String), FetchError> {
+    match Location::parse("s3_uri", uri) {
         Ok(Location::S3 {
             bucket,
             key,
             version_id: None,
-        }) => (bucket, key),
-        Ok(_) => {
-            return Err(InputError::InvalidUri {
-                uri: uri.into(),
-                reason: "expected s3://bucket/key".into(),
-            })
-        }
-        Err(e) => {
-            return Err(InputError::InvalidUri {
-                uri: uri.into(),
-                reason: e.expected,
-            })
-        }
-    };
-    // A key with ".." segments could walk out of a prefix in tools that
-    // normalise paths; refuse it rather than reason about it.
-    let permitted = !key.split('/').any(|s| s == "..")
-        && allowed
-            .iter()
-            .any(|a| a.bucket == bucket && key.starts_with(&a.prefix));
-    if !permitted {
-        let list: Vec<String> = allowed.iter().map(ToString::to_string).collect();
-        return Err(InputError::NotAllowed {
+        }) => Ok((bucket, key)),
+        Ok(_) => Err(FetchError::InvalidUri {
             uri: uri.into(),
-            allowed: if list.is_empty() {
-                "empty".into()
-            } else {
-                list.join(", ")
-            },
-        });
+            reason: "expected s3://bucket/key".into(),
+        }),
+        Err(e) => Err(FetchError::InvalidUri {
+            uri: uri.into(),
+            reason: e.expected,
+        }),
     }
-    Ok((bucket, key))
 }
 
-/// Fetches an allowed `s3://` image for `app`.
-pub async fn fetch_s3(app: &App, uri: &str) -> Result<Vec<u8>, InputError> {
-    let (bucket, key) = check_uri(uri, &app.config.s3_input_allowlist)?;
-    let Some(s3) = &app.s3 else {
-        return Err(InputError::Unavailable {
-            uri: uri.into(),
-            message: "no S3 client is configured".into(),
-        });
-    };
-    get(s3, &bucket, &key, uri, app.classifier.limits().max_bytes).await
-}
-
-/// Reads one object, refusing more than `limit` bytes.
-pub async fn get(
-    s3: &aws_sdk_s3::Client,
-    bucket: &str,
-    key: &str,
-    uri: &str,
-    limit: u64,
-) -> Result<Vec<u8>, InputError> {
-    let resp = s3
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| map_sdk(e, uri))?;
-    let size = resp.content_length().unwrap_or(0).max(0) as u64;
-    if size > limit {
-        return Err(InputError::TooLarge {
-            uri: uri.into(),
-            size,
-            limit,
-        });
+/// Parses a request's `s3://bucket/key` and checks it against the allow-list.
+pub fn check_allowed(uri: &str, allowed: &[AllowedPrefix]) -> Result<(String, String), FetchError> {
+    let (bucket, key) = parse_s3_uri(uri)?;
+    if allowed.iter().any(|a| a.permits(&bucket, &key)) {
+        return Ok((bucket, key));
     }
-    let data = resp
-        .body
-        .collect()
-        .await
-        .map_err(|e| InputError::Unavailable {
-            uri: uri.into(),
-            message: format!("the download was interrupted: {e}"),
-        })?;
-    let bytes = data.into_bytes().to_vec();
-    if bytes.len() as u64 > limit {
-        return Err(InputError::TooLarge {
-            uri: uri.into(),
-            size: bytes.len() as u64,
-            limit,
-        });
-    }
-    Ok(bytes)
-}
-
-fn map_sdk<E, R>(e: SdkError<E, R>, uri: &str) -> InputError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    match e.code() {
-        Some("NoSuchKey" | "NoSuchBucket" | "NotFound") => InputError::NotFound { uri: uri.into() },
-        Some("AccessDenied" | "Forbidden") => InputError::AccessDenied { uri: uri.into() },
-        _ => InputError::Unavailable {
-            uri: uri.into(),
-            message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+    let list: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+    Err(FetchError::NotAllowed {
+        uri: uri.into(),
+        allowed: if list.is_empty() {
+            "empty".into()
+        } else {
+            list.join(", ")
         },
+    })
+}
+
+/// Reads input images from S3 within the size limit; built once, shared.
+#[derive(Debug, Clone)]
+pub struct InputFetcher {
+    s3: Option<aws_sdk_s3::Client>,
+    allowlist: Vec<AllowedPrefix>,
+    max_bytes: u64,
+}
+
+impl InputFetcher {
+    /// A fetcher reading with `s3` (None: every S3 input is unavailable).
+    pub fn new(
+        s3: Option<aws_sdk_s3::Client>,
+        allowlist: Vec<AllowedPrefix>,
+        max_bytes: u64,
+    ) -> InputFetcher {
+        InputFetcher {
+            s3,
+            allowlist,
+            max_bytes,
+        }
+    }
+
+    /// A request's `s3://` image: only from the allow-list.
+    pub async fn fetch_allowed(&self, uri: &str) -> Result<Vec<u8>, FetchError> {
+        let (bucket, key) = check_allowed(uri, &self.allowlist)?;
+        self.fetch(&bucket, &key).await
+    }
+
+    /// A job's image, by bucket and key (no allow-list: see the module docs).
+    pub async fn fetch(&self, bucket: &str, key: &str) -> Result<Vec<u8>, FetchError> {
+        let uri = format!("s3://{bucket}/{key}");
+        let Some(s3) = &self.s3 else {
+            return Err(FetchError::Unavailable {
+                uri,
+                message: "no S3 client is configured".into(),
+            });
+        };
+        let object = ObjectRef {
+            bucket,
+            key,
+            version_id: None,
+        };
+        s3::get_object(s3, object, self.max_bytes)
+            .await
+            .map_err(|e| FetchError::from_s3(e, &uri))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::location::parse_allowlist;
 
     #[test]
     fn allowlist_is_by_bucket_and_prefix() {
         let allowed = parse_allowlist("s3://images/in/, s3://other-bucket").unwrap();
-        assert!(check_uri("s3://images/in/cat.jpg", &allowed).is_ok());
-        assert!(check_uri("s3://other-bucket/any/thing.png", &allowed).is_ok());
+        assert!(check_allowed("s3://images/in/cat.jpg", &allowed).is_ok());
+        assert!(check_allowed("s3://other-bucket/any/thing.png", &allowed).is_ok());
         for denied in [
             "s3://images/out/cat.jpg",
             "s3://images/in/../out/x.jpg",
             "s3://imagesx/in/a.jpg",
         ] {
             assert_eq!(
-                check_uri(denied, &allowed).unwrap_err().code(),
+                check_allowed(denied, &allowed).unwrap_err().code(),
                 "s3_uri_not_allowed",
                 "{denied}"
             );
         }
         assert_eq!(
-            check_uri("s3://images/in/a.jpg", &[]).unwrap_err().code(),
+            check_allowed("s3://images/in/a.jpg", &[])
+                .unwrap_err()
+                .code(),
             "s3_uri_not_allowed"
         );
         assert_eq!(
-            check_uri("http://x/y", &allowed).unwrap_err().code(),
+            check_allowed("http://x/y", &allowed).unwrap_err().code(),
             "invalid_s3_uri"
         );
-        assert!(parse_allowlist("images/in").is_err());
-        assert!(parse_allowlist("s3://b*/x").is_err());
+    }
+
+    #[test]
+    fn base64_errors_name_the_field() {
+        assert_eq!(decode_base64("\"image\"", " AAAA\n").unwrap(), [0, 0, 0]);
+        let err = decode_base64("images[2]", "not base64!").unwrap_err();
+        assert_eq!(err.code(), "invalid_base64");
+        assert!(
+            err.to_string().starts_with("images[2] is not valid base64"),
+            "{err}"
+        );
     }
 }

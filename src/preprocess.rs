@@ -13,30 +13,9 @@ use std::io::Cursor;
 use fast_image_resize as fir;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
 
+use crate::config::InputLimits;
 use crate::error::InputError;
 use crate::model::manifest::{ChannelOrder, Crop, Interpolation, Layout, Manifest};
-
-/// Limits on what one untrusted input may cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InputLimits {
-    /// Largest encoded input accepted, in bytes.
-    pub max_bytes: u64,
-    /// Largest decoded image accepted, in pixels (width x height). Checked
-    /// from the header, before the pixel buffer is allocated.
-    pub max_pixels: u64,
-}
-
-impl Default for InputLimits {
-    /// 20 MiB and 50 megapixels: room for a full-resolution phone photo
-    /// (48 MP), while a decoded image stays under ~400 MiB even at 16 bits
-    /// per channel with alpha.
-    fn default() -> Self {
-        InputLimits {
-            max_bytes: 20 * 1024 * 1024,
-            max_pixels: 50_000_000,
-        }
-    }
-}
 
 /// Formats we decode; anything else is `unsupported_format`.
 const SUPPORTED: [ImageFormat; 7] = [

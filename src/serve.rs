@@ -6,8 +6,12 @@
 //! what load balancers and Kubernetes probes expect.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+
+use anyhow::Context;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -17,19 +21,50 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::app::{App, AppCell};
+use crate::config::Config;
 use crate::http::{route, ApiError};
-use crate::lambda::App;
+use crate::model::ModelLoader;
 
-/// The app, once loaded; shared by every connection.
-pub type Slot = Arc<OnceLock<Arc<App>>>;
+/// `onnx-lambda serve`: binds `addr` (printing the address, so port 0 can
+/// be used), loads the model while `/health` already answers, then serves
+/// until `shutdown` resolves.
+pub async fn run(
+    addr: &str,
+    config: Config,
+    loader: &ModelLoader,
+    s3: Option<aws_sdk_s3::Client>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    println!("listening on http://{local}");
+    std::io::stdout().flush()?;
+    tracing::info!(%local, "listening; loading the model");
+    let app = AppCell::default();
+    let server = tokio::spawn(serve(
+        listener,
+        app.clone(),
+        config.max_request_bytes,
+        shutdown,
+    ));
+    let loaded = App::init(config, loader, s3).await?;
+    app.set(Arc::new(loaded));
+    tracing::info!(%local, "ready");
+    server.await.context("the server task failed")??;
+    tracing::info!("shut down");
+    Ok(())
+}
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` resolves; connections in
 /// flight finish their current request.
 pub async fn serve(
     listener: TcpListener,
-    app: Slot,
+    app: AppCell,
     max_request_bytes: usize,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
     loop {
@@ -52,7 +87,7 @@ pub async fn serve(
 }
 
 async fn handle(
-    app: Slot,
+    app: AppCell,
     req: hyper::Request<Incoming>,
     limit: usize,
     peer: SocketAddr,
@@ -69,7 +104,7 @@ async fn handle(
         _ => match Limited::new(body, limit).collect().await {
             Ok(collected) => {
                 let req = http::Request::from_parts(parts.clone(), collected.to_bytes());
-                route(app.get().cloned(), req).await
+                route(app.get(), req).await
             }
             Err(e)
                 if e.downcast_ref::<http_body_util::LengthLimitError>()

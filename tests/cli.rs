@@ -1,13 +1,10 @@
 //! The `onnx-lambda` binary as a user runs it: JSON Lines out, exit status.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Command;
 
-fn data(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(rel)
-}
+use common::data;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_onnx-lambda"));

@@ -13,8 +13,8 @@ use base64::Engine;
 use bytes::Bytes;
 use common::{aws_env, data, event, put_objects, s3_client, unique_bucket};
 use onnx_lambda::config::Config;
-use onnx_lambda::lambda::App;
-use onnx_lambda::model::source::ModelLoader;
+use onnx_lambda::App;
+use onnx_lambda::ModelLoader;
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
@@ -48,10 +48,8 @@ async fn app() -> (Arc<App>, String) {
         )
         .await;
         let config = Config {
-            s3_input_allowlist: onnx_lambda::inputs::parse_allowlist(&format!(
-                "s3://{bucket}/allowed/"
-            ))
-            .unwrap(),
+            s3_input_allowlist: onnx_lambda::parse_allowlist(&format!("s3://{bucket}/allowed/"))
+                .unwrap(),
             max_request_bytes: 4_000_000,
             max_batch_images: 4,
             ..Config::default()
@@ -71,7 +69,7 @@ async fn every_http_event_source_gets_a_prediction_in_its_own_response_shape() {
         "function-url-predict.json",
         "alb-predict.json",
     ] {
-        let response = onnx_lambda::lambda::handle(app.clone(), event(name), name).await;
+        let response = common::invoke(app.clone(), event(name), name).await;
         assert_eq!(response["statusCode"], 200, "{name}: {response}");
         assert_eq!(response["isBase64Encoded"], false, "{name}");
         let content_type = match name {
@@ -115,14 +113,14 @@ async fn http_errors_reach_lambda_clients_as_json_with_status() {
     let mut e = event("apigw-http-predict.json");
     e["rawPath"] = json!("/nope");
     e["requestContext"]["http"]["path"] = json!("/nope");
-    let response = onnx_lambda::lambda::handle(app.clone(), e, "404").await;
+    let response = common::invoke(app.clone(), e, "404").await;
     assert_eq!(response["statusCode"], 404);
     let body: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["error"]["code"], "not_found");
 
     let mut e = event("alb-predict.json");
     e["body"] = json!(base64::engine::general_purpose::STANDARD.encode(b"not an image"));
-    let response = onnx_lambda::lambda::handle(app.clone(), e, "400").await;
+    let response = common::invoke(app.clone(), e, "400").await;
     assert_eq!(response["statusCode"], 400);
     assert_eq!(response["statusDescription"], "400 Bad Request");
 }
@@ -358,7 +356,7 @@ async fn an_unreachable_s3_is_a_502_not_a_hang_or_a_500() {
             .build(),
     );
     let config = Config {
-        s3_input_allowlist: onnx_lambda::inputs::parse_allowlist("s3://down-bucket").unwrap(),
+        s3_input_allowlist: onnx_lambda::parse_allowlist("s3://down-bucket").unwrap(),
         ..Config::default()
     };
     let app = Arc::new(

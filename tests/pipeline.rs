@@ -1,27 +1,21 @@
 //! The inference core against real data: ONNX Runtime's logits, real photos,
 //! re-encodings, and hostile inputs.
 
+mod common;
+
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
+use common::data;
 use image::{DynamicImage, ImageEncoder, ImageFormat};
-use onnx_lambda::{Classifier, InputLimits, LoadOptions, Model};
-
-fn data(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(rel)
-}
+use onnx_lambda::{Classifier, ErrorCode, InputLimits, LoadOptions, Model};
 
 fn classifier() -> &'static Classifier {
     static C: OnceLock<Classifier> = OnceLock::new();
     C.get_or_init(|| {
-        let model = Model::load_path(
-            &onnx_lambda::model::bundled_model_path(),
-            LoadOptions::default(),
-        )
-        .expect("bundled model loads");
+        let model = Model::load_path(&onnx_lambda::bundled_model_path(), LoadOptions::default())
+            .expect("bundled model loads");
         Classifier::new(Arc::new(model), InputLimits::default())
     })
 }
@@ -375,7 +369,7 @@ fn one_bad_input_does_not_disturb_a_batch() {
 #[test]
 fn fixed_batch_plan_agrees_with_batch1_plan() {
     let model = Model::load_path(
-        &onnx_lambda::model::bundled_model_path(),
+        &onnx_lambda::bundled_model_path(),
         LoadOptions { batch_size: 4 },
     )
     .unwrap();

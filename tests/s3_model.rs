@@ -12,8 +12,8 @@ use base64::Engine;
 use common::runtime_api::{lambda_env, RuntimeApi};
 use common::{aws_env, data, put_objects, s3_client, unique_bucket};
 use onnx_lambda::config::Config;
-use onnx_lambda::model::source::{LoadError, Location, ModelLoader};
 use onnx_lambda::{Classifier, InputLimits};
+use onnx_lambda::{LoadError, Location, ModelLoader};
 
 fn bundled(file: &str) -> Vec<u8> {
     std::fs::read(
@@ -426,7 +426,7 @@ async fn the_shared_app_serves_concurrent_invocations_without_reloading() {
     put_objects(&s3, &bucket, &[("m.onnx", model_bytes())]).await;
     let loader = ModelLoader::new(Some(s3.clone()));
     let app = Arc::new(
-        onnx_lambda::lambda::App::init(s3_config(&bucket, "m.onnx"), &loader, Some(s3))
+        onnx_lambda::App::init(s3_config(&bucket, "m.onnx"), &loader, Some(s3))
             .await
             .unwrap(),
     );
@@ -436,9 +436,7 @@ async fn the_shared_app_serves_concurrent_invocations_without_reloading() {
         .map(|i| {
             let app = app.clone();
             let event = serde_json::json!({"image": image});
-            tokio::spawn(
-                async move { onnx_lambda::lambda::handle(app, event, &format!("r{i}")).await },
-            )
+            tokio::spawn(async move { common::invoke(app, event, &format!("r{i}")).await })
         })
         .collect();
     for t in tasks {
@@ -447,14 +445,13 @@ async fn the_shared_app_serves_concurrent_invocations_without_reloading() {
     }
     // The documented example event, and an event of no known kind.
     let example: serde_json::Value = common::event("direct-invoke.json");
-    let body = onnx_lambda::lambda::handle(app.clone(), example, "example").await;
+    let body = common::invoke(app.clone(), example, "example").await;
     assert_eq!(body["predictions"].as_array().unwrap().len(), 3, "{body}");
     assert!(
         [281, 282, 285].contains(&body["predictions"][0]["index"].as_u64().unwrap()),
         "{body}"
     );
-    let body =
-        onnx_lambda::lambda::handle(app.clone(), serde_json::json!({"Records": "?"}), "odd").await;
+    let body = common::invoke(app.clone(), serde_json::json!({"Records": "?"}), "odd").await;
     assert_eq!(body["error"]["code"], "unsupported_event", "{body}");
     assert_eq!(loader.model_fetches(), 1);
 }

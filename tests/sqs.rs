@@ -18,8 +18,8 @@ use common::{
 };
 use onnx_lambda::config::Config;
 use onnx_lambda::jobs::JobResult;
-use onnx_lambda::lambda::App;
-use onnx_lambda::model::source::ModelLoader;
+use onnx_lambda::App;
+use onnx_lambda::ModelLoader;
 use serde_json::{json, Value};
 
 const PHOTOS: [(&str, &[u64]); 5] = [
@@ -298,7 +298,7 @@ async fn the_lambda_handler_reports_unwritten_results_as_batch_item_failures() {
         .chain(["not json".to_string()])
         .collect();
 
-    let first = onnx_lambda::lambda::handle(app.clone(), sqs_event(&bodies, 1), "r1").await;
+    let first = common::invoke(app.clone(), sqs_event(&bodies, 1), "r1").await;
     let failures: HashSet<String> = first["batchItemFailures"]
         .as_array()
         .unwrap()
@@ -321,7 +321,7 @@ async fn the_lambda_handler_reports_unwritten_results_as_batch_item_failures() {
         .queue_url
         .unwrap();
     assert_eq!(created, url);
-    let second = onnx_lambda::lambda::handle(app.clone(), sqs_event(&bodies, 2), "r2").await;
+    let second = common::invoke(app.clone(), sqs_event(&bodies, 2), "r2").await;
     assert_eq!(second["batchItemFailures"], json!([]), "{second}");
     let results: Vec<JobResult> = results_in(&sqs, &url).await;
     assert_eq!(results.len(), 5);
@@ -490,7 +490,7 @@ async fn s3_event_notifications_through_sqs_classify_the_new_objects() {
         serde_json::from_str(event["Records"][0]["body"].as_str().unwrap()).unwrap();
     body["Records"][0]["s3"]["bucket"]["name"] = json!(bucket);
     event["Records"][0]["body"] = json!(body.to_string());
-    let out = onnx_lambda::lambda::handle(app.clone(), event, "s3").await;
+    let out = common::invoke(app.clone(), event, "s3").await;
     assert_eq!(out["batchItemFailures"], json!([]), "{out}");
     let got: Vec<JobResult> = results_in(&sqs, &results).await;
     assert_eq!(got.len(), 1);
@@ -502,7 +502,7 @@ async fn s3_event_notifications_through_sqs_classify_the_new_objects() {
 
     // The other example: a job for a missing object and an inline 1x1 PNG.
     let event: Value = common::event("sqs-jobs.json");
-    let out = onnx_lambda::lambda::handle(app.clone(), event, "jobs").await;
+    let out = common::invoke(app.clone(), event, "jobs").await;
     assert_eq!(out["batchItemFailures"], json!([]), "{out}");
     let got: HashMap<String, JobResult> = drain(&sqs, &results)
         .await
@@ -527,10 +527,40 @@ async fn an_unreadable_sqs_event_fails_every_message_it_names() {
         {"eventSource": "aws:sqs", "messageId": "m1", "body": 42},
         {"eventSource": "aws:sqs", "messageId": "m2", "body": "{}"}
     ]});
-    let out = onnx_lambda::lambda::handle(app, event, "bad").await;
+    let out = common::invoke(app, event, "bad").await;
     assert_eq!(
         out["batchItemFailures"],
         json!([{"itemIdentifier": "m1"}, {"itemIdentifier": "m2"}]),
         "{out}"
     );
+}
+
+/// Regression: an SQS job with invalid base64 got `invalid_s3_uri`, while
+/// HTTP said `invalid_base64` for the same input. Both doors now decode
+/// through one function and agree.
+#[tokio::test]
+async fn invalid_base64_gets_the_same_code_from_a_job_and_over_http() {
+    let sqs = sqs_client().await;
+    let results = create_queue(&sqs, "b64-results", &[]).await;
+    let app = app(&results).await;
+    let bad = "this is not base64!";
+    let bodies = vec![json!({"job_id": "bad-b64", "image": {"base64": bad}}).to_string()];
+    let out = common::invoke(app.clone(), sqs_event(&bodies, 1), "b64").await;
+    assert_eq!(out["batchItemFailures"], json!([]), "{out}");
+    let got: Vec<JobResult> = results_in(&sqs, &results).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].status, "error");
+    let job_error = got[0].error.as_ref().unwrap();
+    assert_eq!(job_error.code, "invalid_base64", "{}", job_error.message);
+
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("/predict")
+        .header("content-type", "application/json")
+        .body(bytes::Bytes::from(json!({"image": bad}).to_string()))
+        .unwrap();
+    let response = onnx_lambda::http::route(Some(app), request).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = serde_json::from_slice(response.body()).unwrap();
+    assert_eq!(body["error"]["code"], job_error.code);
 }

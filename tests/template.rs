@@ -1,12 +1,11 @@
 //! The deployment template: valid CloudFormation/SAM (cfn-lint, offline),
 //! and it configures the function only with settings the service reads.
 
-use std::path::Path;
+mod common;
+
 use std::process::Command;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use common::root;
 
 #[test]
 fn cfn_lint_accepts_the_template() {
@@ -31,21 +30,11 @@ fn cfn_lint_accepts_the_template() {
 #[test]
 fn template_sets_only_variables_the_config_knows() {
     let template = std::fs::read_to_string(root().join("template.yaml")).unwrap();
-    let known = [
-        "MODEL_URI",
-        "MODEL_MANIFEST_URI",
-        "MODEL_SHA256",
-        "MODEL_MAX_BYTES",
-        "TOP_K",
-        "MAX_INPUT_BYTES",
-        "MAX_IMAGE_PIXELS",
-        "THREADS",
-        "S3_INPUT_ALLOWLIST",
-        "MAX_REQUEST_BYTES",
-        "MAX_BATCH_IMAGES",
-        "RESULTS_QUEUE_URL",
-        "RUST_LOG",
-    ];
+    let mut known: Vec<&str> = onnx_lambda::config::SETTINGS
+        .iter()
+        .map(|s| s.name)
+        .collect();
+    known.push("RUST_LOG");
     // Every `Variables:` block, each entry one level deeper than its header.
     let lines: Vec<&str> = template.lines().collect();
     let mut vars: Vec<&str> = Vec::new();

@@ -13,14 +13,14 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
 use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{json_response, HttpRequest, HttpResponse};
-use crate::lambda::App;
-use crate::model::Layout;
+use crate::app::App;
+use crate::error::ErrorCode;
+use crate::inputs::decode_base64;
 
 /// A protocol error: status and message.
 struct V2Error(StatusCode, String);
@@ -37,18 +37,9 @@ impl V2Error {
     }
 }
 
-/// The input shape with batch dimension `batch` (-1 for "any").
-pub fn input_shape(app: &App, batch: i64) -> Vec<i64> {
-    let m = app.classifier.model().manifest();
-    let (h, w) = (i64::from(m.input.height), i64::from(m.input.width));
-    match m.input.layout {
-        Layout::Nchw => vec![batch, 3, h, w],
-        Layout::Nhwc => vec![batch, h, w, 3],
-    }
-}
-
+/// The model's name and version, and its input and output names.
 fn names(app: &App) -> (String, String, String, String) {
-    let model = app.classifier.model();
+    let model = app.model();
     let m = model.manifest();
     (
         model.info().name.clone(),
@@ -59,7 +50,7 @@ fn names(app: &App) -> (String, String, String, String) {
 }
 
 /// Routes everything under `/v2`.
-pub async fn route(app: Option<Arc<App>>, req: HttpRequest, path: &str) -> HttpResponse {
+pub(super) async fn route(app: Option<Arc<App>>, req: HttpRequest, path: &str) -> HttpResponse {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
     let get = method == Method::GET || method == Method::HEAD;
@@ -130,14 +121,14 @@ async fn model_route(
     let get = *method == Method::GET || *method == Method::HEAD;
     match rest {
         [] if get => {
-            let classes = app.classifier.model().classes();
+            let classes = app.model().classes();
             Ok(json_response(
                 StatusCode::OK,
                 &json!({
                     "name": model_name,
                     "versions": [version],
                     "platform": "onnx_onnxv1",
-                    "inputs": [{"name": input_name, "datatype": "FP32", "shape": input_shape(&app, -1)},
+                    "inputs": [{"name": input_name, "datatype": "FP32", "shape": app.input_shape(-1)},
                                {"name": input_name, "datatype": "BYTES", "shape": [-1]}],
                     "outputs": [{"name": output_name, "datatype": "FP32", "shape": [-1, classes]}],
                 }),
@@ -223,13 +214,11 @@ fn flatten_strings(v: &Value, out: &mut Vec<Vec<u8>>) -> Result<(), V2Error> {
     match v {
         Value::Array(items) => items.iter().try_for_each(|i| flatten_strings(i, out)),
         Value::String(s) => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(s.trim())
-                .map_err(|e| {
-                    V2Error::bad(format!(
-                        "BYTES data in JSON must be base64-encoded images: {e}"
-                    ))
-                })?;
+            let bytes = decode_base64("BYTES data", s).map_err(|e| {
+                V2Error::bad(format!(
+                    "BYTES data in JSON must be base64-encoded images: {e}"
+                ))
+            })?;
             out.push(bytes);
             Ok(())
         }
@@ -259,8 +248,38 @@ fn binary_strings(mut data: &[u8]) -> Result<Vec<Vec<u8>>, V2Error> {
     Ok(out)
 }
 
+/// The one input of a request, checked against the model and the limits.
+struct Input<'a> {
+    /// The batch size, the first dimension.
+    n: usize,
+    input: &'a InferInput,
+    /// The body after the JSON header (Triton's binary tensor extension).
+    binary_tail: &'a [u8],
+}
+
+impl Input<'_> {
+    /// This input's bytes in the binary extension, when it declares
+    /// `binary_data_size`.
+    fn binary(&self) -> Result<Option<&[u8]>, V2Error> {
+        let Some(size) = self
+            .input
+            .parameters
+            .get("binary_data_size")
+            .and_then(Value::as_u64)
+        else {
+            return Ok(None);
+        };
+        usize::try_from(size)
+            .ok()
+            .and_then(|size| self.binary_tail.get(..size))
+            .map(Some)
+            .ok_or_else(|| V2Error::bad("binary data is shorter than binary_data_size"))
+    }
+}
+
+/// `POST /v2/models/{name}/infer`.
 async fn infer(app: &Arc<App>, req: HttpRequest) -> Result<Value, V2Error> {
-    let limit = app.config.max_request_bytes;
+    let limit = app.config().max_request_bytes;
     if req.body().len() > limit {
         return Err(V2Error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -273,7 +292,35 @@ async fn infer(app: &Arc<App>, req: HttpRequest) -> Result<Value, V2Error> {
     let (json_part, binary) = split_binary(&req)?;
     let request: InferRequest = serde_json::from_slice(json_part)
         .map_err(|e| V2Error::bad(format!("invalid inference request JSON: {e}")))?;
-    let (model_name, version, input_name, output_name) = names(app);
+    let input = check_input(app, &request, binary)?;
+    let scores = match input.input.datatype.as_str() {
+        "FP32" => fp32_scores(app, &input).await?,
+        "BYTES" => bytes_scores(app, &input).await?,
+        other => {
+            return Err(V2Error::unprocessable(format!(
+                "datatype {other} is not accepted: send FP32 {:?} or BYTES [N] encoded images",
+                app.input_shape(-1)
+            )))
+        }
+    };
+    let outputs = outputs(app, request.outputs, &scores)?;
+    let (model_name, version, _, _) = names(app);
+    let mut response =
+        json!({"model_name": model_name, "model_version": version, "outputs": outputs});
+    if let Some(id) = request.id {
+        response["id"] = Value::String(id);
+    }
+    Ok(response)
+}
+
+/// Exactly one input, named as the model's, with a batch of 1 to
+/// `MAX_BATCH_IMAGES`.
+fn check_input<'a>(
+    app: &App,
+    request: &'a InferRequest,
+    binary: &'a [u8],
+) -> Result<Input<'a>, V2Error> {
+    let (_, _, input_name, _) = names(app);
     let [input] = request.inputs.as_slice() else {
         return Err(V2Error::bad(format!(
             "expected exactly one input ({input_name:?}), got {}",
@@ -286,11 +333,7 @@ async fn infer(app: &Arc<App>, req: HttpRequest) -> Result<Value, V2Error> {
             input.name
         )));
     }
-    let binary_size = input
-        .parameters
-        .get("binary_data_size")
-        .and_then(Value::as_u64);
-    let max_batch = app.config.max_batch_images as i64;
+    let max_batch = app.config().max_batch_images as i64;
     let n = *input.shape.first().unwrap_or(&0);
     if n < 1 || n > max_batch {
         return Err(V2Error::unprocessable(format!(
@@ -298,103 +341,95 @@ async fn infer(app: &Arc<App>, req: HttpRequest) -> Result<Value, V2Error> {
             input.shape
         )));
     }
-    let n = n as usize;
-    let app2 = app.clone();
-    let scores: Vec<Vec<f32>> = match input.datatype.as_str() {
-        "FP32" => {
-            let expected = input_shape(app, n as i64);
-            if input.shape != expected {
-                return Err(V2Error::unprocessable(format!(
-                    "FP32 input shape {:?} does not match the model's {expected:?}",
-                    input.shape
-                )));
-            }
-            let values: Vec<f32> = match (binary_size, &input.data) {
-                (Some(size), _) => {
-                    let raw = binary.get(..size as usize).ok_or_else(|| {
-                        V2Error::bad("binary data is shorter than binary_data_size")
-                    })?;
-                    raw.chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect()
-                }
-                (None, Some(data)) => {
-                    let mut v = Vec::new();
-                    flatten_numbers(data, &mut v)?;
-                    v
-                }
-                (None, None) => return Err(V2Error::bad("the input has no data")),
-            };
-            let want = expected.iter().product::<i64>() as usize;
-            if values.len() != want {
-                return Err(V2Error::unprocessable(format!(
-                    "FP32 input has {} values; shape {:?} needs {want}",
-                    values.len(),
-                    input.shape
-                )));
-            }
-            tokio::task::spawn_blocking(move || app2.classifier.scores_for_tensor(&values, n))
-                .await
-                .map_err(|e| V2Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-                .map_err(|e| V2Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        }
-        "BYTES" => {
-            if !(input.shape.len() == 1 || (input.shape.len() == 2 && input.shape[1] == 1)) {
-                return Err(V2Error::unprocessable(format!(
-                    "BYTES input shape {:?} must be [N] or [N,1], one encoded image per element",
-                    input.shape
-                )));
-            }
-            let images = match (binary_size, &input.data) {
-                (Some(size), _) => {
-                    binary_strings(binary.get(..size as usize).ok_or_else(|| {
-                        V2Error::bad("binary data is shorter than binary_data_size")
-                    })?)?
-                }
-                (None, Some(data)) => {
-                    let mut v = Vec::new();
-                    flatten_strings(data, &mut v)?;
-                    v
-                }
-                (None, None) => return Err(V2Error::bad("the input has no data")),
-            };
-            if images.len() != n {
-                return Err(V2Error::unprocessable(format!(
-                    "BYTES input has {} elements but shape {:?}",
-                    images.len(),
-                    input.shape
-                )));
-            }
-            let results = tokio::task::spawn_blocking(move || {
-                let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
-                app2.classifier.scores_batch(&refs)
-            })
-            .await
-            .map_err(|e| V2Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            results
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    r.map_err(|e| V2Error::bad(format!("image {i}: {} ({})", e, e.code())))
-                })
-                .collect::<Result<_, _>>()?
-        }
-        other => {
-            return Err(V2Error::unprocessable(format!(
-                "datatype {other} is not accepted: send FP32 {:?} or BYTES [N] encoded images",
-                input_shape(app, -1)
-            )))
-        }
-    };
+    Ok(Input {
+        n: n as usize,
+        input,
+        binary_tail: binary,
+    })
+}
 
-    let classes = app.classifier.model().classes();
-    let requested = if request.outputs.is_empty() {
+/// `FP32 [N,3,H,W]` (or NHWC): already preprocessed, straight to the model.
+async fn fp32_scores(app: &Arc<App>, input: &Input<'_>) -> Result<Vec<Vec<f32>>, V2Error> {
+    let expected = app.input_shape(input.n as i64);
+    if input.input.shape != expected {
+        return Err(V2Error::unprocessable(format!(
+            "FP32 input shape {:?} does not match the model's {expected:?}",
+            input.input.shape
+        )));
+    }
+    let values: Vec<f32> = match (input.binary()?, &input.input.data) {
+        (Some(raw), _) => raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        (None, Some(data)) => {
+            let mut v = Vec::new();
+            flatten_numbers(data, &mut v)?;
+            v
+        }
+        (None, None) => return Err(V2Error::bad("the input has no data")),
+    };
+    let want = expected.iter().product::<i64>() as usize;
+    if values.len() != want {
+        return Err(V2Error::unprocessable(format!(
+            "FP32 input has {} values; shape {:?} needs {want}",
+            values.len(),
+            input.input.shape
+        )));
+    }
+    app.scores_for_tensor(values, input.n)
+        .await
+        .map_err(|e| V2Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// `BYTES [N]` or `[N,1]`: encoded images through the whole pipeline.
+async fn bytes_scores(app: &Arc<App>, input: &Input<'_>) -> Result<Vec<Vec<f32>>, V2Error> {
+    let shape = &input.input.shape;
+    if !(shape.len() == 1 || (shape.len() == 2 && shape[1] == 1)) {
+        return Err(V2Error::unprocessable(format!(
+            "BYTES input shape {shape:?} must be [N] or [N,1], one encoded image per element"
+        )));
+    }
+    let images = match (input.binary()?, &input.input.data) {
+        (Some(raw), _) => binary_strings(raw)?,
+        (None, Some(data)) => {
+            let mut v = Vec::new();
+            flatten_strings(data, &mut v)?;
+            v
+        }
+        (None, None) => return Err(V2Error::bad("the input has no data")),
+    };
+    if images.len() != input.n {
+        return Err(V2Error::unprocessable(format!(
+            "BYTES input has {} elements but shape {shape:?}",
+            images.len()
+        )));
+    }
+    app.scores(images)
+        .await
+        .map_err(|e| V2Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.map_err(|e| V2Error::bad(format!("image {i}: {} ({})", e, e.code()))))
+        .collect()
+}
+
+/// The requested outputs (default: the raw scores); with the classification
+/// extension, `"<score>:<index>:<label>"` strings for the top k.
+fn outputs(
+    app: &App,
+    requested: Vec<RequestedOutput>,
+    scores: &[Vec<f32>],
+) -> Result<Vec<Value>, V2Error> {
+    let (_, _, _, output_name) = names(app);
+    let (n, classes) = (scores.len(), app.model().classes());
+    let requested = if requested.is_empty() {
         vec![RequestedOutput {
             name: output_name.clone(),
             parameters: Map::new(),
         }]
     } else {
-        request.outputs
+        requested
     };
     let mut outputs = Vec::new();
     for out in requested {
@@ -404,34 +439,29 @@ async fn infer(app: &Arc<App>, req: HttpRequest) -> Result<Value, V2Error> {
                 out.name
             )));
         }
-        match out.parameters.get("classification") {
-            None => outputs.push(json!({
+        let Some(k) = out.parameters.get("classification") else {
+            outputs.push(json!({
                 "name": output_name, "datatype": "FP32", "shape": [n, classes],
                 "data": scores.iter().flatten().collect::<Vec<_>>(),
-            })),
-            Some(k) => {
-                let k = k
-                    .as_u64()
-                    .filter(|k| *k >= 1)
-                    .ok_or_else(|| V2Error::bad("classification must be a positive integer"))?;
-                let k = (k as usize).min(classes);
-                let labels = app.classifier.model().labels();
-                let data: Vec<String> = scores
-                    .iter()
-                    .flat_map(|s| {
-                        crate::classify::top_k(s, k, labels)
-                            .into_iter()
-                            .map(|p| format!("{}:{}:{}", p.probability, p.index, p.label))
-                    })
-                    .collect();
-                outputs.push(json!({"name": output_name, "datatype": "BYTES", "shape": [n, k], "data": data}));
-            }
-        }
+            }));
+            continue;
+        };
+        let k = k
+            .as_u64()
+            .filter(|k| *k >= 1)
+            .ok_or_else(|| V2Error::bad("classification must be a positive integer"))?;
+        let k = (k as usize).min(classes);
+        let labels = app.model().labels();
+        let data: Vec<String> = scores
+            .iter()
+            .flat_map(|s| {
+                crate::classify::top_k(s, k, labels)
+                    .into_iter()
+                    .map(|p| format!("{}:{}:{}", p.probability, p.index, p.label))
+            })
+            .collect();
+        outputs
+            .push(json!({"name": output_name, "datatype": "BYTES", "shape": [n, k], "data": data}));
     }
-    let mut response =
-        json!({"model_name": model_name, "model_version": version, "outputs": outputs});
-    if let Some(id) = request.id {
-        response["id"] = Value::String(id);
-    }
-    Ok(response)
+    Ok(outputs)
 }

@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName};
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::sink::ResultsSink;
-use super::{process_batch, InMessage};
-use crate::lambda::App;
+use super::batch::process_batch;
+use super::message::InMessage;
+use crate::app::App;
+use crate::aws::sqs::{delete_messages, extend_visibility};
 
 /// How the worker polls.
 #[derive(Debug, Clone)]
@@ -23,7 +24,7 @@ pub struct WorkerOptions {
     /// The job queue.
     pub queue_url: String,
     /// Messages per receive (1 to 10).
-    pub batch_size: i32,
+    pub messages_per_receive: i32,
     /// Long-poll wait (0 to 20 s).
     pub wait_seconds: i32,
     /// Visibility timeout set on receive and renewed while a batch runs.
@@ -56,11 +57,11 @@ struct Counters {
     errors: AtomicUsize,
 }
 
-/// Runs until `shutdown` resolves, then drains in-flight batches.
+/// Runs until `shutdown` resolves, then drains in-flight batches. `app`
+/// must have a results queue ([`App::results`]); `sqs` reads the job queue.
 pub async fn run(
     app: Arc<App>,
     sqs: aws_sdk_sqs::Client,
-    sink: ResultsSink,
     options: WorkerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> WorkerStats {
@@ -85,7 +86,7 @@ pub async fn run(
         let receive = sqs
             .receive_message()
             .queue_url(&options.queue_url)
-            .max_number_of_messages(options.batch_size.clamp(1, 10))
+            .max_number_of_messages(options.messages_per_receive.clamp(1, 10))
             .wait_time_seconds(options.wait_seconds.clamp(0, 20))
             .visibility_timeout(options.visibility_timeout)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
@@ -108,32 +109,10 @@ pub async fn run(
         counters
             .received
             .fetch_add(messages.len(), Ordering::Relaxed);
-        let batch: Vec<(InMessage, String)> = messages
-            .into_iter()
-            .filter_map(|m| {
-                let receive_count = m
-                    .attributes()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1);
-                Some((
-                    InMessage {
-                        message_id: m.message_id?,
-                        body: m.body.unwrap_or_default(),
-                        receive_count,
-                    },
-                    m.receipt_handle?,
-                ))
-            })
-            .collect();
-        let (app, sqs, sink, options, counters) = (
-            app.clone(),
-            sqs.clone(),
-            sink.clone(),
-            options.clone(),
-            counters.clone(),
-        );
-        inflight.spawn(async move { handle(app, sqs, sink, options, counters, batch).await });
+        let batch = with_receipt_handles(messages);
+        let (app, sqs, options, counters) =
+            (app.clone(), sqs.clone(), options.clone(), counters.clone());
+        inflight.spawn(async move { handle(app, sqs, options, counters, batch).await });
     }
     tracing::info!(
         in_flight = inflight.len(),
@@ -141,19 +120,46 @@ pub async fn run(
     );
     while inflight.join_next().await.is_some() {}
     watcher.abort();
-    WorkerStats {
-        received: counters.received.load(Ordering::Relaxed),
-        deleted: counters.deleted.load(Ordering::Relaxed),
-        redelivered: counters.redelivered.load(Ordering::Relaxed),
-        ok: counters.ok.load(Ordering::Relaxed),
-        errors: counters.errors.load(Ordering::Relaxed),
+    counters.snapshot()
+}
+
+impl Counters {
+    fn snapshot(&self) -> WorkerStats {
+        WorkerStats {
+            received: self.received.load(Ordering::Relaxed),
+            deleted: self.deleted.load(Ordering::Relaxed),
+            redelivered: self.redelivered.load(Ordering::Relaxed),
+            ok: self.ok.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
     }
+}
+
+/// Received messages as jobs input, each with the handle that deletes it.
+fn with_receipt_handles(messages: Vec<Message>) -> Vec<(InMessage, String)> {
+    messages
+        .into_iter()
+        .filter_map(|m| {
+            let receive_count = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            Some((
+                InMessage {
+                    message_id: m.message_id?,
+                    body: m.body.unwrap_or_default(),
+                    receive_count,
+                },
+                m.receipt_handle?,
+            ))
+        })
+        .collect()
 }
 
 async fn handle(
     app: Arc<App>,
     sqs: aws_sdk_sqs::Client,
-    sink: ResultsSink,
     options: WorkerOptions,
     counters: Arc<Counters>,
     batch: Vec<(InMessage, String)>,
@@ -171,34 +177,12 @@ async fn handle(
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                for chunk in handles.chunks(10) {
-                    let entries = chunk
-                        .iter()
-                        .enumerate()
-                        .map(|(i, h)| {
-                            ChangeMessageVisibilityBatchRequestEntry::builder()
-                                .id(i.to_string())
-                                .receipt_handle(h)
-                                .visibility_timeout(timeout)
-                                .build()
-                                .expect("fields set")
-                        })
-                        .collect();
-                    let r = sqs
-                        .change_message_visibility_batch()
-                        .queue_url(&queue)
-                        .set_entries(Some(entries))
-                        .send()
-                        .await;
-                    if let Err(e) = r {
-                        tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "cannot extend visibility");
-                    }
-                }
+                extend_visibility(&sqs, &queue, &handles, timeout).await;
             }
         })
     };
     let messages: Vec<InMessage> = batch.iter().map(|(m, _)| m.clone()).collect();
-    let outcome = process_batch(&app, Some(&sink), &messages).await;
+    let outcome = process_batch(&app, &messages).await;
     heartbeat.abort();
     counters.ok.fetch_add(outcome.ok, Ordering::Relaxed);
     counters.errors.fetch_add(outcome.errors, Ordering::Relaxed);
@@ -210,7 +194,7 @@ async fn handle(
         .filter(|(m, _)| !outcome.failed.contains(&m.message_id))
         .map(|(_, h)| h.as_str())
         .collect();
-    let deleted = super::delete_messages(&sqs, &options.queue_url, &done).await;
+    let deleted = delete_messages(&sqs, &options.queue_url, &done).await;
     counters.deleted.fetch_add(deleted, Ordering::Relaxed);
     tracing::info!(
         messages = batch.len(),

@@ -5,10 +5,10 @@
 //! init phase) and shared by reference or `Arc`; [`Model::run`] takes `&self`
 //! and is safe to call from many threads at once.
 
+pub mod loader;
 pub mod manifest;
-pub mod source;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,16 +16,16 @@ use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
+use crate::config::Config;
 use crate::error::ModelError;
+use crate::location::Location;
+pub use loader::{LoadError, Loaded, ModelLoader};
 use manifest::InferredInput;
 pub use manifest::{Layout, Manifest};
 
 /// ImageNet-1k labels (`models/synset.txt`), used when a 1000-class model
 /// comes without a labels file.
 const IMAGENET_SYNSET: &str = include_str!("../../models/synset.txt");
-
-/// File name of the bundled model, looked up by [`bundled_model_path`].
-pub const BUNDLED_MODEL_FILE: &str = "mobilenetv2-1.0-fp32.onnx";
 
 type Plan = TypedRunnableModel;
 
@@ -94,25 +94,7 @@ impl Model {
         options: LoadOptions,
     ) -> Result<Model, ModelError> {
         let started = Instant::now();
-        let not_onnx = |reason: String| ModelError::NotOnnx {
-            source_name: source.to_string(),
-            size: onnx.len(),
-            reason,
-        };
-        if onnx.is_empty() {
-            return Err(not_onnx("the file is empty".into()));
-        }
-        let sha256 = hex_sha256(onnx);
-        let mut graph = tract_onnx::onnx()
-            .model_for_read(&mut &onnx[..])
-            .map_err(|e| not_onnx(format!("{e:#}")))?;
-        if graph.inputs.len() != 1 {
-            return Err(ModelError::Shape(format!(
-                "it has {} inputs; an image classifier has exactly one",
-                graph.inputs.len()
-            )));
-        }
-        let inferred = infer_input(&graph);
+        let graph = parse_graph(onnx, source)?;
         let stem = Path::new(source)
             .file_stem()
             .and_then(|s| s.to_str())
@@ -121,65 +103,15 @@ impl Model {
             manifest_json,
             &format!("manifest for {source}"),
             stem,
-            &inferred,
+            &infer_input(&graph),
         )?;
-
-        let (h, w) = (
-            manifest.input.height as usize,
-            manifest.input.width as usize,
-        );
         let batch = options.batch_size.max(1);
-        let shape: [usize; 4] = match manifest.input.layout {
-            Layout::Nchw => [batch, 3, h, w],
-            Layout::Nhwc => [batch, h, w, 3],
-        };
-        graph
-            .set_input_fact(0, f32::fact(shape).into())
-            .map_err(|e| ModelError::Shape(format!("cannot set input to {shape:?}: {e:#}")))?;
-        let typed = graph
-            .into_optimized()
-            .map_err(|e| ModelError::Optimize(format!("{e:#}")))?;
-        let out_fact = typed
-            .output_fact(0)
-            .map_err(|e| ModelError::Shape(format!("{e:#}")))?;
-        let out_shape = out_fact
-            .shape
-            .as_concrete()
-            .ok_or_else(|| {
-                ModelError::Shape(format!("output shape {:?} is not fixed", out_fact.shape))
-            })?
-            .to_vec();
-        let total: usize = out_shape.iter().product();
-        if out_shape.first() != Some(&batch) || !total.is_multiple_of(batch) || total / batch < 2 {
-            return Err(ModelError::Shape(format!(
-                "output shape {out_shape:?} is not [batch, classes, ...]"
-            )));
-        }
-        let classes = total / batch;
-        let plan = typed
-            .into_runnable()
-            .map_err(|e| ModelError::Optimize(format!("{e:#}")))?;
-
-        let labels_source = labels_text.or(if classes == 1000 {
-            Some(IMAGENET_SYNSET)
-        } else {
-            None
-        });
-        let labels = match labels_source {
-            Some(text) => parse_labels(text),
-            None => (0..classes).map(|i| format!("class_{i}")).collect(),
-        };
-        if labels.len() != classes {
-            return Err(ModelError::Labels {
-                path: manifest.labels.clone().unwrap_or_else(|| "(labels)".into()),
-                labels: labels.len(),
-                classes,
-            });
-        }
+        let (plan, classes) = compile(graph, &manifest, batch)?;
+        let labels = resolve_labels(labels_text, &manifest, classes)?;
         let info = ModelInfo {
             name: manifest.name.clone(),
             version: manifest.version.clone(),
-            sha256,
+            sha256: hex_sha256(onnx),
             size_bytes: onnx.len(),
             source: source.to_string(),
         };
@@ -194,31 +126,19 @@ impl Model {
         })
     }
 
-    /// Loads a model file, its manifest (same path with `.json`, if present)
-    /// and its labels (named by the manifest, relative to it).
-    pub fn load_path(path: &Path, options: LoadOptions) -> Result<Model, ModelError> {
-        let onnx = read_file("model", path)?;
-        let manifest_path = path.with_extension("json");
-        let manifest = if manifest_path.exists() {
-            Some(read_file("manifest", &manifest_path)?)
-        } else {
-            None
+    /// Loads a model file with its manifest (same path, `.json`, if present)
+    /// and labels, through the same loader the services use. Blocking: for
+    /// tests, benchmarks and tools outside an async runtime.
+    pub fn load_path(path: &Path, options: LoadOptions) -> Result<Model, LoadError> {
+        let config = Config {
+            model: Location::File(path.to_path_buf()),
+            ..Config::default()
         };
-        let labels = match manifest.as_deref().map(labels_file_name).transpose()? {
-            Some(Some(name)) => {
-                let labels_path = manifest_path.parent().unwrap_or(Path::new(".")).join(name);
-                let bytes = read_file("labels", &labels_path)?;
-                Some(String::from_utf8_lossy(&bytes).into_owned())
-            }
-            _ => None,
-        };
-        Model::from_bytes(
-            &onnx,
-            &path.display().to_string(),
-            manifest.as_deref(),
-            labels.as_deref(),
-            options,
-        )
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| ModelError::Optimize(format!("cannot start a runtime to load: {e}")))?;
+        let loaded = runtime.block_on(ModelLoader::new(None).load_with(&config, options))?;
+        Ok(Arc::try_unwrap(loaded.model).expect("a freshly loaded model has one owner"))
     }
 
     /// Runs the network on a preprocessed batch laid out as the manifest
@@ -266,25 +186,6 @@ impl Model {
     }
 }
 
-/// Where the bundled model lives: `models/` under the working directory (the
-/// repo, or `/var/task` on Lambda), next to the executable, or in the source
-/// tree this binary was built from, whichever exists first.
-pub fn bundled_model_path() -> PathBuf {
-    let rel = Path::new("models").join(BUNDLED_MODEL_FILE);
-    let mut candidates = vec![rel.clone()];
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            candidates.push(dir.join(&rel));
-        }
-    }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(&rel));
-    candidates
-        .iter()
-        .find(|p| p.exists())
-        .cloned()
-        .unwrap_or(rel)
-}
-
 /// Lower-case hex sha256.
 pub fn hex_sha256(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
@@ -324,12 +225,95 @@ pub fn labels_file_name(manifest_json: &[u8]) -> Result<Option<String>, ModelErr
         })
 }
 
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, ModelError> {
-    std::fs::read(path).map_err(|source| ModelError::Io {
-        what,
-        path: path.display().to_string(),
-        source,
-    })
+/// Parses the ONNX bytes into a graph with exactly one input.
+fn parse_graph(onnx: &[u8], source: &str) -> Result<InferenceModel, ModelError> {
+    let not_onnx = |reason: String| ModelError::NotOnnx {
+        source_name: source.to_string(),
+        size: onnx.len(),
+        reason,
+    };
+    if onnx.is_empty() {
+        return Err(not_onnx("the file is empty".into()));
+    }
+    let graph = tract_onnx::onnx()
+        .model_for_read(&mut &onnx[..])
+        .map_err(|e| not_onnx(format!("{e:#}")))?;
+    if graph.inputs.len() != 1 {
+        return Err(ModelError::Shape(format!(
+            "it has {} inputs; an image classifier has exactly one",
+            graph.inputs.len()
+        )));
+    }
+    Ok(graph)
+}
+
+/// Fixes the input to `batch` images of the manifest's size, optimises the
+/// graph, and checks the output is `[batch, classes, ...]`.
+fn compile(
+    mut graph: InferenceModel,
+    manifest: &Manifest,
+    batch: usize,
+) -> Result<(Arc<Plan>, usize), ModelError> {
+    let (h, w) = (
+        manifest.input.height as usize,
+        manifest.input.width as usize,
+    );
+    let shape: [usize; 4] = match manifest.input.layout {
+        Layout::Nchw => [batch, 3, h, w],
+        Layout::Nhwc => [batch, h, w, 3],
+    };
+    graph
+        .set_input_fact(0, f32::fact(shape).into())
+        .map_err(|e| ModelError::Shape(format!("cannot set input to {shape:?}: {e:#}")))?;
+    let typed = graph
+        .into_optimized()
+        .map_err(|e| ModelError::Optimize(format!("{e:#}")))?;
+    let out_fact = typed
+        .output_fact(0)
+        .map_err(|e| ModelError::Shape(format!("{e:#}")))?;
+    let out_shape = out_fact
+        .shape
+        .as_concrete()
+        .ok_or_else(|| {
+            ModelError::Shape(format!("output shape {:?} is not fixed", out_fact.shape))
+        })?
+        .to_vec();
+    let total: usize = out_shape.iter().product();
+    if out_shape.first() != Some(&batch) || !total.is_multiple_of(batch) || total / batch < 2 {
+        return Err(ModelError::Shape(format!(
+            "output shape {out_shape:?} is not [batch, classes, ...]"
+        )));
+    }
+    let plan = typed
+        .into_runnable()
+        .map_err(|e| ModelError::Optimize(format!("{e:#}")))?;
+    Ok((plan, total / batch))
+}
+
+/// The labels file, else the ImageNet synset for a 1000-class model, else
+/// `class_N`; it must have one label per class.
+fn resolve_labels(
+    labels_text: Option<&str>,
+    manifest: &Manifest,
+    classes: usize,
+) -> Result<Vec<String>, ModelError> {
+    let text = labels_text.or(if classes == 1000 {
+        Some(IMAGENET_SYNSET)
+    } else {
+        None
+    });
+    let labels = match text {
+        Some(text) => parse_labels(text),
+        None => (0..classes).map(|i| format!("class_{i}")).collect(),
+    };
+    if labels.len() != classes {
+        return Err(ModelError::Labels {
+            path: manifest.labels.clone().unwrap_or_else(|| "(labels)".into()),
+            labels: labels.len(),
+            classes,
+        });
+    }
+    Ok(labels)
 }
 
 /// Reads name, layout and fixed spatial size off the graph's first input.

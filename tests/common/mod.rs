@@ -10,18 +10,30 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// The repository root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
 /// Path of a file under `tests/data`.
 pub fn data(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(rel)
+    root().join("tests/data").join(rel)
+}
+
+/// One Lambda invocation through the real handler, its response as JSON
+/// (what the runtime would send back).
+pub async fn invoke(
+    app: std::sync::Arc<onnx_lambda::App>,
+    event: serde_json::Value,
+    request_id: &str,
+) -> serde_json::Value {
+    let response = onnx_lambda::lambda::handle(app, event, request_id).await;
+    serde_json::to_value(response).expect("a Lambda response serialises")
 }
 
 /// A Lambda event from `events/`.
 pub fn event(name: &str) -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("events")
-        .join(name);
+    let path = root().join("events").join(name);
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 

@@ -1,0 +1,213 @@
+//! The application service: everything a request or a job needs, built once
+//! per process (in the Lambda init phase, or at `serve`/`worker` start-up)
+//! and shared by every invocation through an `Arc`.
+//!
+//! The doors and protocols above never touch the classifier directly: they
+//! call [`App::classify`], the one place that moves CPU-bound work onto the
+//! blocking pool, so inference never stalls the async reactor.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use serde_json::{json, Value};
+
+use crate::aws::sqs::QueueSender;
+use crate::classify::{Classification, Classifier};
+use crate::config::{Config, InputLimits};
+use crate::error::ClassifyError;
+use crate::inputs::InputFetcher;
+use crate::model::{Layout, LoadError, Model, ModelInfo, ModelLoader};
+
+/// Everything an invocation needs, built once and shared.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    classifier: Classifier,
+    inputs: InputFetcher,
+    results: Option<QueueSender>,
+    cold: AtomicBool,
+}
+
+impl App {
+    /// Loads the model with `loader` (which logs what the load cost) and
+    /// wires the classifier and the input fetcher. Call once per process.
+    pub async fn init(
+        config: Config,
+        loader: &ModelLoader,
+        s3: Option<aws_sdk_s3::Client>,
+    ) -> Result<App, LoadError> {
+        let loaded = loader.load(&config).await?;
+        Ok(App::new(config, loaded.model, s3))
+    }
+
+    /// Wires an already loaded model.
+    pub fn new(config: Config, model: Arc<Model>, s3: Option<aws_sdk_s3::Client>) -> App {
+        let mut classifier = Classifier::new(model, config.limits);
+        if let Some(t) = config.threads {
+            classifier = classifier.with_threads(t);
+        }
+        let inputs = InputFetcher::new(
+            s3,
+            config.s3_input_allowlist.clone(),
+            config.limits.max_bytes,
+        );
+        App {
+            config,
+            classifier,
+            inputs,
+            results: None,
+            cold: AtomicBool::new(true),
+        }
+    }
+
+    /// Adds the SQS client results are written with (to `RESULTS_QUEUE_URL`,
+    /// when it is set).
+    pub fn with_sqs(mut self, sqs: aws_sdk_sqs::Client) -> App {
+        self.results = self
+            .config
+            .results_queue_url
+            .as_ref()
+            .map(|url| QueueSender::new(sqs, url.clone()));
+        self
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The shared model.
+    pub fn model(&self) -> &Model {
+        self.classifier.model()
+    }
+
+    /// The loaded model's identity.
+    pub fn model_info(&self) -> &ModelInfo {
+        self.model().info()
+    }
+
+    /// `{"name", "version", "sha256"}`, as every reply carries it.
+    pub fn model_json(&self) -> Value {
+        let info = self.model_info();
+        json!({"name": info.name, "version": info.version, "sha256": info.sha256})
+    }
+
+    /// The limits on one input.
+    pub fn limits(&self) -> &InputLimits {
+        self.classifier.limits()
+    }
+
+    /// Where inputs by reference are read.
+    pub fn inputs(&self) -> &InputFetcher {
+        &self.inputs
+    }
+
+    /// The results queue, when an SQS client and `RESULTS_QUEUE_URL` are set.
+    pub fn results(&self) -> Option<&QueueSender> {
+        self.results.as_ref()
+    }
+
+    /// True for the first invocation of this container only.
+    pub fn take_cold_start(&self) -> bool {
+        self.cold.swap(false, Ordering::SeqCst)
+    }
+
+    /// Classifies encoded images in parallel; one result per image, in order.
+    /// The outer error means the work itself failed (not any one image).
+    pub async fn classify(
+        self: &Arc<Self>,
+        images: Vec<Vec<u8>>,
+        top_k: usize,
+    ) -> Result<Vec<Result<Classification, ClassifyError>>, ClassifyError> {
+        self.blocking(move |c| {
+            let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+            c.classify_batch(&refs, top_k)
+        })
+        .await
+    }
+
+    /// The model's raw outputs for encoded images, one per image, in order.
+    pub async fn scores(
+        self: &Arc<Self>,
+        images: Vec<Vec<u8>>,
+    ) -> Result<Vec<Result<Vec<f32>, ClassifyError>>, ClassifyError> {
+        self.blocking(move |c| {
+            let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+            c.scores_batch(&refs)
+        })
+        .await
+    }
+
+    /// The model's raw outputs for `n` preprocessed images laid out back to
+    /// back (the KServe `FP32` input).
+    pub async fn scores_for_tensor(
+        self: &Arc<Self>,
+        values: Vec<f32>,
+        n: usize,
+    ) -> Result<Vec<Vec<f32>>, ClassifyError> {
+        self.blocking(move |c| c.scores_for_tensor(&values, n))
+            .await?
+            .map_err(ClassifyError::from)
+    }
+
+    /// Runs `f` on the blocking pool with the shared classifier.
+    async fn blocking<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Classifier) -> R + Send + 'static,
+    ) -> Result<R, ClassifyError> {
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || f(&app.classifier))
+            .await
+            .map_err(|e| ClassifyError::Internal(format!("the classification task failed: {e}")))
+    }
+
+    /// The input shape with batch dimension `batch` (-1 for "any").
+    pub fn input_shape(&self, batch: i64) -> Vec<i64> {
+        let m = self.model().manifest();
+        let (h, w) = (i64::from(m.input.height), i64::from(m.input.width));
+        match m.input.layout {
+            Layout::Nchw => vec![batch, 3, h, w],
+            Layout::Nhwc => vec![batch, h, w, 3],
+        }
+    }
+
+    /// What the model is and expects, and the limits in force (`GET /model`).
+    pub fn describe(&self) -> Value {
+        let model = self.model();
+        let m = model.manifest();
+        let info = model.info();
+        json!({
+            "name": info.name,
+            "version": info.version,
+            "sha256": info.sha256,
+            "source": info.source,
+            "inputs": [{"name": m.input.name.clone().unwrap_or_else(|| "input".into()), "datatype": "FP32",
+                        "shape": self.input_shape(-1), "layout": m.input.layout}],
+            "outputs": [{"name": m.output.name.clone().unwrap_or_else(|| "output".into()), "datatype": "FP32",
+                         "shape": [-1, model.classes()], "kind": m.output.kind}],
+            "preprocessing": m.preprocessing,
+            "labels": model.labels().len(),
+            "limits": {"max_input_bytes": self.limits().max_bytes,
+                       "max_image_pixels": self.limits().max_pixels,
+                       "max_request_bytes": self.config.max_request_bytes,
+                       "max_batch_images": self.config.max_batch_images},
+        })
+    }
+}
+
+/// The app once it is loaded, shared by a server's connections: empty while
+/// the model loads, so a server can listen (and answer `/health`) first.
+#[derive(Debug, Clone, Default)]
+pub struct AppCell(Arc<OnceLock<Arc<App>>>);
+
+impl AppCell {
+    /// Publishes the loaded app (once; later calls are ignored).
+    pub fn set(&self, app: Arc<App>) {
+        let _ = self.0.set(app);
+    }
+
+    /// The app, if loaded.
+    pub fn get(&self) -> Option<Arc<App>> {
+        self.0.get().cloned()
+    }
+}

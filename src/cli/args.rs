@@ -1,0 +1,160 @@
+//! The command line: subcommands and their flags (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use onnx_lambda::config::SETTINGS;
+
+#[derive(Parser)]
+#[command(
+    name = "onnx-lambda",
+    version,
+    about = "ONNX image classification for AWS Lambda, SQS and the command line",
+    after_help = settings_help()
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub overrides: Overrides,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The environment variables, from the one table `Config` reads.
+fn settings_help() -> String {
+    let mut help = String::from("Environment (flags win; details in README.md):\n");
+    for s in SETTINGS {
+        let name = match s.flag {
+            Some(flag) => format!("{} ({flag})", s.name),
+            None => s.name.to_string(),
+        };
+        help.push_str(&format!("  {name:<40} {}\n", s.meaning));
+    }
+    help
+}
+
+/// Flags that override the environment.
+#[derive(Args)]
+pub struct Overrides {
+    /// Model location: s3://bucket/key[?versionId=V], file:///path or a path [env: MODEL_URI]
+    #[arg(long, global = true, value_name = "URI")]
+    pub model: Option<String>,
+    /// Largest encoded image accepted, in bytes [env: MAX_INPUT_BYTES]
+    #[arg(long, global = true, value_name = "BYTES")]
+    pub max_input_bytes: Option<String>,
+    /// Largest decoded image accepted, in pixels [env: MAX_IMAGE_PIXELS]
+    #[arg(long, global = true, value_name = "PIXELS")]
+    pub max_image_pixels: Option<String>,
+    /// Images classified at once (default: one per core) [env: THREADS]
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Classify image files; prints one JSON object per file (JSON Lines).
+    Predict(PredictArgs),
+    /// Offline batch benchmark: throughput, latency percentiles, load time, peak memory.
+    Bench(BenchArgs),
+    /// Serve the HTTP API (/predict, /health, /ready, /model, KServe V2 /v2) locally.
+    Serve(ServeArgs),
+    /// Process SQS jobs outside Lambda: long polling, results to RESULTS_QUEUE_URL.
+    Worker(WorkerArgs),
+    /// Upload images to S3 and enqueue one job per image.
+    Submit(SubmitArgs),
+    /// Drain results into a JSON Lines file until N distinct jobs have results.
+    Collect(CollectArgs),
+    /// Run as an AWS Lambda function (the default inside Lambda).
+    Lambda,
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// How many classes to report per image [env: TOP_K, default 5]
+    #[arg(long, value_name = "N")]
+    pub top_k: Option<String>,
+    /// Image files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Images per batch call.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Measured passes over the images.
+    #[arg(long, default_value_t = 10)]
+    pub iterations: usize,
+    /// Unmeasured passes first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Compile the model for this fixed batch size (1 is fastest; for comparison only).
+    #[arg(long, default_value_t = 1)]
+    pub plan_batch: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Image files or folders (default: the bundled sample images).
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: String,
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// The job queue URL.
+    #[arg(long)]
+    pub queue: String,
+    /// The results queue URL [env: RESULTS_QUEUE_URL]
+    #[arg(long)]
+    pub results_queue: Option<String>,
+    /// Messages per receive (1 to 10).
+    #[arg(long = "batch-size", default_value_t = 10)]
+    pub messages_per_receive: i32,
+    /// Batches processed at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Visibility timeout in seconds, renewed while a batch runs.
+    #[arg(long, default_value_t = 60)]
+    pub visibility_timeout: i32,
+    /// Long-poll wait in seconds (0 to 20).
+    #[arg(long, default_value_t = 20)]
+    pub wait_seconds: i32,
+}
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    /// Bucket to upload to.
+    #[arg(long)]
+    pub bucket: String,
+    /// Key prefix (e.g. `batch-42/`).
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// The job queue URL.
+    #[arg(long)]
+    pub queue: String,
+    /// Image files or folders.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct CollectArgs {
+    /// The results queue URL.
+    #[arg(long)]
+    pub queue: String,
+    /// Distinct job ids to wait for.
+    #[arg(long)]
+    pub expect: usize,
+    /// Output file (JSON Lines).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Give up after this many seconds without a new result.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}

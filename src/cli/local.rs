@@ -1,0 +1,148 @@
+//! `predict` and `bench`: the pipeline on local files, no server.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use onnx_lambda::bench::{self, BenchOptions, BenchReport, Percentiles};
+use onnx_lambda::{Classifier, Config, ErrorBody, LoadOptions, ModelLoader};
+use serde_json::json;
+
+use super::args::{BenchArgs, Overrides, PredictArgs};
+use super::files::image_files;
+use super::{configure, sdk_if_needed};
+
+/// Loads the model (from S3 when configured) for a local command.
+async fn classifier(config: &Config, options: LoadOptions) -> anyhow::Result<(Classifier, f64)> {
+    let sdk = sdk_if_needed(config, false).await;
+    let loader = ModelLoader::new(sdk.as_ref().map(onnx_lambda::aws::s3_client));
+    let started = Instant::now();
+    let loaded = loader
+        .load_with(config, options)
+        .await
+        .with_context(|| format!("loading the model from {}", config.model))?;
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let mut classifier = Classifier::new(loaded.model, config.limits);
+    if let Some(t) = config.threads {
+        classifier = classifier.with_threads(t);
+    }
+    Ok((classifier, load_ms))
+}
+
+/// `predict`: classifies files in chunks (bounded memory), printing JSON
+/// Lines in input order; fails if any file failed.
+pub async fn predict(overrides: &Overrides, args: PredictArgs) -> anyhow::Result<ExitCode> {
+    let config = configure(overrides, args.top_k.as_ref())?;
+    let (classifier, _) = classifier(&config, LoadOptions::default()).await?;
+    let mut failed = false;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for chunk in args.files.chunks(classifier.threads() * 4) {
+        let lines = tokio::task::block_in_place(|| predict_chunk(&classifier, chunk, config.top_k));
+        for (line, ok) in lines {
+            failed |= !ok;
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// One JSON line per file, and whether it succeeded.
+fn predict_chunk(
+    classifier: &Classifier,
+    files: &[PathBuf],
+    top_k: usize,
+) -> Vec<(serde_json::Value, bool)> {
+    let read: Vec<std::io::Result<Vec<u8>>> = files.iter().map(std::fs::read).collect();
+    let inputs: Vec<&[u8]> = read
+        .iter()
+        .map(|r| r.as_ref().map_or(&[][..], |b| b.as_slice()))
+        .collect();
+    let results = classifier.classify_batch(&inputs, top_k);
+    files
+        .iter()
+        .zip(&read)
+        .zip(results)
+        .map(|((file, bytes), result)| match (bytes, result) {
+            (Err(e), _) => {
+                let error = ErrorBody::new(
+                    "read_failed",
+                    format!("cannot read {}: {e}", file.display()),
+                );
+                (json!({"file": file, "error": error}), false)
+            }
+            (Ok(_), Ok(c)) => (
+                json!({"file": file, "predictions": c.predictions, "timing_ms": c.timing_ms}),
+                true,
+            ),
+            (Ok(_), Err(e)) => (json!({"file": file, "error": ErrorBody::of(&e)}), false),
+        })
+        .collect()
+}
+
+/// `bench`: the offline batch benchmark.
+pub async fn bench(overrides: &Overrides, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let config = configure(overrides, None)?;
+    let options = LoadOptions {
+        batch_size: args.plan_batch,
+    };
+    let (classifier, load_ms) = classifier(&config, options).await?;
+    let files = image_files(&args.paths)?;
+    let images = files
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            Ok((f.display().to_string(), bytes))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let options = BenchOptions {
+        batch_size: args.batch_size,
+        iterations: args.iterations,
+        warmup: args.warmup,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let report =
+        tokio::task::block_in_place(|| bench::run(&classifier, &images, &options, load_ms));
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(r: &BenchReport) {
+    println!("model            {}", r.model);
+    println!(
+        "images           {} x {} iterations = {} classified, {} errors",
+        r.images, r.iterations, r.classified, r.errors
+    );
+    println!(
+        "batch size       {} (fanned out over {} threads)",
+        r.batch_size, r.threads
+    );
+    println!("throughput       {:.1} images/s", r.images_per_second);
+    let p = |x: &Percentiles| {
+        format!(
+            "p50 {:.1}  p95 {:.1}  p99 {:.1}  mean {:.1}",
+            x.p50, x.p95, x.p99, x.mean
+        )
+    };
+    println!("image latency    {} ms", p(&r.latency_ms));
+    println!("batch latency    {} ms", p(&r.batch_latency_ms));
+    println!(
+        "stages (mean)    decode {:.1}  preprocess {:.1}  inference {:.1} ms",
+        r.stage_mean_ms.decode, r.stage_mean_ms.preprocess, r.stage_mean_ms.inference
+    );
+    println!("model load       {:.0} ms", r.model_load_ms);
+    println!(
+        "peak RSS         {:.1} MiB",
+        r.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+    );
+}
