@@ -28,7 +28,9 @@ fn photo(name: &str) -> Vec<u8> {
 fn classifier(batch_size: usize, threads: usize) -> Classifier {
     let model = Model::load_path(
         &onnx_lambda::bundled_model_path(),
-        LoadOptions { batch_size },
+        LoadOptions {
+            plan_batch: batch_size,
+        },
     )
     .expect("bundled model");
     Classifier::new(Arc::new(model), InputLimits::default()).with_threads(threads)

@@ -42,10 +42,7 @@ impl App {
 
     /// Wires an already loaded model.
     pub fn new(config: Config, model: Arc<Model>, s3: Option<aws_sdk_s3::Client>) -> App {
-        let mut classifier = Classifier::new(model, config.limits);
-        if let Some(t) = config.threads {
-            classifier = classifier.with_threads(t);
-        }
+        let classifier = Classifier::configured(model, &config);
         let inputs = InputFetcher::new(
             s3,
             config.s3_input_allowlist.clone(),

@@ -29,7 +29,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::Tensor;
 
-use crate::config::InputLimits;
+use crate::config::{Config, InputLimits};
 use crate::error::{ClassifyError, ModelError};
 use crate::model::{Layout, Model};
 use crate::preprocess::{self, Preprocessor};
@@ -92,6 +92,16 @@ impl Classifier {
         }
     }
 
+    /// A classifier as the configuration asks: its input limits and, when
+    /// set, `THREADS`.
+    pub fn configured(model: Arc<Model>, config: &Config) -> Classifier {
+        let classifier = Classifier::new(model, config.limits);
+        match config.threads {
+            Some(t) => classifier.with_threads(t),
+            None => classifier,
+        }
+    }
+
     /// Sets how many images of a batch run at once (at least 1).
     pub fn with_threads(mut self, threads: usize) -> Classifier {
         self.threads = threads.max(1);
@@ -131,7 +141,7 @@ impl Classifier {
         let started = Instant::now();
         let image = preprocess::decode(bytes, &self.limits)?;
         let decoded = Instant::now();
-        let batch = self.model.batch_size();
+        let batch = self.model.plan_batch();
         let mut input = vec![0f32; self.pre.image_len() * batch];
         self.pre
             .preprocess_into(image, &mut input[..self.pre.image_len()]);
@@ -170,7 +180,7 @@ impl Classifier {
         }
         let images: Vec<&[f32]> = values.chunks_exact(len).collect();
         parallel_map(&images, self.threads, |image| {
-            let mut input = vec![0f32; len * self.model.batch_size()];
+            let mut input = vec![0f32; len * self.model.plan_batch()];
             input[..len].copy_from_slice(image);
             self.run(input).map(|mut s| s.swap_remove(0))
         })
@@ -189,14 +199,14 @@ impl Classifier {
         inputs: &[&[u8]],
         top_k: usize,
     ) -> Vec<Result<Classification, ClassifyError>> {
-        if self.model.batch_size() == 1 {
+        if self.model.plan_batch() == 1 {
             return parallel_map(inputs, self.threads, |bytes| self.classify(bytes, top_k));
         }
         self.classify_fixed_batches(inputs, top_k)
     }
 
     /// The fixed-batch path: preprocess in parallel, then one network run per
-    /// `batch_size` images. Kept for the batching benchmark.
+    /// `plan_batch()` images. Kept for the batching benchmark.
     fn classify_fixed_batches(
         &self,
         inputs: &[&[u8]],
@@ -219,8 +229,8 @@ impl Classifier {
             .filter(|(_, p)| p.is_ok())
             .map(|(i, _)| i)
             .collect();
-        for chunk in ok.chunks(self.model.batch_size()) {
-            let mut input = vec![0f32; len * self.model.batch_size()];
+        for chunk in ok.chunks(self.model.plan_batch()) {
+            let mut input = vec![0f32; len * self.model.plan_batch()];
             for (slot, &i) in chunk.iter().enumerate() {
                 if let Ok((values, _, _)) = &prepared[i] {
                     input[slot * len..(slot + 1) * len].copy_from_slice(values);
@@ -257,12 +267,12 @@ impl Classifier {
             .collect()
     }
 
-    /// Runs the network on already-preprocessed values (`batch_size()` images
+    /// Runs the network on already-preprocessed values (`plan_batch()` images
     /// in the manifest's layout) and returns raw scores per image.
     pub fn run(&self, input: Vec<f32>) -> Result<Vec<Vec<f32>>, ModelError> {
         let m = self.model.manifest();
         let (b, h, w) = (
-            self.model.batch_size(),
+            self.model.plan_batch(),
             m.input.height as usize,
             m.input.width as usize,
         );

@@ -1,10 +1,10 @@
 //! The Lambda door: decides what an incoming event is and hands it to the
 //! protocol that owns it.
 //!
-//! - SQS batches go to [`crate::jobs::events`], answered with the typed
+//! - SQS batches go to `jobs::events`, answered with the typed
 //!   `SqsBatchResponse` (partial batch failures).
 //! - API Gateway REST (v1) and HTTP (v2) APIs, Function URLs and ALB go to
-//!   [`crate::http::events`], answered in each source's response shape.
+//!   `http::events`, answered in each source's response shape.
 //! - Anything else is read as a direct invocation: `{"image": "<base64>"}`.
 //!
 //! The [`App`] is built in the init phase, before [`run`] starts the runtime

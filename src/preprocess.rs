@@ -102,7 +102,7 @@ pub fn decode(bytes: &[u8], limits: &InputLimits) -> Result<DynamicImage, InputE
 /// Segment lengths are followed (so an EXIF thumbnail's own markers are
 /// skipped), and inside a scan `FF 00` (stuffing) and `FF D0..D7` (restart)
 /// are data, so the first other marker after a scan is real.
-pub fn jpeg_reaches_end_marker(b: &[u8]) -> bool {
+pub(crate) fn jpeg_reaches_end_marker(b: &[u8]) -> bool {
     if b.len() < 4 || b[0] != 0xFF || b[1] != 0xD8 {
         return false;
     }
@@ -167,7 +167,7 @@ fn map_error(e: ImageError, format: ImageFormat) -> InputError {
 /// Converts any colour type to 8-bit RGB: grey is replicated, alpha is
 /// dropped (as Pillow's `convert("RGB")`), 16-bit and float are scaled.
 /// CMYK JPEGs are already RGB when they leave the decoder.
-pub fn to_rgb8(image: DynamicImage) -> RgbImage {
+pub(crate) fn to_rgb8(image: DynamicImage) -> RgbImage {
     match image {
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.into_rgb8(),
@@ -177,7 +177,7 @@ pub fn to_rgb8(image: DynamicImage) -> RgbImage {
 /// Precomputed per-channel normalisation: `(v * scale - mean) / std` for
 /// every byte value, so normalising is one table lookup per sample.
 #[derive(Debug, Clone)]
-pub struct Normalizer {
+pub(crate) struct Normalizer {
     lut: [[f32; 256]; 3],
     source_channel: [usize; 3],
 }
@@ -248,7 +248,7 @@ impl Preprocessor {
     /// `round(s * long / short)`, and the crop starts at
     /// `(resized - crop) // 2`. (torchvision truncates the longer side
     /// instead; the difference is at most one resized pixel.)
-    pub fn crop_box(&self, src_w: u32, src_h: u32) -> (f64, f64, f64, f64) {
+    pub(crate) fn crop_box(&self, src_w: u32, src_h: u32) -> (f64, f64, f64, f64) {
         if self.crop == Crop::None {
             return (0.0, 0.0, f64::from(src_w), f64::from(src_h));
         }
@@ -276,7 +276,7 @@ impl Preprocessor {
     }
 
     /// Resizes and crops an RGB image to the input size.
-    pub fn resize(&self, rgb: &RgbImage) -> RgbImage {
+    pub(crate) fn resize(&self, rgb: &RgbImage) -> RgbImage {
         let (w, h) = rgb.dimensions();
         let src = fir::images::ImageRef::new(w, h, rgb.as_raw(), fir::PixelType::U8x3)
             .expect("an RgbImage buffer always fits its dimensions");
@@ -294,7 +294,7 @@ impl Preprocessor {
 
     /// Writes one resized image into `out` (length [`image_len`](Self::image_len))
     /// in the model's layout, normalised.
-    pub fn normalize_into(&self, resized: &RgbImage, out: &mut [f32]) {
+    pub(crate) fn normalize_into(&self, resized: &RgbImage, out: &mut [f32]) {
         let plane = self.width as usize * self.height as usize;
         assert_eq!(
             resized.as_raw().len(),

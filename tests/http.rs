@@ -601,9 +601,11 @@ fn curl_against_the_local_server() {
     assert_eq!(s, 200, "{b}");
 }
 
+/// The stock Triton client against `serve` started in this process (the
+/// binary's own `serve` is driven by curl above).
 #[test]
 fn triton_http_client_against_the_local_server() {
-    let server = start_server(&[]);
+    let server = common::InProcessServer::start(Config::default());
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/triton_client.py");
     let out = Command::new(&python)

@@ -1,6 +1,6 @@
 //! AWS SDK clients, built once at start-up and passed in, and the two
-//! things done with them everywhere: one bounded S3 GET ([`s3`]) and SQS
-//! batch calls ([`sqs`]).
+//! things done with them everywhere: one bounded S3 GET (`s3`) and SQS
+//! batch calls (`sqs`).
 //!
 //! Region, credentials, endpoint (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3`)
 //! and retry settings come from the SDK's standard chain. Two choices are
@@ -8,8 +8,8 @@
 //! endpoint (moto, MinIO, LocalStack) S3 uses path-style addressing, since
 //! such servers do not resolve `bucket.host` names.
 
-pub mod s3;
-pub mod sqs;
+pub(crate) mod s3;
+pub(crate) mod sqs;
 
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, SdkConfig};

@@ -49,13 +49,6 @@ pub enum S3Error {
     Unavailable(String),
 }
 
-impl S3Error {
-    /// Whether trying again later may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, S3Error::Unavailable(_))
-    }
-}
-
 /// Reads one object, refusing more than `limit` bytes.
 pub async fn get_object(
     client: &aws_sdk_s3::Client,

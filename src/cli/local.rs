@@ -24,11 +24,7 @@ async fn classifier(config: &Config, options: LoadOptions) -> anyhow::Result<(Cl
         .await
         .with_context(|| format!("loading the model from {}", config.model))?;
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let mut classifier = Classifier::new(loaded.model, config.limits);
-    if let Some(t) = config.threads {
-        classifier = classifier.with_threads(t);
-    }
-    Ok((classifier, load_ms))
+    Ok((Classifier::configured(loaded.model, config), load_ms))
 }
 
 /// `predict`: classifies files in chunks (bounded memory), printing JSON
@@ -90,7 +86,7 @@ fn predict_chunk(
 pub async fn bench(overrides: &Overrides, args: BenchArgs) -> anyhow::Result<ExitCode> {
     let config = configure(overrides, None)?;
     let options = LoadOptions {
-        batch_size: args.plan_batch,
+        plan_batch: args.plan_batch,
     };
     let (classifier, load_ms) = classifier(&config, options).await?;
     let files = image_files(&args.paths)?;

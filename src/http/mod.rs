@@ -1,13 +1,13 @@
 //! The HTTP protocol: one router for every way a request arrives (API
-//! Gateway REST and HTTP APIs, Function URLs, ALB through [`events`], and
+//! Gateway REST and HTTP APIs, Function URLs, ALB through `events`, and
 //! the local `serve`), so the responses are the same everywhere.
 //!
-//! Routes: `POST /predict` ([`predict`]), `GET /health`, `GET /ready`,
+//! Routes: `POST /predict` (`predict`), `GET /health`, `GET /ready`,
 //! `GET /model`, and the Open Inference Protocol (KServe V2) under `/v2`
-//! ([`oip`]). Status codes are chosen in one place, [`error`].
+//! (`oip`). Status codes are chosen in one place, `error`.
 
-pub mod error;
-pub mod events;
+mod error;
+pub(crate) mod events;
 mod oip;
 mod predict;
 
@@ -18,7 +18,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::app::App;
-pub use error::{json_response, ApiError};
+pub(crate) use error::{json_response, ApiError};
 
 /// A request body, fully read (the doors enforce the size limit first).
 pub type HttpRequest = Request<Bytes>;

@@ -8,16 +8,15 @@
 //! of its results are written. Results carry the `job_id` (falling back to
 //! the message id, or the object key for S3 events) so consumers deduplicate.
 //!
-//! [`message`] holds the job and result messages, [`batch`] the processing
-//! both SQS doors share, [`events`] the Lambda SQS event, [`worker`] the
+//! `message` holds the job and result messages, `batch` the processing
+//! both SQS doors share, `events` the Lambda SQS event, [`worker`] the
 //! long-polling loop, and [`submit`]/[`collect`] the bulk tools.
 
-pub mod batch;
+pub(crate) mod batch;
 pub mod collect;
-pub mod events;
-pub mod message;
+pub(crate) mod events;
+mod message;
 pub mod submit;
 pub mod worker;
 
-pub use batch::{process_batch, BatchOutcome};
-pub use message::{ImageSource, InMessage, Job, JobError, JobResult};
+pub use message::{JobError, JobResult};

@@ -5,7 +5,7 @@
 //! init phase) and shared by reference or `Arc`; [`Model::run`] takes `&self`
 //! and is safe to call from many threads at once.
 
-pub mod loader;
+mod loader;
 pub mod manifest;
 
 use std::path::Path;
@@ -33,14 +33,14 @@ type Plan = TypedRunnableModel;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
     /// The fixed batch size the plan is compiled for. 1 is the fastest per
-    /// image for MobileNetV2 on tract (see [`crate::classify`] for the numbers);
+    /// image for MobileNetV2 on tract (see `classify.rs` for the numbers);
     /// larger values exist for the benchmark that proves it.
-    pub batch_size: usize,
+    pub plan_batch: usize,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { batch_size: 1 }
+        LoadOptions { plan_batch: 1 }
     }
 }
 
@@ -65,7 +65,7 @@ pub struct Model {
     manifest: Manifest,
     labels: Vec<String>,
     info: ModelInfo,
-    batch_size: usize,
+    plan_batch: usize,
     classes: usize,
     optimize_time: Duration,
 }
@@ -74,7 +74,7 @@ impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")
             .field("info", &self.info)
-            .field("batch_size", &self.batch_size)
+            .field("plan_batch", &self.plan_batch)
             .field("classes", &self.classes)
             .finish_non_exhaustive()
     }
@@ -105,7 +105,7 @@ impl Model {
             stem,
             &infer_input(&graph),
         )?;
-        let batch = options.batch_size.max(1);
+        let batch = options.plan_batch.max(1);
         let (plan, classes) = compile(graph, &manifest, batch)?;
         let labels = resolve_labels(labels_text, &manifest, classes)?;
         let info = ModelInfo {
@@ -120,7 +120,7 @@ impl Model {
             manifest,
             labels,
             info,
-            batch_size: batch,
+            plan_batch: batch,
             classes,
             optimize_time: started.elapsed(),
         })
@@ -142,7 +142,7 @@ impl Model {
     }
 
     /// Runs the network on a preprocessed batch laid out as the manifest
-    /// says, `batch_size()` images long, and returns one score vector per image.
+    /// says, `plan_batch()` images long, and returns one score vector per image.
     pub fn run(&self, input: Tensor) -> Result<Vec<Vec<f32>>, ModelError> {
         let outputs = self
             .plan
@@ -171,8 +171,8 @@ impl Model {
     }
 
     /// The fixed batch size the plan was compiled for.
-    pub fn batch_size(&self) -> usize {
-        self.batch_size
+    pub fn plan_batch(&self) -> usize {
+        self.plan_batch
     }
 
     /// Number of output classes.

@@ -249,3 +249,62 @@ pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, queue: &str) -> usize {
     })
     .sum()
 }
+
+/// `serve` running in this test process on an ephemeral port, with the
+/// bundled model and `config`; ready when returned, stopped on drop.
+pub struct InProcessServer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProcessServer {
+    pub fn start(config: onnx_lambda::Config) -> InProcessServer {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let cell = onnx_lambda::AppCell::default();
+                let shutdown = async {
+                    stopped.await.ok();
+                };
+                let limit = config.max_request_bytes;
+                let server = tokio::spawn(onnx_lambda::serve::serve(
+                    listener,
+                    cell.clone(),
+                    limit,
+                    shutdown,
+                ));
+                let loader = onnx_lambda::ModelLoader::new(None);
+                let app = onnx_lambda::App::init(config, &loader, None).await.unwrap();
+                cell.set(std::sync::Arc::new(app));
+                ready_tx.send(format!("http://{addr}")).unwrap();
+                server.await.unwrap().unwrap();
+            });
+        });
+        let url = ready_rx.recv().expect("the in-process server started");
+        InProcessServer {
+            url,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for InProcessServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).ok();
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().ok();
+        }
+    }
+}
