@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use serde_json::{json, Value};
+use tokio::sync::Semaphore;
 
 use crate::aws::sqs::QueueSender;
 use crate::classify::{Classification, Classifier};
@@ -25,6 +26,9 @@ pub struct App {
     classifier: Classifier,
     inputs: InputFetcher,
     results: Option<QueueSender>,
+    /// One permit per thread: images in decode or inference at once, across
+    /// every request, job and door of the process.
+    work: Arc<Semaphore>,
     cold: AtomicBool,
 }
 
@@ -49,6 +53,7 @@ impl App {
             config.limits.max_bytes,
         );
         App {
+            work: Arc::new(Semaphore::new(classifier.threads())),
             config,
             classifier,
             inputs,
@@ -116,7 +121,7 @@ impl App {
         images: Vec<Vec<u8>>,
         top_k: usize,
     ) -> Result<Vec<Result<Classification, ClassifyError>>, ClassifyError> {
-        self.blocking(move |c| {
+        self.blocking(images.len(), move |c| {
             let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
             c.classify_batch(&refs, top_k)
         })
@@ -128,7 +133,7 @@ impl App {
         self: &Arc<Self>,
         images: Vec<Vec<u8>>,
     ) -> Result<Vec<Result<Vec<f32>, ClassifyError>>, ClassifyError> {
-        self.blocking(move |c| {
+        self.blocking(images.len(), move |c| {
             let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
             c.scores_batch(&refs)
         })
@@ -142,20 +147,33 @@ impl App {
         values: Vec<f32>,
         n: usize,
     ) -> Result<Vec<Vec<f32>>, ClassifyError> {
-        self.blocking(move |c| c.scores_for_tensor(&values, n))
+        self.blocking(n, move |c| c.scores_for_tensor(&values, n))
             .await?
             .map_err(ClassifyError::from)
     }
 
-    /// Runs `f` on the blocking pool with the shared classifier.
+    /// Runs `f` over `images` images on the blocking pool, once threads for
+    /// them are free. The permits travel with the work, so a caller that
+    /// gives up (a request past its deadline) does not free them early.
     async fn blocking<R: Send + 'static>(
         self: &Arc<Self>,
+        images: usize,
         f: impl FnOnce(&Classifier) -> R + Send + 'static,
     ) -> Result<R, ClassifyError> {
-        let app = self.clone();
-        tokio::task::spawn_blocking(move || f(&app.classifier))
+        let wanted = images.clamp(1, self.classifier.threads());
+        let permits = self
+            .work
+            .clone()
+            .acquire_many_owned(u32::try_from(wanted).unwrap_or(u32::MAX))
             .await
-            .map_err(|e| ClassifyError::Internal(format!("the classification task failed: {e}")))
+            .map_err(|e| ClassifyError::Internal(format!("the work queue is closed: {e}")))?;
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permits = permits;
+            f(&app.classifier)
+        })
+        .await
+        .map_err(|e| ClassifyError::Internal(format!("the classification task failed: {e}")))
     }
 
     /// The input shape with batch dimension `batch` (-1 for "any").

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::Tensor;
 
 use crate::config::{Config, InputLimits};
-use crate::error::{ClassifyError, ModelError};
+use crate::error::{panic_message, ClassifyError, ModelError};
 use crate::model::{Layout, Model};
 use crate::preprocess::{self, Preprocessor};
 
@@ -95,11 +95,7 @@ impl Classifier {
     /// A classifier as the configuration asks: its input limits and, when
     /// set, `THREADS`.
     pub fn configured(model: Arc<Model>, config: &Config) -> Classifier {
-        let classifier = Classifier::new(model, config.limits);
-        match config.threads {
-            Some(t) => classifier.with_threads(t),
-            None => classifier,
-        }
+        Classifier::new(model, config.limits).with_threads(config.worker_threads())
     }
 
     /// Sets how many images of a batch run at once (at least 1).
@@ -163,7 +159,7 @@ impl Classifier {
     /// for encoded images, one result per input, in parallel.
     pub fn scores_batch(&self, inputs: &[&[u8]]) -> Vec<Result<Vec<f32>, ClassifyError>> {
         parallel_map(inputs, self.threads, |bytes| {
-            self.scores_timed(bytes).map(|(s, _)| s)
+            contain(|| self.scores_timed(bytes).map(|(s, _)| s))
         })
     }
 
@@ -200,7 +196,9 @@ impl Classifier {
         top_k: usize,
     ) -> Vec<Result<Classification, ClassifyError>> {
         if self.model.plan_batch() == 1 {
-            return parallel_map(inputs, self.threads, |bytes| self.classify(bytes, top_k));
+            return parallel_map(inputs, self.threads, |bytes| {
+                contain(|| self.classify(bytes, top_k))
+            });
         }
         self.classify_fixed_batches(inputs, top_k)
     }
@@ -214,12 +212,14 @@ impl Classifier {
     ) -> Vec<Result<Classification, ClassifyError>> {
         let len = self.pre.image_len();
         let prepared = parallel_map(inputs, self.threads, |bytes| {
-            let started = Instant::now();
-            let image = preprocess::decode(bytes, &self.limits)?;
-            let decoded = Instant::now();
-            let mut values = vec![0f32; len];
-            self.pre.preprocess_into(image, &mut values);
-            Ok::<_, ClassifyError>((values, ms(decoded - started), ms(decoded.elapsed())))
+            contain(|| {
+                let started = Instant::now();
+                let image = preprocess::decode(bytes, &self.limits)?;
+                let decoded = Instant::now();
+                let mut values = vec![0f32; len];
+                self.pre.preprocess_into(image, &mut values);
+                Ok((values, ms(decoded - started), ms(decoded.elapsed())))
+            })
         });
         let mut results: Vec<Option<Result<Classification, ClassifyError>>> =
             (0..inputs.len()).map(|_| None).collect();
@@ -336,6 +336,20 @@ pub fn top_k(probs: &[f32], k: usize, labels: &[String]) -> Vec<Prediction> {
         .collect()
 }
 
+/// Runs one image's work, turning a panic into an `internal` error, so a
+/// bug triggered by one input never takes its batch, or the process, down.
+pub(crate) fn contain<T>(
+    work: impl FnOnce() -> Result<T, ClassifyError>,
+) -> Result<T, ClassifyError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|payload| {
+        let message = panic_message(payload.as_ref());
+        tracing::error!(%message, "classification panicked; the process goes on");
+        Err(ClassifyError::Internal(format!(
+            "the classification failed unexpectedly ({message}); this is a bug, please report it"
+        )))
+    })
+}
+
 /// Maps `f` over `items` on up to `threads` scoped threads, keeping order.
 fn parallel_map<T: Sync, R: Send>(
     items: &[T],
@@ -399,5 +413,23 @@ mod tests {
             parallel_map(&items, 4, |x| x * 2),
             (0..100).map(|x| x * 2).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn a_panic_in_one_image_is_an_internal_error_for_that_image_only() {
+        let items = [1, 2, 3];
+        let results = parallel_map(&items, 2, |&i| {
+            contain(|| {
+                if i == 2 {
+                    panic!("boom on {i}");
+                }
+                Ok(i * 10)
+            })
+        });
+        assert_eq!(results[0].as_ref().unwrap(), &10);
+        assert_eq!(results[2].as_ref().unwrap(), &30);
+        let err = results[1].as_ref().unwrap_err();
+        assert_eq!(crate::error::ErrorCode::code(err), "internal");
+        assert!(err.to_string().contains("boom on 2"), "{err}");
     }
 }

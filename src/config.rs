@@ -6,6 +6,7 @@
 //! exactly what to fix, instead of failing later on the first request.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use crate::error::ConfigError;
 use crate::location::{parse_allowlist, AllowedPrefix, Location};
@@ -37,7 +38,34 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "MAX_REQUEST_BYTES", flag: None, meaning: "largest HTTP request body" },
     Setting { name: "MAX_BATCH_IMAGES", flag: None, meaning: "most images in one request" },
     Setting { name: "RESULTS_QUEUE_URL", flag: Some("--results-queue"), meaning: "where SQS job results go" },
+    Setting { name: "MAX_CONNECTIONS", flag: None, meaning: "serve: open connections at once" },
+    Setting { name: "MAX_QUEUED_REQUESTS", flag: None, meaning: "serve: inference requests waiting for a thread; more get 503" },
+    Setting { name: "HEADER_TIMEOUT_SECS", flag: None, meaning: "serve: time to send the request headers" },
+    Setting { name: "BODY_TIMEOUT_SECS", flag: None, meaning: "serve: time to send the request body" },
+    Setting { name: "REQUEST_TIMEOUT_SECS", flag: None, meaning: "serve: time from headers to response" },
 ];
+
+/// How long `serve` waits for each part of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `HEADER_TIMEOUT_SECS`: the request line and headers (slow-loris).
+    pub header: Duration,
+    /// `BODY_TIMEOUT_SECS`: the whole body, once the headers are in.
+    pub body: Duration,
+    /// `REQUEST_TIMEOUT_SECS`: body, queueing and inference together.
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    /// 10 s for headers, 30 s for a body (6 MiB at 200 KiB/s), 60 s in all.
+    fn default() -> Self {
+        Timeouts {
+            header: Duration::from_secs(10),
+            body: Duration::from_secs(30),
+            request: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Limits on what one untrusted input may cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +145,18 @@ pub struct Config {
     pub max_batch_images: usize,
     /// `RESULTS_QUEUE_URL`: where SQS job results go.
     pub results_queue_url: Option<String>,
+    /// `MAX_CONNECTIONS`: connections `serve` holds open at once; more wait
+    /// in the listen backlog.
+    pub max_connections: usize,
+    /// `MAX_QUEUED_REQUESTS`: inference requests `serve` admits beyond one
+    /// per thread; more are refused at once with 503. Default: 4 per thread.
+    pub max_queued_requests: Option<usize>,
+    /// `HEADER_TIMEOUT_SECS`, `BODY_TIMEOUT_SECS`, `REQUEST_TIMEOUT_SECS`.
+    pub timeouts: Timeouts,
 }
+
+/// Default `MAX_CONNECTIONS`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// Default `MAX_REQUEST_BYTES`: the synchronous Lambda payload limit, so the
 /// local server behaves like the deployed function.
@@ -140,6 +179,9 @@ impl Default for Config {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_batch_images: DEFAULT_MAX_BATCH_IMAGES,
             results_queue_url: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_queued_requests: None,
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -205,11 +247,40 @@ impl Config {
             }
             c.results_queue_url = Some(v);
         }
+        if let Some(v) = get("MAX_CONNECTIONS") {
+            let n = parse_positive("MAX_CONNECTIONS", &v, "a number of connections")?;
+            c.max_connections = usize::try_from(n).unwrap_or(usize::MAX).min(65_536);
+        }
+        if let Some(v) = get("MAX_QUEUED_REQUESTS") {
+            c.max_queued_requests = Some(parse_count("MAX_QUEUED_REQUESTS", &v)?);
+        }
+        if let Some(v) = get("HEADER_TIMEOUT_SECS") {
+            c.timeouts.header = parse_seconds("HEADER_TIMEOUT_SECS", &v)?;
+        }
+        if let Some(v) = get("BODY_TIMEOUT_SECS") {
+            c.timeouts.body = parse_seconds("BODY_TIMEOUT_SECS", &v)?;
+        }
+        if let Some(v) = get("REQUEST_TIMEOUT_SECS") {
+            c.timeouts.request = parse_seconds("REQUEST_TIMEOUT_SECS", &v)?;
+        }
         if let Some(v) = get("MAX_BATCH_IMAGES") {
             let n = parse_positive("MAX_BATCH_IMAGES", &v, "a number of images")?;
             c.max_batch_images = usize::try_from(n).unwrap_or(usize::MAX).min(1024);
         }
         Ok(c)
+    }
+
+    /// Images classified at once: `THREADS`, or one per core.
+    pub fn worker_threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+
+    /// Inference requests `serve` admits: one per thread plus the queue.
+    pub fn admitted_requests(&self) -> usize {
+        let threads = self.worker_threads();
+        threads + self.max_queued_requests.unwrap_or(4 * threads)
     }
 
     /// The manifest to fetch and whether it must exist: an explicit
@@ -230,6 +301,31 @@ pub fn parse_positive(var: &'static str, value: &str, what: &str) -> Result<u64,
             var,
             value: value.to_string(),
             expected: format!("expected {what}: a whole number greater than 0"),
+        }),
+    }
+}
+
+/// A whole number, 0 allowed.
+fn parse_count(var: &'static str, value: &str) -> Result<usize, ConfigError> {
+    value
+        .trim()
+        .replace('_', "")
+        .parse::<usize>()
+        .map_err(|_| ConfigError {
+            var,
+            value: value.to_string(),
+            expected: "expected a whole number (0 or more)".into(),
+        })
+}
+
+/// Whole seconds, 1 to one day.
+fn parse_seconds(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    match parse_positive(var, value, "a number of seconds")? {
+        n if n <= 86_400 => Ok(Duration::from_secs(n)),
+        _ => Err(ConfigError {
+            var,
+            value: value.to_string(),
+            expected: "expected a number of seconds from 1 to 86400".into(),
         }),
     }
 }
@@ -349,6 +445,11 @@ mod tests {
             ("MAX_REQUEST_BYTES", "big"),
             ("MAX_BATCH_IMAGES", "0"),
             ("RESULTS_QUEUE_URL", "my-queue"),
+            ("MAX_CONNECTIONS", "0"),
+            ("MAX_QUEUED_REQUESTS", "-1"),
+            ("HEADER_TIMEOUT_SECS", "0"),
+            ("BODY_TIMEOUT_SECS", "1.5"),
+            ("REQUEST_TIMEOUT_SECS", "100000"),
         ] {
             let err = config(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{value}");
@@ -370,5 +471,29 @@ mod tests {
         let mut listed: Vec<String> = SETTINGS.iter().map(|s| s.name.to_string()).collect();
         listed.sort();
         assert_eq!(asked, listed);
+    }
+
+    #[test]
+    fn serve_limits_are_read() {
+        let c = config(&[
+            ("MAX_CONNECTIONS", "8"),
+            ("MAX_QUEUED_REQUESTS", "0"),
+            ("HEADER_TIMEOUT_SECS", "2"),
+            ("BODY_TIMEOUT_SECS", "3"),
+            ("REQUEST_TIMEOUT_SECS", "4"),
+        ])
+        .unwrap();
+        assert_eq!((c.max_connections, c.max_queued_requests), (8, Some(0)));
+        assert_eq!(
+            c.timeouts,
+            Timeouts {
+                header: Duration::from_secs(2),
+                body: Duration::from_secs(3),
+                request: Duration::from_secs(4)
+            }
+        );
+        let d = Config::default();
+        assert_eq!((d.max_connections, d.max_queued_requests), (256, None));
+        assert_eq!(d.timeouts.header, Duration::from_secs(10));
     }
 }

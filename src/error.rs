@@ -45,6 +45,15 @@ impl ErrorBody {
     }
 }
 
+/// What a caught panic said, for an `internal` error message.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
 /// A configuration value that cannot be used.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[error("{var}={value:?} is invalid: {expected}")]

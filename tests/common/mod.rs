@@ -261,6 +261,14 @@ pub struct InProcessServer {
 
 impl InProcessServer {
     pub fn start(config: onnx_lambda::Config) -> InProcessServer {
+        InProcessServer::start_with(config, onnx_lambda::serve::router())
+    }
+
+    /// The same with another request handler (to provoke faults).
+    pub fn start_with(
+        config: onnx_lambda::Config,
+        handler: onnx_lambda::serve::Handler,
+    ) -> InProcessServer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -275,11 +283,12 @@ impl InProcessServer {
                 let shutdown = async {
                     stopped.await.ok();
                 };
-                let limit = config.max_request_bytes;
+                let options = onnx_lambda::serve::ServeOptions::from_config(&config);
                 let server = tokio::spawn(onnx_lambda::serve::serve(
                     listener,
                     cell.clone(),
-                    limit,
+                    options,
+                    handler,
                     shutdown,
                 ));
                 let loader = onnx_lambda::ModelLoader::new(None);
