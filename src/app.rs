@@ -94,6 +94,11 @@ impl App {
         json!({"name": info.name, "version": info.version, "sha256": info.sha256})
     }
 
+    /// Images classified at once.
+    pub fn threads(&self) -> usize {
+        self.classifier.threads()
+    }
+
     /// The limits on one input.
     pub fn limits(&self) -> &InputLimits {
         self.classifier.limits()

@@ -12,7 +12,7 @@
 //! the handler, so invocations can never load the model twice.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use aws_lambda_events::sqs::SqsBatchResponse;
 use serde::{Deserialize, Serialize};
@@ -66,21 +66,39 @@ pub async fn run(app: Arc<App>) -> Result<(), lambda_runtime::Error> {
             let app = app.clone();
             async move {
                 let id = event.context.request_id.clone();
-                Ok::<_, lambda_runtime::Error>(handle(app, event.payload, &id).await)
+                let deadline = instant_of(event.context.deadline());
+                Ok::<_, lambda_runtime::Error>(
+                    handle(app, event.payload, &id, Some(deadline)).await,
+                )
             }
         },
     ))
     .await
 }
 
+/// The invocation's wall-clock deadline on the monotonic clock.
+fn instant_of(deadline: SystemTime) -> Instant {
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    Instant::now() + left
+}
+
 /// Handles one Lambda event of any supported kind. Bad input is answered
 /// with `{"error": {"code", "message"}}`, never a function error, so callers
-/// always get a reason.
-pub async fn handle(app: Arc<App>, event: Value, request_id: &str) -> Response {
+/// always get a reason. An SQS batch stops starting work shortly before
+/// `deadline` (the invocation's), and reports what it did not do as batch
+/// item failures, so a timeout never discards finished results.
+pub async fn handle(
+    app: Arc<App>,
+    event: Value,
+    request_id: &str,
+    deadline: Option<Instant>,
+) -> Response {
     let cold_start = app.take_cold_start();
     let started = Instant::now();
     let (kind, response) = if crate::jobs::events::is_sqs_event(&event) {
-        let r = crate::jobs::events::handle_event(&app, event).await;
+        let r = crate::jobs::events::handle_event(&app, event, deadline).await;
         ("sqs", Response::Sqs(r))
     } else if crate::http::events::is_http_event(&event) {
         let r = crate::http::events::handle_event(app, event).await;

@@ -564,3 +564,55 @@ async fn invalid_base64_gets_the_same_code_from_a_job_and_over_http() {
     let body: Value = serde_json::from_slice(response.body()).unwrap();
     assert_eq!(body["error"]["code"], job_error.code);
 }
+
+/// The message ids in an SQS response's `batchItemFailures`.
+fn failures(response: &Value) -> HashSet<String> {
+    response["batchItemFailures"]
+        .as_array()
+        .expect("an SQS response")
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A Lambda batch starts no work within two seconds of its deadline: what
+/// it did not do is reported for redelivery, what it did is written, and
+/// the two never overlap, wherever the deadline falls.
+#[tokio::test]
+async fn sqs_batches_stop_before_the_invocation_deadline_and_lose_nothing() {
+    let sqs = sqs_client().await;
+    let bucket = photo_bucket().await;
+    let results = create_queue(&sqs, "deadline-results", &[]).await;
+    let app = app(&results).await;
+    let bodies: Vec<String> = (0..10)
+        .map(|i| json!({"job_id": format!("d{i}"), "image": {"s3_uri": format!("s3://{bucket}/in/{}", PHOTOS[i % 5].0)}}).to_string())
+        .collect();
+    let all: HashSet<String> = (0..10).map(|i| format!("msg-{i}")).collect();
+
+    // Inside the margin already: nothing is started, nothing is written.
+    let soon = Instant::now() + Duration::from_millis(500);
+    let out = common::invoke_until(app.clone(), sqs_event(&bodies, 1), "late", Some(soon)).await;
+    assert_eq!(failures(&out), all, "{out}");
+    assert!(results_in(&sqs, &results).await.is_empty());
+
+    // The deadline falls somewhere in the work: every message is either
+    // written or failed, never both, never neither.
+    let tight = Instant::now() + Duration::from_millis(2_150);
+    let out = common::invoke_until(app.clone(), sqs_event(&bodies, 2), "tight", Some(tight)).await;
+    let failed = failures(&out);
+    let written: HashSet<String> = results_in(&sqs, &results)
+        .await
+        .into_iter()
+        .map(|r| r.message_id)
+        .collect();
+    assert!(failed.is_disjoint(&written), "{failed:?} / {written:?}");
+    assert_eq!(&failed | &written, all);
+
+    // Time enough: all done.
+    let later = Instant::now() + Duration::from_secs(300);
+    let out = common::invoke_until(app, sqs_event(&bodies, 3), "ok", Some(later)).await;
+    assert!(failures(&out).is_empty(), "{out}");
+    let got = results_in(&sqs, &results).await;
+    assert_eq!(got.len(), 10);
+    assert!(got.iter().all(|r| r.status == "ok"));
+}

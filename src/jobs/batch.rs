@@ -1,19 +1,27 @@
 //! One batch of messages, shared by the Lambda SQS handler and the worker:
-//! parse, fetch S3 inputs concurrently, classify in one parallel batch,
-//! write results in batched sends, and say which messages must come again.
+//! parse, fetch S3 inputs concurrently, classify (one image per thread at a
+//! time), write results in batched sends, and say which messages must come
+//! again.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use super::message::{parse_message, ImageSource, InMessage, Job, JobError, JobResult};
 use crate::app::App;
 use crate::error::ClassifyError;
 use crate::inputs::decode_base64;
 
+/// Time kept back before a deadline to write the results already done.
+pub(crate) const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+
 /// What happened to a batch.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchOutcome {
-    /// Messages to deliver again (transient failure, or a result not written).
+    /// Messages to deliver again (transient failure, not done before the
+    /// deadline, or a result not written).
     pub failed: Vec<String>,
     /// `ok` results written.
     pub ok: usize,
@@ -21,85 +29,144 @@ pub struct BatchOutcome {
     pub errors: usize,
 }
 
-/// Processes one batch and reports which messages must be delivered again.
-/// A message is acknowledged only when every one of its results is written.
-pub async fn process_batch(app: &Arc<App>, messages: &[InMessage]) -> BatchOutcome {
-    let model = app.model_json();
-    let mut results: Vec<JobResult> = Vec::new();
-    let mut redeliver: HashSet<String> = HashSet::new();
-    let mut fail = |m: &InMessage, job_id: &str, e: &JobError, results: &mut Vec<JobResult>| {
+/// Results so far, and the messages that must come again.
+struct Progress {
+    model: Value,
+    results: Vec<JobResult>,
+    redeliver: HashSet<String>,
+}
+
+impl Progress {
+    /// A failed job: an error result if it is the job's fault, else its
+    /// message comes again.
+    fn fail(&mut self, m: &InMessage, job_id: &str, e: &JobError) {
         if e.is_transient() {
             tracing::warn!(message_id = %m.message_id, job_id, error = %e, "transient failure; the message will be delivered again");
-            redeliver.insert(m.message_id.clone());
+            self.redeliver.insert(m.message_id.clone());
         } else {
-            results.push(JobResult::error(job_id.to_string(), m, model.clone(), e));
+            let r = JobResult::error(job_id.to_string(), m, self.model.clone(), e);
+            self.results.push(r);
         }
-    };
+    }
+}
 
+/// Processes one batch and reports which messages must be delivered again.
+/// A message is acknowledged only when every one of its results is written.
+///
+/// With a `deadline` (a Lambda invocation's), no fetch or classification
+/// starts after `deadline - DEADLINE_MARGIN`: what was not done is reported
+/// for redelivery, and what was done is written in the time kept back.
+pub async fn process_batch(
+    app: &Arc<App>,
+    messages: &[InMessage],
+    deadline: Option<Instant>,
+) -> BatchOutcome {
+    let stop_at = deadline.map(|d| d.checked_sub(DEADLINE_MARGIN).unwrap_or_else(Instant::now));
+    let mut progress = Progress {
+        model: app.model_json(),
+        results: Vec::new(),
+        redeliver: HashSet::new(),
+    };
     let mut work: Vec<(&InMessage, Job)> = Vec::new();
     for m in messages {
         match parse_message(&m.body, &m.message_id, app.config().top_k) {
             Ok(jobs) => work.extend(jobs.into_iter().map(|j| (m, j))),
-            Err(e) => fail(m, &m.message_id, &e, &mut results),
+            Err(e) => progress.fail(m, &m.message_id, &e),
         }
     }
-
-    // Fetch every input (S3 reads run concurrently).
-    let fetched = futures::future::join_all(work.iter().map(|(_, job)| fetch(app, job))).await;
-    let mut fetched_jobs: Vec<(&InMessage, Job)> = Vec::new();
-    let mut images: Vec<Vec<u8>> = Vec::new();
-    for ((m, job), bytes) in work.into_iter().zip(fetched) {
-        match bytes {
-            Ok(bytes) => {
-                fetched_jobs.push((m, job));
-                images.push(bytes);
-            }
-            Err(e) => fail(m, &job.job_id, &e, &mut results),
-        }
-    }
-
-    // Classify everything fetched in one parallel batch.
-    let max_k = fetched_jobs.iter().map(|(_, j)| j.top_k).max().unwrap_or(1);
-    match app.classify(images, max_k).await {
-        Ok(classified) => {
-            for ((m, job), c) in fetched_jobs.into_iter().zip(classified) {
-                match c {
-                    Ok(mut c) => {
-                        c.predictions.truncate(job.top_k);
-                        results.push(JobResult::ok(
-                            job.job_id,
-                            m,
-                            model.clone(),
-                            c.predictions,
-                            c.timing_ms,
-                        ));
-                    }
-                    Err(e) => fail(m, &job.job_id, &JobError::from(e), &mut results),
-                }
-            }
-        }
-        Err(e) => {
-            // The work died, not any one input: every fetched job comes again.
-            let e = JobError::Classify(ClassifyError::Internal(e.to_string()));
-            for (m, job) in &fetched_jobs {
-                fail(m, &job.job_id, &e, &mut results);
-            }
-        }
-    }
-
-    // A message to deliver again gets no results now; it comes back whole.
-    results.retain(|r| !redeliver.contains(&r.message_id));
-    let mut outcome = write(app, &results, &mut redeliver).await;
-    outcome.failed = messages
-        .iter()
-        .filter(|m| redeliver.contains(&m.message_id))
-        .map(|m| m.message_id.clone())
-        .collect();
-    outcome
+    let fetched = fetch_all(app, work, stop_at, &mut progress).await;
+    classify_all(app, fetched, stop_at, &mut progress).await;
+    write(app, messages, progress).await
 }
 
-/// Writes the results; a message with any unwritten result is redelivered.
-async fn write(app: &App, results: &[JobResult], redeliver: &mut HashSet<String>) -> BatchOutcome {
+/// Fetches every input concurrently; jobs not fetched by `stop_at` come again.
+async fn fetch_all<'m>(
+    app: &App,
+    work: Vec<(&'m InMessage, Job)>,
+    stop_at: Option<Instant>,
+    progress: &mut Progress,
+) -> Vec<(&'m InMessage, Job, Vec<u8>)> {
+    let fetches = futures::future::join_all(work.iter().map(|(_, job)| fetch(app, job)));
+    let fetched = match stop_at {
+        Some(t) => tokio::time::timeout_at(t.into(), fetches).await.ok(),
+        None => Some(fetches.await),
+    };
+    let Some(fetched) = fetched else {
+        tracing::warn!(
+            jobs = work.len(),
+            "the deadline came during the input fetches; these jobs will be delivered again"
+        );
+        let ids = work.iter().map(|(m, _)| m.message_id.clone());
+        progress.redeliver.extend(ids);
+        return Vec::new();
+    };
+    let mut ready = Vec::new();
+    for ((m, job), bytes) in work.into_iter().zip(fetched) {
+        match bytes {
+            Ok(bytes) => ready.push((m, job, bytes)),
+            Err(e) => progress.fail(m, &job.job_id, &e),
+        }
+    }
+    ready
+}
+
+/// Classifies one image per thread at a time, so no image starts after
+/// `stop_at`; the jobs not started come again.
+async fn classify_all(
+    app: &Arc<App>,
+    fetched: Vec<(&InMessage, Job, Vec<u8>)>,
+    stop_at: Option<Instant>,
+    progress: &mut Progress,
+) {
+    let max_k = fetched.iter().map(|(_, j, _)| j.top_k).max().unwrap_or(1);
+    let mut fetched = fetched.into_iter().peekable();
+    while fetched.peek().is_some() {
+        let chunk: Vec<_> = fetched.by_ref().take(app.threads()).collect();
+        if stop_at.is_some_and(|t| Instant::now() >= t) {
+            tracing::warn!(
+                jobs = chunk.len(),
+                "the deadline is near; jobs not started will be delivered again"
+            );
+            let ids = chunk.iter().map(|(m, _, _)| m.message_id.clone());
+            progress.redeliver.extend(ids);
+            continue;
+        }
+        let (jobs, images): (Vec<_>, Vec<_>) =
+            chunk.into_iter().map(|(m, j, b)| ((m, j), b)).unzip();
+        let classified = match app.classify(images, max_k).await {
+            Ok(classified) => classified,
+            Err(e) => {
+                // The work died, not any one input: these jobs come again.
+                let e = JobError::Classify(ClassifyError::Internal(e.to_string()));
+                jobs.iter()
+                    .for_each(|(m, job)| progress.fail(m, &job.job_id, &e));
+                continue;
+            }
+        };
+        for ((m, job), c) in jobs.into_iter().zip(classified) {
+            match c {
+                Ok(mut c) => {
+                    c.predictions.truncate(job.top_k);
+                    let model = progress.model.clone();
+                    let r = JobResult::ok(job.job_id, m, model, c.predictions, c.timing_ms);
+                    progress.results.push(r);
+                }
+                Err(e) => progress.fail(m, &job.job_id, &JobError::from(e)),
+            }
+        }
+    }
+}
+
+/// Writes the results of the messages that are done; a message with any
+/// unwritten result, or marked for redelivery, is reported failed.
+async fn write(app: &App, messages: &[InMessage], progress: Progress) -> BatchOutcome {
+    let Progress {
+        mut results,
+        mut redeliver,
+        ..
+    } = progress;
+    // A message to deliver again gets no results now; it comes back whole.
+    results.retain(|r| !redeliver.contains(&r.message_id));
     let bodies: Vec<String> = results
         .iter()
         .map(|r| serde_json::to_string(r).expect("a result always serialises"))
@@ -126,6 +193,11 @@ async fn write(app: &App, results: &[JobResult], redeliver: &mut HashSet<String>
             outcome.errors += 1;
         }
     }
+    outcome.failed = messages
+        .iter()
+        .filter(|m| redeliver.contains(&m.message_id))
+        .map(|m| m.message_id.clone())
+        .collect();
     outcome
 }
 

@@ -3,6 +3,7 @@
 //! enabled on the event source mapping).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use serde_json::Value;
@@ -21,7 +22,11 @@ pub fn is_sqs_event(event: &Value) -> bool {
 
 /// Processes an SQS event. An event that does not deserialise reports every
 /// message id it names as failed: retried, then dead-lettered, never dropped.
-pub async fn handle_event(app: &Arc<App>, event: Value) -> SqsBatchResponse {
+pub async fn handle_event(
+    app: &Arc<App>,
+    event: Value,
+    deadline: Option<Instant>,
+) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     let ids: Vec<String> = event["Records"]
         .as_array()
@@ -52,7 +57,7 @@ pub async fn handle_event(app: &Arc<App>, event: Value) -> SqsBatchResponse {
             body: r.body.unwrap_or_default(),
         })
         .collect();
-    let outcome = process_batch(app, &messages).await;
+    let outcome = process_batch(app, &messages, deadline).await;
     tracing::info!(
         messages = messages.len(),
         ok = outcome.ok,

@@ -182,7 +182,8 @@ async fn handle(
         })
     };
     let messages: Vec<InMessage> = batch.iter().map(|(m, _)| m.clone()).collect();
-    let outcome = process_batch(&app, &messages).await;
+    // No deadline: the heartbeat keeps the batch invisible however long it takes.
+    let outcome = process_batch(&app, &messages, None).await;
     heartbeat.abort();
     counters.ok.fetch_add(outcome.ok, Ordering::Relaxed);
     counters.errors.fetch_add(outcome.errors, Ordering::Relaxed);

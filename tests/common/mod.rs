@@ -27,7 +27,17 @@ pub async fn invoke(
     event: serde_json::Value,
     request_id: &str,
 ) -> serde_json::Value {
-    let response = onnx_lambda::lambda::handle(app, event, request_id).await;
+    invoke_until(app, event, request_id, None).await
+}
+
+/// [`invoke`] with the invocation's deadline.
+pub async fn invoke_until(
+    app: std::sync::Arc<onnx_lambda::App>,
+    event: serde_json::Value,
+    request_id: &str,
+    deadline: Option<std::time::Instant>,
+) -> serde_json::Value {
+    let response = onnx_lambda::lambda::handle(app, event, request_id, deadline).await;
     serde_json::to_value(response).expect("a Lambda response serialises")
 }
 
