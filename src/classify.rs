@@ -344,7 +344,7 @@ pub(crate) fn contain<T>(
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|payload| {
         let message = panic_message(payload.as_ref());
         tracing::error!(%message, "classification panicked; the process goes on");
-        Err(ClassifyError::Internal(format!(
+        Err(ClassifyError::Panicked(format!(
             "the classification failed unexpectedly ({message}); this is a bug, please report it"
         )))
     })

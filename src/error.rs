@@ -177,6 +177,10 @@ pub enum ClassifyError {
     /// The work itself failed (a worker thread died): internal error.
     #[error("{0}")]
     Internal(String),
+    /// Classifying this input panicked: a bug this input triggers, so
+    /// retrying it would panic again.
+    #[error("{0}")]
+    Panicked(String),
 }
 
 impl ErrorCode for ClassifyError {
@@ -185,7 +189,7 @@ impl ErrorCode for ClassifyError {
         match self {
             ClassifyError::Input(e) => e.code(),
             ClassifyError::Model(_) => "inference_failed",
-            ClassifyError::Internal(_) => "internal",
+            ClassifyError::Internal(_) | ClassifyError::Panicked(_) => "internal",
         }
     }
 }

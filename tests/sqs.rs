@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use base64::Engine;
 use common::{
-    aws_env, create_queue, data, drain, put_objects, queue_depth, s3_client, sqs_client,
+    aws_env, create_queue, data, drain, put_objects, queue_depth, s3_client, sqs_client, sqs_event,
     unique_bucket,
 };
 use onnx_lambda::config::Config;
@@ -265,24 +265,6 @@ async fn app(results_queue: &str) -> Arc<App> {
         .await
         .unwrap();
     Arc::new(app.with_sqs(sqs_client().await))
-}
-
-/// An SQS event like Lambda's, from `events/sqs-jobs.json` with new bodies.
-fn sqs_event(bodies: &[String], receive_count: u32) -> Value {
-    let template: Value = common::event("sqs-jobs.json");
-    let record = template["Records"][0].clone();
-    let records: Vec<Value> = bodies
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let mut r = record.clone();
-            r["messageId"] = json!(format!("msg-{i}"));
-            r["body"] = json!(b);
-            r["attributes"]["ApproximateReceiveCount"] = json!(receive_count.to_string());
-            r
-        })
-        .collect();
-    json!({"Records": records})
 }
 
 #[tokio::test]

@@ -56,7 +56,7 @@ impl From<ClassifyError> for ApiError {
         let status = match &e {
             ClassifyError::Input(InputError::TooManyBytes { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             ClassifyError::Input(_) => StatusCode::BAD_REQUEST,
-            ClassifyError::Model(_) | ClassifyError::Internal(_) => {
+            ClassifyError::Model(_) | ClassifyError::Internal(_) | ClassifyError::Panicked(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };

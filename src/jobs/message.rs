@@ -77,7 +77,10 @@ impl JobError {
         match self {
             JobError::InvalidJob(_) => false,
             JobError::Fetch(e) => e.is_transient(),
-            JobError::Classify(e) => !matches!(e, ClassifyError::Input(_)),
+            // A panic would repeat on redelivery: report it as an error result.
+            JobError::Classify(e) => {
+                !matches!(e, ClassifyError::Input(_) | ClassifyError::Panicked(_))
+            }
         }
     }
 }
@@ -316,6 +319,28 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn only_failures_that_may_pass_on_a_retry_are_transient() {
+        use crate::error::{InputError, ModelError};
+        let transient = |e: JobError| e.is_transient();
+        assert!(!transient(JobError::InvalidJob("x".into())));
+        assert!(!transient(ClassifyError::Input(InputError::Empty).into()));
+        assert!(!transient(ClassifyError::Panicked("bug".into()).into()));
+        assert!(transient(
+            ClassifyError::Internal("task died".into()).into()
+        ));
+        assert!(transient(
+            ClassifyError::Model(ModelError::Inference("oom".into())).into()
+        ));
+        let unavailable = FetchError::Unavailable {
+            uri: "s3://b/k".into(),
+            message: "timeout".into(),
+        };
+        assert!(transient(unavailable.into()));
+        let panicked = JobError::from(ClassifyError::Panicked("bug".into()));
+        assert_eq!(panicked.code(), "internal");
     }
 
     #[test]

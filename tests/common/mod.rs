@@ -2,6 +2,7 @@
 //! Lambda Runtime API emulator for driving the real runtime loop.
 #![allow(dead_code)]
 
+pub mod corpus;
 pub mod runtime_api;
 
 use std::net::TcpListener;
@@ -94,7 +95,17 @@ pub fn moto_endpoint() -> &'static str {
                     Ok(())
                 });
             }
-            let child = cmd.spawn().unwrap_or_else(|e| {
+            // PR_SET_PDEATHSIG fires when the spawning *thread* ends, and a
+            // test's thread ends with the test: spawn from a thread that
+            // lives as long as the process, or moto dies after the first test.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                tx.send(cmd.spawn()).unwrap();
+                loop {
+                    std::thread::park();
+                }
+            });
+            let child = rx.recv().unwrap().unwrap_or_else(|e| {
                 panic!(
                     "cannot start {}: {e}. Run scripts/test.sh, which installs moto into .venv",
                     program.display()
@@ -326,4 +337,24 @@ impl Drop for InProcessServer {
             thread.join().ok();
         }
     }
+}
+
+/// An SQS event like Lambda's, from `events/sqs-jobs.json` with new bodies
+/// (message ids `msg-0`, `msg-1`, ...).
+pub fn sqs_event(bodies: &[String], receive_count: u32) -> serde_json::Value {
+    let template = event("sqs-jobs.json");
+    let record = template["Records"][0].clone();
+    let records: Vec<serde_json::Value> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let mut r = record.clone();
+            r["messageId"] = serde_json::json!(format!("msg-{i}"));
+            r["body"] = serde_json::json!(b);
+            r["attributes"]["ApproximateReceiveCount"] =
+                serde_json::json!(receive_count.to_string());
+            r
+        })
+        .collect();
+    serde_json::json!({ "Records": records })
 }
