@@ -119,6 +119,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--loris", type=int, default=4)
+    ap.add_argument("--warmup", type=float, default=10, help="seconds of the same load before the baseline RSS")
     ap.add_argument("--binary", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "onnx-lambda"))
     args = ap.parse_args()
     if not os.access(args.binary, os.X_OK):
@@ -133,32 +134,49 @@ def main():
         while request(base, "GET", "/ready", None, b"", 2)[0] != 200:
             time.sleep(0.1)
         photos, hostile = corpus()
-        # Warm-up: every photo once, then the baseline RSS.
-        for p in photos:
-            request(base, *p[1:])
-        warm = rss(server.pid)["VmRSS"]
-
         stats = {}
+        backpressure = {}
         lock = threading.Lock()
-        stop = time.time() + args.seconds
-        peak = [warm]
+        peak = [0]
 
-        def client(seed):
+        def client(seed, until, record):
+            """Sends the mix until `until`; a 503 with Retry-After is
+            back-pressure: wait and send the same request again, as a
+            well-behaved client does, until it gets its final answer."""
             rng = random.Random(seed)
-            while time.time() < stop:
+            while time.time() < until:
                 valid = rng.random() < 0.5
                 name, method, path, ctype, body = rng.choice(photos if valid else hostile)
-                status, retry = request(base, method, path, ctype, body)
-                if valid and status == 503 and retry:
-                    outcome = "back-pressure (503 + Retry-After)"
+                kind = "valid" if valid else "hostile"
+                while True:
+                    status, retry = request(base, method, path, ctype, body)
+                    if status != 503 or not retry:
+                        break
+                    if record:
+                        with lock:
+                            backpressure[kind] = backpressure.get(kind, 0) + 1
                     time.sleep(float(retry) * rng.random())
-                elif valid:
-                    outcome = "ok" if status == 200 else f"FAILED ({status})"
+                if valid:
+                    outcome = "200" if status == 200 else f"FAILED ({status})"
                 else:
                     outcome = f"{status}" if isinstance(status, int) and 400 <= status < 500 else f"FAILED ({status})"
-                key = ("valid" if valid else "hostile", "photos" if valid else name, outcome)
-                with lock:
-                    stats[key] = stats.get(key, 0) + 1
+                if record:
+                    key = (kind, "photos" if valid else name, outcome)
+                    with lock:
+                        stats[key] = stats.get(key, 0) + 1
+
+        # Warm-up: the same mix for a while (every thread's buffers and
+        # caches in place), then the baseline RSS.
+        until = time.time() + args.warmup
+        warmers = [threading.Thread(target=client, args=(1000 + i, until, False)) for i in range(args.clients)]
+        for t in warmers:
+            t.start()
+        for t in warmers:
+            t.join()
+        time.sleep(1)
+        warm = rss(server.pid)["VmRSS"]
+        peak[0] = warm
+        stop = time.time() + args.seconds
 
         loris_closed = [0]
 
@@ -182,7 +200,7 @@ def main():
                 peak[0] = max(peak[0], rss(server.pid)["VmRSS"])
                 time.sleep(0.1)
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+        threads = [threading.Thread(target=client, args=(i, stop, True)) for i in range(args.clients)]
         threads += [threading.Thread(target=loris) for _ in range(args.loris)]
         threads.append(threading.Thread(target=sampler))
         for t in threads:
@@ -194,12 +212,15 @@ def main():
         hwm = end["VmHWM"]
         failed = sum(n for (_, _, o), n in stats.items() if o.startswith("FAILED"))
         mib = lambda b: f"{b / 2**20:.0f} MiB"
-        print(f"`python3 scripts/load_hostile.py --seconds {args.seconds:g} --clients {args.clients} --loris {args.loris}`, "
+        malloc = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_"))
+        print(f"`{malloc + ' ' if malloc else ''}python3 scripts/load_hostile.py --seconds {args.seconds:g} --clients {args.clients} --loris {args.loris}`, "
               f"release build, {cpu_model()}\n")
         print("| kind | request | outcome | count |\n| --- | --- | --- | --- |")
         for (kind, name, outcome), n in sorted(stats.items()):
             print(f"| {kind} | {name} | {outcome} | {n} |")
-        print(f"\nslow-loris connections closed by the server: {loris_closed[0]}")
+        print(f"\nback-pressure (503 + Retry-After, then retried): {backpressure.get('valid', 0)} for valid requests, "
+              f"{backpressure.get('hostile', 0)} for hostile ones")
+        print(f"slow-loris connections closed by the server: {loris_closed[0]}")
         print(f"RSS after warm-up {mib(warm)}, peak {mib(hwm)} (sampled {mib(peak[0])}), at the end {mib(end['VmRSS'])} "
               f"({(end['VmRSS'] / warm - 1) * 100:+.0f}% of warm-up)")
         print(f"failures: {failed}")

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use http::{header, HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -48,6 +48,9 @@ use crate::model::ModelLoader;
 /// What answers a request: [`route`] in production.
 pub type Handler =
     Arc<dyn Fn(Option<Arc<App>>, HttpRequest) -> BoxFuture<'static, HttpResponse> + Send + Sync>;
+
+/// The most of a refused body read (and dropped) so the client gets the 413.
+const MAX_DRAIN_BYTES: usize = 32 << 20;
 
 /// Seconds a client refused for load is told to wait.
 const RETRY_AFTER_SECS: u64 = 1;
@@ -251,41 +254,69 @@ async fn respond(shared: &Shared, req: hyper::Request<Incoming>) -> HttpResponse
         })
 }
 
-/// The whole body, or the response refusing it: 413 past `MAX_REQUEST_BYTES`
-/// (before reading, when `Content-Length` says so), 408 past the body timeout.
+/// The whole body, or the error refusing it: 413 past `MAX_REQUEST_BYTES`,
+/// 408 past the body timeout.
+///
+/// A body a little over the limit (up to 4x, at most [`MAX_DRAIN_BYTES`]) is
+/// read to its end and dropped before the 413, without keeping it: a client
+/// still sending would otherwise see a reset connection instead of the
+/// answer. A body declared larger than that is refused at once.
 async fn read_body(
     options: &ServeOptions,
     headers: &http::HeaderMap,
-    body: Incoming,
+    mut body: Incoming,
 ) -> Result<Bytes, ApiError> {
     let limit = options.max_request_bytes;
+    let drain_cap = limit.saturating_mul(4).min(MAX_DRAIN_BYTES).max(limit);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if let Some(n) = declared.filter(|n| *n > limit) {
+    if let Some(n) = declared.filter(|n| *n > drain_cap) {
         return Err(ApiError::payload_too_large(n, limit));
     }
-    let timeout = options.timeouts.body;
-    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(ApiError::payload_too_large(limit + 1, limit))
+    let deadline = tokio::time::Instant::now() + options.timeouts.body;
+    let mut kept = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut total = 0usize;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(body_timeout(options.timeouts.body)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    format!("the request body could not be read: {e}"),
+                ))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > drain_cap {
+            return Err(ApiError::payload_too_large(total, limit));
         }
-        Ok(Err(e)) => Err(ApiError::bad_request(
-            "invalid_body",
-            format!("the request body could not be read: {e}"),
-        )),
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            format!(
-                "the request body did not arrive within {} s (BODY_TIMEOUT_SECS): send it faster, or send \
-                 large images by reference with {{\"s3_uri\": \"s3://bucket/key\"}}",
-                timeout.as_secs()
-            ),
-        )),
+        if total <= limit {
+            kept.extend_from_slice(&data);
+        }
     }
+    if total > limit {
+        return Err(ApiError::payload_too_large(total, limit));
+    }
+    Ok(Bytes::from(kept))
+}
+
+fn body_timeout(timeout: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        format!(
+            "the request body did not arrive within {} s (BODY_TIMEOUT_SECS): send it faster, or send \
+             large images by reference with {{\"s3_uri\": \"s3://bucket/key\"}}",
+            timeout.as_secs()
+        ),
+    )
 }
 
 fn deadline_exceeded(deadline: Duration) -> HttpResponse {

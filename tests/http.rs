@@ -579,7 +579,7 @@ fn curl_against_the_local_server() {
     ]);
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["predictions"].as_array().unwrap().len(), 1);
-    // Over MAX_REQUEST_BYTES (chelsea.png is 240 kB, coffee.png 467 kB): 413 before reading it all.
+    // Over MAX_REQUEST_BYTES (chelsea.png is 240 kB, coffee.png 467 kB): 413.
     let big = data("images/coffee.png");
     let (s, b) = curl(&[
         "-H",

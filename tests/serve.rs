@@ -246,3 +246,29 @@ fn connections_beyond_the_limit_wait_until_one_closes() {
         .unwrap();
     assert_eq!(status(&read_response(&mut third)), 200);
 }
+
+#[test]
+fn a_client_that_sends_its_whole_oversized_body_still_reads_the_413() {
+    let server = InProcessServer::start(config(&[("MAX_REQUEST_BYTES", "100000")]));
+    for size in [100_001usize, 350_000] {
+        let mut request = format!(
+            "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {size}\r\n\r\n"
+        )
+        .into_bytes();
+        request.extend(vec![7u8; size]);
+        // Like Python's http.client: the whole body first, then the answer.
+        let response = exchange(&server, &request, Duration::from_secs(20));
+        assert_eq!(status(&response), 413, "{size}: {response}");
+        assert_eq!(json_body(&response)["error"]["code"], "payload_too_large");
+    }
+    // Declared far beyond the limit: refused at once, before any body.
+    let started = Instant::now();
+    let response = exchange(
+        &server,
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000000000\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert_eq!(status(&response), 413, "{response}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(health(&server), 200);
+}
