@@ -38,6 +38,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "MAX_REQUEST_BYTES", flag: None, meaning: "largest HTTP request body" },
     Setting { name: "MAX_BATCH_IMAGES", flag: None, meaning: "most images in one request" },
     Setting { name: "RESULTS_QUEUE_URL", flag: Some("--results-queue"), meaning: "where SQS job results go" },
+    Setting { name: "SDK_TIMEOUT_SECS", flag: None, meaning: "S3/SQS: time to connect and to first byte, per attempt" },
     Setting { name: "MAX_CONNECTIONS", flag: None, meaning: "serve: open connections at once" },
     Setting { name: "MAX_QUEUED_REQUESTS", flag: None, meaning: "serve: inference requests waiting for a thread; more get 503" },
     Setting { name: "HEADER_TIMEOUT_SECS", flag: None, meaning: "serve: time to send the request headers" },
@@ -153,7 +154,14 @@ pub struct Config {
     pub max_queued_requests: Option<usize>,
     /// `HEADER_TIMEOUT_SECS`, `BODY_TIMEOUT_SECS`, `REQUEST_TIMEOUT_SECS`.
     pub timeouts: Timeouts,
+    /// `SDK_TIMEOUT_SECS`: each S3/SQS attempt's time to connect and to the
+    /// first byte of the answer (and an S3 download's longest pause).
+    pub sdk_timeout: Duration,
 }
+
+/// Default `SDK_TIMEOUT_SECS`: generous for S3 and SQS, which answer in
+/// milliseconds, while a dead endpoint is known within a minute of retries.
+pub const DEFAULT_SDK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default `MAX_CONNECTIONS`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
@@ -182,6 +190,7 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_queued_requests: None,
             timeouts: Timeouts::default(),
+            sdk_timeout: DEFAULT_SDK_TIMEOUT,
         }
     }
 }
@@ -246,6 +255,9 @@ impl Config {
                 });
             }
             c.results_queue_url = Some(v);
+        }
+        if let Some(v) = get("SDK_TIMEOUT_SECS") {
+            c.sdk_timeout = parse_seconds("SDK_TIMEOUT_SECS", &v)?;
         }
         if let Some(v) = get("MAX_CONNECTIONS") {
             let n = parse_positive("MAX_CONNECTIONS", &v, "a number of connections")?;

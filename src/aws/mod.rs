@@ -11,7 +11,10 @@
 pub(crate) mod s3;
 pub(crate) mod sqs;
 
+use std::time::Duration;
+
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
@@ -26,9 +29,19 @@ pub fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
         .build_https()
 }
 
-/// Loads the shared SDK configuration from the environment.
-pub async fn sdk_config() -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
+/// Loads the shared SDK configuration from the environment. `timeout`
+/// (`SDK_TIMEOUT_SECS`) bounds connecting (at most 3.1 s) and waiting for
+/// the first byte of each attempt, so an unreachable or silent endpoint is
+/// retried and then reported instead of hanging; S3 downloads also use it
+/// as the longest pause between body chunks.
+pub async fn sdk_config(timeout: Duration) -> SdkConfig {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(timeout.min(Duration::from_millis(3100)))
+        .read_timeout(timeout)
+        .build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client())
+        .timeout_config(timeouts);
     if std::env::var_os("AWS_MAX_ATTEMPTS").is_none() {
         loader =
             loader.retry_config(RetryConfig::standard().with_max_attempts(DEFAULT_MAX_ATTEMPTS));

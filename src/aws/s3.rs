@@ -12,6 +12,8 @@ use thiserror::Error;
 
 /// Attempts for a download that breaks off mid-stream.
 const STREAM_ATTEMPTS: u32 = 3;
+/// The longest pause between body chunks when the client sets no read timeout.
+const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 
 /// One object to read.
 #[derive(Debug, Clone, Copy)]
@@ -97,8 +99,19 @@ async fn get_once(
     }
     let mut body = response.body;
     let mut bytes = Vec::with_capacity(declared as usize);
+    let idle = client
+        .config()
+        .timeout_config()
+        .and_then(|t| t.read_timeout())
+        .unwrap_or(DEFAULT_IDLE);
     loop {
-        match body.try_next().await {
+        let Ok(next) = tokio::time::timeout(idle, body.try_next()).await else {
+            return Err(Interrupted(format!(
+                "the download stalled for {} s",
+                idle.as_secs_f64()
+            )));
+        };
+        match next {
             Ok(Some(chunk)) => {
                 let size = bytes.len() as u64 + chunk.len() as u64;
                 if size > limit {

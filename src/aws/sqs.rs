@@ -38,6 +38,24 @@ pub fn batches(sizes: impl IntoIterator<Item = usize>) -> Vec<Range<usize>> {
     out
 }
 
+/// A per-call override for a long poll: the read timeout must outlast the
+/// poll's own wait.
+pub(crate) fn long_poll(
+    sqs: &aws_sdk_sqs::Client,
+    wait_seconds: i32,
+) -> aws_sdk_sqs::config::Builder {
+    let read = sqs
+        .config()
+        .timeout_config()
+        .and_then(|t| t.read_timeout())
+        .unwrap_or(Duration::from_secs(10));
+    let wait = Duration::from_secs(u64::try_from(wait_seconds).unwrap_or(0));
+    let timeouts = aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+        .read_timeout(wait + read)
+        .build();
+    aws_sdk_sqs::config::Builder::default().timeout_config(timeouts)
+}
+
 /// Sends message bodies to one queue.
 #[derive(Debug, Clone)]
 pub struct QueueSender {

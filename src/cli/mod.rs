@@ -45,7 +45,7 @@ fn configure(o: &Overrides, top_k: Option<&String>) -> anyhow::Result<Config> {
 async fn sdk_if_needed(config: &Config, door_needs_aws: bool) -> Option<aws_config::SdkConfig> {
     let on_s3 = |l: &Location| matches!(l, Location::S3 { .. });
     if door_needs_aws || on_s3(&config.model) || config.manifest.as_ref().is_some_and(on_s3) {
-        Some(onnx_lambda::aws::sdk_config().await)
+        Some(onnx_lambda::aws::sdk_config(config.sdk_timeout).await)
     } else {
         None
     }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::message::JobResult;
 use super::submit::progress;
-use crate::aws::sqs::delete_messages;
+use crate::aws::sqs::{delete_messages, long_poll};
 
 /// What `collect` did.
 #[derive(Debug, Default, Serialize)]
@@ -50,6 +50,8 @@ pub async fn collect(
             .queue_url(queue_url)
             .max_number_of_messages(10)
             .wait_time_seconds(1)
+            .customize()
+            .config_override(long_poll(sqs, 1))
             .send()
             .await;
         let messages = match received {

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use super::batch::process_batch;
 use super::message::InMessage;
 use crate::app::App;
-use crate::aws::sqs::{delete_messages, extend_visibility};
+use crate::aws::sqs::{delete_messages, extend_visibility, long_poll};
 
 /// How the worker polls.
 #[derive(Debug, Clone)]
@@ -90,6 +90,8 @@ pub async fn run(
             .wait_time_seconds(options.wait_seconds.clamp(0, 20))
             .visibility_timeout(options.visibility_timeout)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .customize()
+            .config_override(long_poll(&sqs, options.wait_seconds.clamp(0, 20)))
             .send();
         if stopping.load(Ordering::SeqCst) {
             break;

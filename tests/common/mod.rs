@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod proxy;
 pub mod runtime_api;
 
 use std::net::TcpListener;
@@ -142,6 +143,54 @@ pub fn aws_env() -> Vec<(&'static str, String)> {
         ("AWS_SECRET_ACCESS_KEY", "testing".into()),
         ("AWS_EC2_METADATA_DISABLED", "true".into()),
     ]
+}
+
+/// An S3 client for `endpoint` with a read timeout and a number of attempts
+/// (for fault injection through [`proxy::Proxy`]).
+pub fn s3_client_at(endpoint: &str, timeout: Duration, attempts: u32) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .http_client(onnx_lambda::aws::http_client())
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(timeout)
+                .read_timeout(timeout)
+                .build(),
+        )
+        .retry_config(
+            aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(attempts),
+        )
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// An SQS client for `endpoint` with a read timeout and a number of attempts.
+pub fn sqs_client_at(endpoint: &str, timeout: Duration, attempts: u32) -> aws_sdk_sqs::Client {
+    let conf = aws_sdk_sqs::config::Builder::new()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .http_client(onnx_lambda::aws::http_client())
+        .timeout_config(
+            aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(timeout)
+                .read_timeout(timeout)
+                .build(),
+        )
+        .retry_config(
+            aws_sdk_sqs::config::retry::RetryConfig::standard().with_max_attempts(attempts),
+        )
+        .build();
+    aws_sdk_sqs::Client::from_conf(conf)
 }
 
 /// An S3 client for moto, built like the service builds its own.

@@ -1,0 +1,280 @@
+//! Fault injection against the real moto server, through the proxy in
+//! `tests/common/proxy.rs`: S3 unreachable or silent at cold start, S3 slow
+//! during a request or a job, the results queue failing in the middle of a
+//! batch, and duplicate deliveries. Every test counts: nothing is lost, and
+//! duplicates appear only as at-least-once delivery allows.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Cursor;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::proxy::{Fault, Proxy};
+use common::{
+    aws_env, create_queue, drain, moto_endpoint, put_objects, s3_client, sqs_client, sqs_event,
+    unique_bucket,
+};
+use onnx_lambda::jobs::JobResult;
+use onnx_lambda::{App, Config, ModelLoader};
+use serde_json::{json, Value};
+
+fn failures(response: &Value) -> HashSet<String> {
+    response["batchItemFailures"]
+        .as_array()
+        .expect("an SQS response")
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn results_in(queue: &str) -> Vec<JobResult> {
+    drain(&sqs_client().await, queue)
+        .await
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect()
+}
+
+/// A small PNG, base64: quick to classify many times.
+fn small_photo_b64() -> String {
+    let png = std::fs::read(common::data("images/chelsea.png")).unwrap();
+    let img = image::load_from_memory(&png).unwrap().thumbnail(96, 96);
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(out.into_inner())
+}
+
+/// The binary, with the model on S3 behind `proxy`, as at a Lambda cold start.
+fn cold_start(proxy: &Proxy, fault: Fault) -> (bool, String, Duration) {
+    proxy.set(fault);
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_onnx-lambda"))
+        .arg("predict")
+        .arg(common::data("images/chelsea.png"))
+        .envs(aws_env())
+        .env("AWS_ENDPOINT_URL", &proxy.endpoint)
+        .env("MODEL_URI", "s3://no-such-place/zoo/model.onnx")
+        .env("SDK_TIMEOUT_SECS", "1")
+        .env("AWS_MAX_ATTEMPTS", "2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success(), stderr, started.elapsed())
+}
+
+#[test]
+fn s3_unreachable_or_silent_at_cold_start_is_a_clear_start_up_failure() {
+    let proxy = Proxy::start(moto_endpoint());
+    for fault in [Fault::Reset, Fault::Blackhole] {
+        let before = proxy.requests();
+        let (ok, stderr, took) = cold_start(&proxy, fault);
+        assert!(!ok, "{fault:?}: start-up must fail");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: loading the model from s3://no-such-place/zoo/model.onnx"),
+            "{fault:?}: {stderr}"
+        );
+        assert!(last.contains("failed after retries"), "{fault:?}: {last}");
+        if fault == Fault::Blackhole {
+            // Two attempts, each cut off by SDK_TIMEOUT_SECS: the SDK retried.
+            assert_eq!(proxy.requests() - before, 2, "{last}");
+            assert!(
+                last.contains("timed out") || last.contains("timeout"),
+                "{last}"
+            );
+        }
+        assert!(
+            took < Duration::from_secs(60),
+            "{fault:?}: bounded by the timeouts, took {took:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn slow_s3_is_a_502_for_a_request_and_a_redelivery_for_a_job() {
+    let bucket = unique_bucket("faults-in");
+    let photo = std::fs::read(common::data("images/chelsea.png")).unwrap();
+    put_objects(&s3_client().await, &bucket, &[("in/cat.png", photo)]).await;
+    let proxy = Proxy::start(moto_endpoint());
+    let sqs = sqs_client().await;
+    let results = create_queue(&sqs, "faults-results", &[]).await;
+    let config = Config {
+        results_queue_url: Some(results.clone()),
+        s3_input_allowlist: onnx_lambda::parse_allowlist(&format!("s3://{bucket}/in/")).unwrap(),
+        ..Config::default()
+    };
+    let slow_s3 = common::s3_client_at(&proxy.endpoint, Duration::from_secs(1), 2);
+    let app = Arc::new(
+        App::init(config, &ModelLoader::new(None), Some(slow_s3))
+            .await
+            .unwrap()
+            .with_sqs(sqs),
+    );
+    let uri = format!("s3://{bucket}/in/cat.png");
+
+    proxy.set(Fault::Delay(Duration::from_secs(3)));
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/predict")
+        .header("content-type", "application/json")
+        .body(bytes::Bytes::from(json!({"s3_uri": uri}).to_string()))
+        .unwrap();
+    let r = onnx_lambda::http::route(Some(app.clone()), req).await;
+    assert_eq!(r.status(), 502);
+    let body: Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(body["error"]["code"], "s3_unavailable", "{body}");
+
+    let job = vec![json!({"job_id": "slow", "image": {"s3_uri": uri}}).to_string()];
+    let out = common::invoke(app.clone(), sqs_event(&job, 1), "slow").await;
+    assert_eq!(
+        failures(&out),
+        HashSet::from(["msg-0".to_string()]),
+        "{out}"
+    );
+    assert!(
+        results_in(&results).await.is_empty(),
+        "no result for a job delivered again"
+    );
+
+    // S3 recovers; the redelivery completes.
+    proxy.set(Fault::Pass);
+    let out = common::invoke(app, sqs_event(&job, 2), "recovered").await;
+    assert!(failures(&out).is_empty(), "{out}");
+    let got = results_in(&results).await;
+    assert_eq!(
+        (got.len(), got[0].status.as_str(), got[0].attempt),
+        (1, "ok", 2)
+    );
+}
+
+#[tokio::test]
+async fn the_results_queue_failing_mid_batch_loses_nothing() {
+    let proxy = Proxy::start(moto_endpoint());
+    let results = create_queue(&sqs_client().await, "faults-midbatch", &[]).await;
+    let config = Config {
+        results_queue_url: Some(results.clone()),
+        ..Config::default()
+    };
+    let flaky_sqs = common::sqs_client_at(&proxy.endpoint, Duration::from_secs(5), 2);
+    let app = Arc::new(
+        App::init(config, &ModelLoader::new(None), None)
+            .await
+            .unwrap()
+            .with_sqs(flaky_sqs),
+    );
+    let image = small_photo_b64();
+    let bodies: Vec<String> = (0..25)
+        .map(|i| json!({"job_id": format!("j{i}"), "image": {"base64": image}}).to_string())
+        .collect();
+
+    // 25 results go out in three calls (10, 10, 5): the first passes, every
+    // later request (and every retry of it) gets a 500.
+    proxy.fail_requests(1, 1_000);
+    let out = common::invoke(app.clone(), sqs_event(&bodies, 1), "flaky").await;
+    let failed = failures(&out);
+    let written: HashSet<String> = results_in(&results)
+        .await
+        .into_iter()
+        .map(|r| r.message_id)
+        .collect();
+    assert_eq!((written.len(), failed.len()), (10, 15), "{out}");
+    assert!(written.is_disjoint(&failed));
+
+    // Lambda delivers the failed messages again; now the queue works.
+    proxy.fail_requests(0, 0);
+    let again: Vec<String> = (0..25)
+        .filter(|i| failed.contains(&format!("msg-{i}")))
+        .map(|i| bodies[i].clone())
+        .collect();
+    let out = common::invoke(app, sqs_event(&again, 2), "retry").await;
+    assert!(failures(&out).is_empty(), "{out}");
+    let second: HashSet<String> = results_in(&results)
+        .await
+        .into_iter()
+        .map(|r| r.job_id)
+        .collect();
+    assert_eq!(second.len(), 15);
+    let all: HashSet<String> = (0..25).map(|i| format!("j{i}")).collect();
+    let first_jobs: HashSet<String> = written
+        .iter()
+        .map(|m| format!("j{}", m.trim_start_matches("msg-")))
+        .collect();
+    assert_eq!(&first_jobs | &second, all, "every job has a result");
+    assert!(first_jobs.is_disjoint(&second), "no job was written twice");
+}
+
+#[tokio::test]
+async fn duplicate_deliveries_give_duplicate_results_that_collect_counts_once() {
+    let sqs = sqs_client().await;
+    let results = create_queue(&sqs, "faults-dupes", &[]).await;
+    let config = Config {
+        results_queue_url: Some(results.clone()),
+        ..Config::default()
+    };
+    let app = Arc::new(
+        App::init(config, &ModelLoader::new(None), None)
+            .await
+            .unwrap()
+            .with_sqs(sqs),
+    );
+    let image = small_photo_b64();
+    let bodies: Vec<String> = (0..6)
+        .map(|i| json!({"job_id": format!("d{i}"), "image": {"base64": image}}).to_string())
+        .collect();
+    // At-least-once: the same batch arrives twice (and one message a third time).
+    for (n, batch) in [bodies.clone(), bodies.clone(), bodies[..1].to_vec()]
+        .iter()
+        .enumerate()
+    {
+        let out = common::invoke(app.clone(), sqs_event(batch, n as u32 + 1), "dupe").await;
+        assert!(failures(&out).is_empty(), "{out}");
+    }
+    let out = std::env::temp_dir().join(format!("onnx-lambda-dupes-{}.jsonl", std::process::id()));
+    let collected = Command::new(env!("CARGO_BIN_EXE_onnx-lambda"))
+        .args([
+            "collect",
+            "--queue",
+            &results,
+            "--expect",
+            "6",
+            "--timeout",
+            "20",
+            "--out",
+        ])
+        .arg(&out)
+        .envs(aws_env())
+        .output()
+        .unwrap();
+    assert!(
+        collected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&collected.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&collected.stdout).unwrap();
+    assert_eq!(summary["results"], 6, "{summary}");
+    assert_eq!(summary["ok"], 6, "{summary}");
+    assert_eq!(summary["complete"], true, "{summary}");
+    // 13 results were written for 6 jobs; collect saw the rest as duplicates
+    // (those it received before the 6th distinct one arrived).
+    let dupes = summary["duplicates"].as_u64().unwrap();
+    assert!(dupes <= 7, "{summary}");
+    let lines: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: HashSet<&str> = lines
+        .iter()
+        .map(|l| l["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (lines.len(), ids.len()),
+        (6, 6),
+        "one line per distinct job"
+    );
+    std::fs::remove_file(&out).ok();
+}
