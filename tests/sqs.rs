@@ -6,15 +6,14 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use base64::Engine;
 use common::{
-    aws_env, create_queue, data, drain, put_objects, queue_depth, s3_client, sqs_client, sqs_event,
-    unique_bucket,
+    aws_env, create_queue, data, drain, put_objects, queue_depth, s3_client, send_all, sqs_client,
+    sqs_event, unique_bucket, Worker,
 };
 use onnx_lambda::config::Config;
 use onnx_lambda::jobs::JobResult;
@@ -50,89 +49,6 @@ async fn photo_bucket() -> String {
         .collect();
     put_objects(&s3_client().await, &bucket, &refs).await;
     bucket
-}
-
-/// Sends bodies in batches of 10; returns the message id of each.
-async fn send_all(sqs: &aws_sdk_sqs::Client, queue: &str, bodies: &[String]) -> Vec<String> {
-    let mut ids = vec![String::new(); bodies.len()];
-    for (c, chunk) in bodies.chunks(10).enumerate() {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(b)
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        let out = sqs
-            .send_message_batch()
-            .queue_url(queue)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .unwrap();
-        assert!(out.failed().is_empty());
-        for ok in out.successful() {
-            ids[c * 10 + ok.id().parse::<usize>().unwrap()] = ok.message_id().to_string();
-        }
-    }
-    ids
-}
-
-struct Worker(Child);
-
-impl Worker {
-    fn start(queue: &str, results: &str, extra: &[&str]) -> Worker {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_onnx-lambda"));
-        cmd.args([
-            "worker",
-            "--queue",
-            queue,
-            "--results-queue",
-            results,
-            "--wait-seconds",
-            "1",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-        for (k, v) in aws_env() {
-            cmd.env(k, v);
-        }
-        Worker(cmd.spawn().unwrap())
-    }
-
-    /// SIGTERM, then wait: the worker must exit cleanly on its own.
-    fn stop(mut self) -> Value {
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                assert!(status.success(), "worker exit status {status}");
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "worker did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let mut out = String::new();
-        std::io::Read::read_to_string(self.0.stdout.as_mut().unwrap(), &mut out).unwrap();
-        serde_json::from_str(out.lines().last().unwrap_or("null")).unwrap_or(Value::Null)
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
 }
 
 /// Runs `onnx-lambda collect` and returns the results by job id.

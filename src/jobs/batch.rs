@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::message::{parse_message, ImageSource, InMessage, Job, JobError, JobResult};
+use super::message::{
+    declared_job_id, parse_message, ImageSource, InMessage, Job, JobError, JobResult,
+};
 use crate::app::App;
 use crate::error::ClassifyError;
 use crate::inputs::decode_base64;
@@ -71,7 +73,10 @@ pub async fn process_batch(
     for m in messages {
         match parse_message(&m.body, &m.message_id, app.config().top_k) {
             Ok(jobs) => work.extend(jobs.into_iter().map(|j| (m, j))),
-            Err(e) => progress.fail(m, &m.message_id, &e),
+            Err(e) => {
+                let job_id = declared_job_id(&m.body).unwrap_or_else(|| m.message_id.clone());
+                progress.fail(m, &job_id, &e);
+            }
         }
     }
     let fetched = fetch_all(app, work, stop_at, &mut progress).await;

@@ -149,6 +149,14 @@ pub fn parse_message(
     }])
 }
 
+/// The `job_id` a message declares, when it is a JSON object with one: an
+/// invalid job's error result still carries the id its producer knows it by.
+pub fn declared_job_id(body: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(body).ok()?;
+    let id = value.get("job_id")?.as_str()?;
+    (!id.is_empty()).then(|| id.to_string())
+}
+
 fn s3_event_jobs(records: &[Value], top_k: usize) -> Result<Vec<Job>, JobError> {
     let mut jobs = Vec::new();
     for r in records {
@@ -347,5 +355,15 @@ mod tests {
     fn url_decoding_of_s3_keys() {
         assert_eq!(url_decode("a+b%2Fc%"), "a b/c%");
         assert_eq!(url_decode("%E2%9C%93"), "\u{2713}");
+    }
+
+    #[test]
+    fn an_invalid_job_keeps_the_id_it_declares() {
+        let body = r#"{"job_id": "j-7", "image": {}}"#;
+        assert!(parse_message(body, "m", 5).is_err());
+        assert_eq!(declared_job_id(body).as_deref(), Some("j-7"));
+        for no_id in ["not json", "[1]", r#"{"job_id": 7}"#, r#"{"job_id": ""}"#] {
+            assert_eq!(declared_job_id(no_id), None, "{no_id}");
+        }
     }
 }
