@@ -26,6 +26,8 @@ pub mod bench;
 mod classify;
 pub mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 mod inputs;
 pub mod jobs;

@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("jobs", 9),
     ("lambda", 10),
     ("serve", 10),
+    ("fuzzing", 11),
 ];
 
 /// Longest function body, in lines, that needs no justification.

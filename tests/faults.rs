@@ -278,3 +278,235 @@ async fn duplicate_deliveries_give_duplicate_results_that_collect_counts_once() 
     );
     std::fs::remove_file(&out).ok();
 }
+
+#[tokio::test]
+async fn access_denied_is_reported_as_such_for_inputs_and_for_the_model() {
+    let bucket = unique_bucket("faults-denied");
+    let photo = std::fs::read(common::data("images/chelsea.png")).unwrap();
+    let model = std::fs::read(onnx_lambda::bundled_model_path()).unwrap();
+    put_objects(
+        &s3_client().await,
+        &bucket,
+        &[("in/cat.png", photo), ("m.onnx", model)],
+    )
+    .await;
+    let proxy = Proxy::start(moto_endpoint());
+    let s3 = common::s3_client_at(&proxy.endpoint, Duration::from_secs(5), 2);
+    let config = Config {
+        s3_input_allowlist: onnx_lambda::parse_allowlist(&format!("s3://{bucket}/in/")).unwrap(),
+        ..Config::default()
+    };
+    let app = Arc::new(
+        App::init(config, &ModelLoader::new(None), Some(s3.clone()))
+            .await
+            .unwrap(),
+    );
+
+    proxy.inject(0, 100, common::proxy::Injected::s3_access_denied());
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/predict")
+        .header("content-type", "application/json")
+        .body(bytes::Bytes::from(
+            json!({"s3_uri": format!("s3://{bucket}/in/cat.png")}).to_string(),
+        ))
+        .unwrap();
+    let r = onnx_lambda::http::route(Some(app), req).await;
+    let body: Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(
+        (r.status().as_u16(), &body["error"]["code"]),
+        (403, &json!("s3_access_denied")),
+        "{body}"
+    );
+
+    let model_config = Config {
+        model: onnx_lambda::Location::parse("MODEL_URI", &format!("s3://{bucket}/m.onnx")).unwrap(),
+        ..Config::default()
+    };
+    let err = ModelLoader::new(Some(s3))
+        .load(&model_config)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, onnx_lambda::LoadError::AccessDenied { ref uri } if uri.ends_with("/m.onnx")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("s3:GetObject"), "{err}");
+}
+
+#[tokio::test]
+async fn size_caps_hold_while_streaming_when_no_content_length_is_sent() {
+    let bucket = unique_bucket("faults-stream");
+    let photo = std::fs::read(common::data("images/coffee.png")).unwrap();
+    let model = std::fs::read(onnx_lambda::bundled_model_path()).unwrap();
+    put_objects(
+        &s3_client().await,
+        &bucket,
+        &[("in/big.png", photo.clone()), ("m.onnx", model.clone())],
+    )
+    .await;
+    let proxy = Proxy::start(moto_endpoint());
+    proxy.set(Fault::NoContentLength);
+    let s3 = common::s3_client_at(&proxy.endpoint, Duration::from_secs(5), 2);
+
+    // MODEL_MAX_BYTES: the model is read until the cap, not to its end.
+    let cap = 1_000_000u64;
+    let config = Config {
+        model: onnx_lambda::Location::parse("MODEL_URI", &format!("s3://{bucket}/m.onnx")).unwrap(),
+        model_max_bytes: cap,
+        ..Config::default()
+    };
+    let err = ModelLoader::new(Some(s3.clone()))
+        .load(&config)
+        .await
+        .unwrap_err();
+    match err {
+        onnx_lambda::LoadError::TooLarge { size, limit, .. } => {
+            assert_eq!(limit, cap);
+            assert!(
+                size > cap && size < model.len() as u64,
+                "stopped at {size} of {}",
+                model.len()
+            );
+        }
+        other => panic!("{other}"),
+    }
+
+    // MAX_INPUT_BYTES on an S3 input, and on a raw body.
+    let limit = photo.len() as u64 / 2;
+    let config = Config {
+        s3_input_allowlist: onnx_lambda::parse_allowlist(&format!("s3://{bucket}/in/")).unwrap(),
+        limits: onnx_lambda::InputLimits {
+            max_bytes: limit,
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let app = Arc::new(
+        App::init(config, &ModelLoader::new(None), Some(s3))
+            .await
+            .unwrap(),
+    );
+    for (content_type, body) in [
+        (
+            "application/json",
+            json!({"s3_uri": format!("s3://{bucket}/in/big.png")})
+                .to_string()
+                .into_bytes(),
+        ),
+        ("image/png", photo.clone()),
+    ] {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/predict")
+            .header("content-type", content_type)
+            .body(bytes::Bytes::from(body))
+            .unwrap();
+        let r = onnx_lambda::http::route(Some(app.clone()), req).await;
+        let body: Value = serde_json::from_slice(r.body()).unwrap();
+        assert_eq!(
+            (r.status().as_u16(), &body["error"]["code"]),
+            (413, &json!("input_too_large")),
+            "{content_type}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&limit.to_string()),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_sink_retries_a_failed_send_itself() {
+    let proxy = Proxy::start(moto_endpoint());
+    let results = create_queue(&sqs_client().await, "faults-sink-retry", &[]).await;
+    let config = Config {
+        results_queue_url: Some(results.clone()),
+        ..Config::default()
+    };
+    // One attempt per SDK call: only the sink's own retry can save the batch.
+    let sqs = common::sqs_client_at(&proxy.endpoint, Duration::from_secs(5), 1);
+    let app = Arc::new(
+        App::init(config, &ModelLoader::new(None), None)
+            .await
+            .unwrap()
+            .with_sqs(sqs),
+    );
+    let image = small_photo_b64();
+    let bodies: Vec<String> = (0..12)
+        .map(|i| json!({"job_id": format!("s{i}"), "image": {"base64": image}}).to_string())
+        .collect();
+    proxy.fail_requests(0, 2);
+    let before = proxy.requests();
+    let out = common::invoke(app, sqs_event(&bodies, 1), "sink").await;
+    assert!(failures(&out).is_empty(), "{out}");
+    assert_eq!(results_in(&results).await.len(), 12);
+    // Two calls (10 + 2 entries) failed once each, then succeeded.
+    assert_eq!(proxy.requests() - before, 4);
+}
+
+#[tokio::test]
+async fn one_batch_with_an_ok_a_permanent_and_a_transient_job() {
+    let bucket = unique_bucket("faults-mixed");
+    let photo = std::fs::read(common::data("images/chelsea.png")).unwrap();
+    put_objects(&s3_client().await, &bucket, &[("in/cat.png", photo)]).await;
+    let proxy = Proxy::start(moto_endpoint());
+    let sqs = sqs_client().await;
+    let results = create_queue(&sqs, "faults-mixed", &[]).await;
+    let config = Config {
+        results_queue_url: Some(results.clone()),
+        ..Config::default()
+    };
+    let flaky_s3 = common::s3_client_at(&proxy.endpoint, Duration::from_secs(5), 2);
+    let app = Arc::new(
+        App::init(config, &ModelLoader::new(None), Some(flaky_s3))
+            .await
+            .unwrap()
+            .with_sqs(sqs),
+    );
+    proxy.fail_requests(0, 100);
+    let bodies = vec![
+        json!({"job_id": "fine", "image": {"base64": small_photo_b64()}}).to_string(),
+        json!({"job_id": "poison", "image": {"base64": "!!"}}).to_string(),
+        json!({"job_id": "s3-down", "image": {"s3_uri": format!("s3://{bucket}/in/cat.png")}})
+            .to_string(),
+    ];
+    let out = common::invoke(app, sqs_event(&bodies, 1), "mixed").await;
+    assert_eq!(
+        failures(&out),
+        HashSet::from(["msg-2".to_string()]),
+        "{out}"
+    );
+    let got: std::collections::HashMap<String, JobResult> = results_in(&results)
+        .await
+        .into_iter()
+        .map(|r| (r.job_id.clone(), r))
+        .collect();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got["fine"].status, "ok");
+    assert_eq!(got["poison"].error.as_ref().unwrap().code, "invalid_base64");
+}
+
+#[tokio::test]
+async fn an_sqs_event_without_a_results_queue_is_delivered_again_whole() {
+    let app = Arc::new(
+        App::init(Config::default(), &ModelLoader::new(None), None)
+            .await
+            .unwrap()
+            .with_sqs(sqs_client().await),
+    );
+    assert!(app.results().is_none(), "RESULTS_QUEUE_URL is not set");
+    let bodies = vec![
+        json!({"job_id": "a", "image": {"base64": small_photo_b64()}}).to_string(),
+        "not json".to_string(),
+    ];
+    let out = common::invoke(app, sqs_event(&bodies, 1), "no-results").await;
+    assert_eq!(
+        failures(&out),
+        HashSet::from(["msg-0".to_string(), "msg-1".to_string()]),
+        "{out}"
+    );
+}

@@ -15,7 +15,7 @@
 pub(crate) mod batch;
 pub mod collect;
 pub(crate) mod events;
-mod message;
+pub(crate) mod message;
 pub mod submit;
 pub mod worker;
 

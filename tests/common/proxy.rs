@@ -1,7 +1,8 @@
 //! A fault-injecting TCP proxy for HTTP/1.1, in front of the real moto
 //! server: pass, delay, reset, blackhole, or answer chosen requests with a
-//! 500, switchable while a test runs. Blocking std threads, one per
-//! connection; each request is forwarded on its own upstream connection.
+//! canned answer (a 500, S3's AccessDenied), switchable while a test runs.
+//! Blocking std threads; one request per connection, each forwarded on its
+//! own upstream connection.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -19,6 +20,39 @@ pub enum Fault {
     Reset,
     /// Accept and read, never answer.
     Blackhole,
+    /// Forward, but drop `Content-Length` from answers (the body then ends
+    /// when the connection closes), as some servers and proxies do.
+    NoContentLength,
+}
+
+/// A canned answer for chosen requests.
+#[derive(Debug, Clone)]
+pub struct Injected {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Injected {
+    /// 500 InternalError, which SDKs retry.
+    pub fn internal_error() -> Injected {
+        Injected {
+            status: 500,
+            content_type: "application/x-amz-json-1.0",
+            body: r#"{"__type":"InternalError","message":"injected fault"}"#.into(),
+        }
+    }
+
+    /// S3's 403 AccessDenied.
+    pub fn s3_access_denied() -> Injected {
+        Injected {
+            status: 403,
+            content_type: "application/xml",
+            body: "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code>\
+                   <Message>Access Denied</Message></Error>"
+                .into(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -26,8 +60,9 @@ struct State {
     fault: Fault,
     /// Requests seen so far (0-based index of the next one).
     requests: usize,
-    /// Request indices answered with an injected 500 instead of forwarded.
+    /// Request indices answered with `injected` instead of forwarded.
     fail: std::ops::Range<usize>,
+    injected: Injected,
 }
 
 /// A running proxy; it lives as long as the test process.
@@ -48,6 +83,7 @@ impl Proxy {
             fault: Fault::Pass,
             requests: 0,
             fail: 0..0,
+            injected: Injected::internal_error(),
         }));
         let shared = state.clone();
         std::thread::spawn(move || {
@@ -67,8 +103,14 @@ impl Proxy {
     /// Answers the next requests numbered `from..to` (counted from now, 0
     /// being the next) with a 500 InternalError, which SDKs retry.
     pub fn fail_requests(&self, from: usize, to: usize) {
+        self.inject(from, to, Injected::internal_error());
+    }
+
+    /// Answers the next requests numbered `from..to` with `answer`.
+    pub fn inject(&self, from: usize, to: usize, answer: Injected) {
         let mut s = self.state.lock().unwrap();
         s.fail = s.requests + from..s.requests + to;
+        s.injected = answer;
     }
 
     /// Requests seen so far.
@@ -77,7 +119,7 @@ impl Proxy {
     }
 }
 
-fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) {
+fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) {
     let fault = state.lock().unwrap().fault;
     if fault == Fault::Reset {
         // SO_LINGER 0: close sends RST.
@@ -85,39 +127,38 @@ fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) {
         return;
     }
     let mut reader = BufReader::new(client.try_clone().unwrap());
-    let mut client = client;
-    loop {
-        let Some(request) = read_request(&mut reader) else {
-            return;
-        };
-        let (fault, index, fail) = {
-            let mut s = state.lock().unwrap();
-            let index = s.requests;
-            s.requests += 1;
-            (s.fault, index, s.fail.contains(&index))
-        };
-        let response = match fault {
-            Fault::Blackhole => {
-                // Read on, answer nothing, until the client gives up.
-                let mut sink = [0u8; 4096];
-                while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
-                return;
-            }
-            Fault::Delay(d) => {
-                std::thread::sleep(d);
-                forward(upstream, &request)
-            }
-            _ if fail => injected_500(index),
-            _ => forward(upstream, &request),
-        };
-        let Some(response) = response else {
-            let _ = client.shutdown(Shutdown::Both);
-            return;
-        };
-        if client.write_all(&response).is_err() {
+    let Some(request) = read_request(&mut reader) else {
+        return;
+    };
+    let injected = {
+        let mut s = state.lock().unwrap();
+        let index = s.requests;
+        s.requests += 1;
+        s.fail.contains(&index).then(|| s.injected.clone())
+    };
+    let response = match (fault, injected) {
+        (Fault::Blackhole, _) => {
+            // Read on, answer nothing, until the client gives up.
+            let mut sink = [0u8; 4096];
+            while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
             return;
         }
+        (_, Some(injected)) => Some(answer(injected)),
+        (Fault::Delay(d), None) => {
+            std::thread::sleep(d);
+            forward(upstream, &request)
+        }
+        (Fault::NoContentLength, None) => {
+            forward(upstream, &request).map(|r| without_content_length(&r))
+        }
+        _ => forward(upstream, &request),
+    };
+    // Every answer says `Connection: close` (upstream was asked to), and a
+    // body without `Content-Length` ends only when the connection does.
+    if let Some(response) = response {
+        let _ = client.write_all(&response);
     }
+    let _ = client.shutdown(Shutdown::Both);
 }
 
 /// One request: head and `Content-Length` body, with `Connection: close`
@@ -158,18 +199,32 @@ fn forward(upstream: &str, request: &[u8]) -> Option<Vec<u8>> {
     Some(response)
 }
 
-fn injected_500(index: usize) -> Option<Vec<u8>> {
-    let body = format!(
-        "{{\"__type\":\"InternalError\",\"message\":\"injected fault on request {index}\"}}"
-    );
-    Some(
-        format!(
-            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/x-amz-json-1.0\r\n\
-             x-amzn-query-error: InternalError;Receiver\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes(),
+fn answer(a: Injected) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {} Injected\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        a.status,
+        a.content_type,
+        a.body.len(),
+        a.body
     )
+    .into_bytes()
+}
+
+/// The same answer without its `Content-Length` header.
+fn without_content_length(response: &[u8]) -> Vec<u8> {
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&response[..split]);
+    let mut out: Vec<u8> = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("content-length:"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        .into_bytes();
+    out.extend_from_slice(&response[split..]);
+    out
 }
 
 fn socket_linger_zero(stream: &TcpStream) -> std::io::Result<()> {
