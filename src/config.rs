@@ -383,9 +383,21 @@ mod tests {
     }
 
     #[test]
-    fn nothing_configured_means_bundled_defaults() {
+    fn nothing_configured_means_the_documented_defaults() {
         let c = config(&[]).unwrap();
-        assert_eq!(c, Config::default());
+        // The values the README's configuration table promises.
+        assert_eq!(c.max_request_bytes, 6 * 1024 * 1024);
+        assert_eq!(c.max_batch_images, 16);
+        assert_eq!(c.limits.max_bytes, 20 * 1024 * 1024);
+        assert_eq!(c.limits.max_pixels, 50_000_000);
+        assert_eq!(c.model_max_bytes, 512 * 1024 * 1024);
+        assert_eq!(c.top_k, 5);
+        assert_eq!(c.sdk_timeout, Duration::from_secs(10));
+        assert_eq!(
+            (c.threads, c.model_sha256.as_deref(), c.manifest.as_ref()),
+            (None, None, None)
+        );
+        assert!(c.s3_input_allowlist.is_empty() && c.results_queue_url.is_none());
         assert!(
             matches!(&c.model, Location::File(p) if p.ends_with("models/mobilenetv2-1.0-fp32.onnx"))
         );
@@ -411,8 +423,29 @@ mod tests {
             ("MAX_INPUT_BYTES", "2_000_000"),
             ("MAX_IMAGE_PIXELS", "1000000"),
             ("THREADS", "4"),
+            ("S3_INPUT_ALLOWLIST", "s3://in-bucket/a/, s3://other-bucket"),
+            ("MAX_REQUEST_BYTES", "300000"),
+            ("MAX_BATCH_IMAGES", "7"),
+            (
+                "RESULTS_QUEUE_URL",
+                "https://sqs.eu-west-1.amazonaws.com/1/results",
+            ),
+            ("SDK_TIMEOUT_SECS", "3"),
         ])
         .unwrap();
+        assert_eq!(
+            c.s3_input_allowlist
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["s3://in-bucket/a/", "s3://other-bucket/"]
+        );
+        assert_eq!((c.max_request_bytes, c.max_batch_images), (300_000, 7));
+        assert_eq!(
+            c.results_queue_url.as_deref(),
+            Some("https://sqs.eu-west-1.amazonaws.com/1/results")
+        );
+        assert_eq!(c.sdk_timeout, Duration::from_secs(3));
         assert_eq!(
             c.model,
             Location::S3 {

@@ -148,11 +148,16 @@ pub struct AllowedPrefix {
 }
 
 impl AllowedPrefix {
-    /// Whether `s3://bucket/key` is under this prefix. Keys with `..`
-    /// segments are never permitted: tools that normalise paths could walk
-    /// them out of the prefix, so they are refused rather than reasoned about.
+    /// Whether `s3://bucket/key` is under this prefix. S3 keys are literal,
+    /// but tools that normalise paths would read `in/../secret` as `secret`
+    /// and `in//x` or `./in/x` differently again: a key with `.`, `..` or
+    /// empty segments is refused rather than reasoned about, so the literal
+    /// key and every normalisation of it agree on where it is.
     pub fn permits(&self, bucket: &str, key: &str) -> bool {
-        self.bucket == bucket && key.starts_with(&self.prefix) && !key.split('/').any(|s| s == "..")
+        let normal = key.split('/').enumerate().all(|(i, s)| {
+            s != "." && s != ".." && (!s.is_empty() || i == key.split('/').count() - 1)
+        });
+        self.bucket == bucket && normal && key.starts_with(&self.prefix)
     }
 }
 
@@ -251,6 +256,15 @@ mod tests {
         let allowed = parse_allowlist("s3://images/in/, s3://other-bucket").unwrap();
         assert!(allowed[0].permits("images", "in/cat.jpg"));
         assert!(!allowed[0].permits("images", "in/../out/x.jpg"));
+        for odd in [
+            "in/./x.jpg",
+            "in//x.jpg",
+            "./in/x.jpg",
+            "in/a/../../out/x.jpg",
+            "in/..",
+        ] {
+            assert!(!allowed[0].permits("images", odd), "{odd}");
+        }
         assert!(!allowed[0].permits("imagesx", "in/a.jpg"));
         assert!(allowed[1].permits("other-bucket", "any/thing.png"));
         for bad in ["images/in", "s3://b*/x", "s3://ab"] {

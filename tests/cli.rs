@@ -128,3 +128,28 @@ fn a_bad_model_path_fails_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/model.onnx"), "{err}");
 }
+
+#[test]
+fn a_file_over_the_input_limit_is_refused_from_its_size() {
+    let out = bin()
+        .args(["--max-input-bytes", "1000", "predict"])
+        .arg(data("images/chelsea.png"))
+        .arg(common::root().join("tests/data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["error"]["code"], "input_too_large", "{}", lines[0]);
+    assert!(lines[0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("1000"));
+    assert_eq!(
+        lines[1]["error"]["code"], "read_failed",
+        "a folder is not an image file"
+    );
+}

@@ -510,3 +510,53 @@ async fn an_sqs_event_without_a_results_queue_is_delivered_again_whole() {
         "{out}"
     );
 }
+
+/// A batch that takes longer than its visibility timeout stays invisible:
+/// the worker renews it, so no job is received, or answered, twice.
+#[tokio::test]
+async fn the_worker_keeps_a_long_batch_invisible() {
+    let bucket = unique_bucket("faults-long");
+    let photo = std::fs::read(common::data("images/chelsea.png")).unwrap();
+    put_objects(&s3_client().await, &bucket, &[("in/cat.png", photo)]).await;
+    let sqs = sqs_client().await;
+    let jobs = create_queue(&sqs, "faults-long-jobs", &[]).await;
+    let results = create_queue(&sqs, "faults-long-results", &[]).await;
+    let bodies: Vec<String> = (0..3)
+        .map(|i| json!({"job_id": format!("l{i}"), "image": {"s3_uri": format!("s3://{bucket}/in/cat.png")}}).to_string())
+        .collect();
+    common::send_all(&sqs, &jobs, &bodies).await;
+    // S3 answers after 2.5 s: each batch outlasts its 1 s visibility timeout.
+    let proxy = Proxy::start(moto_endpoint());
+    proxy.set(Fault::Delay(Duration::from_millis(2_500)));
+    let worker = common::Worker::start_with_env(
+        &jobs,
+        &results,
+        &["--visibility-timeout", "1", "--concurrency", "2"],
+        &[("AWS_ENDPOINT_URL_S3", proxy.endpoint.clone())],
+    );
+    let started = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "only {} results",
+            got.len()
+        );
+        got.extend(results_in(&results).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Past several more timeouts: nothing comes back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    got.extend(results_in(&results).await);
+    let stats = worker.stop();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got.iter().all(|r| r.status == "ok" && r.attempt == 1),
+        "{got:?}"
+    );
+    assert_eq!(
+        stats["received"], 3,
+        "no message was received twice: {stats}"
+    );
+    assert_eq!(stats["deleted"], 3, "{stats}");
+}

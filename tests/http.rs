@@ -499,10 +499,17 @@ fn start_server(env: &[(&str, String)]) -> Server {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    // The address line, or a clear failure instead of a hang.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("serve printed no address within 60 s");
     let url = line
         .trim()
         .strip_prefix("listening on ")
@@ -626,8 +633,23 @@ fn triton_http_client_against_the_local_server() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["server_live"], true);
     assert_eq!(report["server_ready"], true);
     assert_eq!(report["model_ready"], true);
+    let metadata = &report["metadata"];
+    assert_eq!(metadata["name"], "mobilenetv2-1.0", "{metadata}");
+    assert_eq!(metadata["platform"], "onnx_onnxv1", "{metadata}");
+    assert_eq!(metadata["inputs"][0]["name"], "input", "{metadata}");
+    assert_eq!(
+        metadata["inputs"][0]["shape"],
+        json!([-1, 3, 224, 224]),
+        "{metadata}"
+    );
+    assert_eq!(
+        metadata["outputs"][0]["shape"],
+        json!([-1, 1000]),
+        "{metadata}"
+    );
     assert_eq!(report["fp32_top1"], 285, "{report}");
     assert_eq!(report["bytes_top1"], json!([285, 967]), "{report}");
     assert!(

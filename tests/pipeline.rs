@@ -42,7 +42,7 @@ fn logits_match_onnxruntime_within_1e_4() {
     let expected = read_f32le(&data("testdata/chelsea.logits.onnxruntime.1x1000.f32le"));
     assert_eq!(input.len(), 3 * 224 * 224);
     let got = classifier().run(input).unwrap().remove(0);
-    assert_eq!(got.len(), 1000);
+    assert_eq!((got.len(), expected.len()), (1000, 1000));
     let max_diff = got
         .iter()
         .zip(&expected)
@@ -86,6 +86,7 @@ fn every_photo_gets_its_family_and_onnxruntimes_top5() {
         .collect();
     let inputs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
     let results = classifier().classify_batch(&inputs, 5);
+    assert_eq!(results.len(), expected.len(), "one result per photo");
     for ((file, ort_top5), result) in expected.iter().zip(results) {
         let c = result.unwrap_or_else(|e| panic!("{file}: {e}"));
         let ours: Vec<usize> = c.predictions.iter().map(|p| p.index).collect();
@@ -390,6 +391,7 @@ fn fixed_batch_plan_agrees_with_batch1_plan() {
     inputs.insert(2, b"junk");
     let a = batched.classify_batch(&inputs, 5);
     let b = classifier().classify_batch(&inputs, 5);
+    assert_eq!((a.len(), b.len()), (inputs.len(), inputs.len()));
     for (x, y) in a.iter().zip(&b) {
         match (x, y) {
             (Ok(x), Ok(y)) => {
@@ -412,6 +414,10 @@ fn preprocessing_matches_pillow_reference_tensor() {
     let img = onnx_lambda::preprocess::decode(&bytes, &InputLimits::default()).unwrap();
     let mut ours = vec![0f32; pre.image_len()];
     pre.preprocess_into(img, &mut ours);
+    assert_eq!(
+        (ours.len(), reference.len()),
+        (3 * 224 * 224, 3 * 224 * 224)
+    );
     let diffs: Vec<f32> = ours
         .iter()
         .zip(&reference)

@@ -75,6 +75,12 @@ fn collect(results: &str, expect: usize, timeout: u64) -> (HashMap<String, JobRe
     }
     let o = cmd.output().unwrap();
     let summary: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    // collect succeeds exactly when every expected job arrived.
+    assert_eq!(
+        o.status.success(),
+        summary["complete"] == true,
+        "collect's exit status and summary disagree: {summary}"
+    );
     let results = std::fs::read_to_string(&out)
         .unwrap_or_default()
         .lines()
@@ -165,6 +171,13 @@ async fn three_hundred_jobs_with_ten_percent_poison_all_get_results() {
     }
     assert_eq!(summary["ok"], 270);
     assert_eq!(
+        summary["errors"],
+        json!({"invalid_job": 10, "s3_object_not_found": 10, "corrupt_image": 10}),
+        "{summary}"
+    );
+    assert_eq!(summary["unreadable"], 0, "{summary}");
+    assert!(summary["duplicates"].as_u64().is_some(), "{summary}");
+    assert_eq!(
         queue_depth(&sqs, &jobs).await,
         0,
         "every job message was deleted"
@@ -254,10 +267,14 @@ async fn transient_failures_end_in_the_dead_letter_queue_and_nothing_is_lost() {
     let bodies: Vec<String> = (0..20)
         .map(|i| json!({"job_id": format!("d{i}"), "image": {"s3_uri": format!("s3://{bucket}/in/{}", PHOTOS[i % 5].0)}}).to_string())
         .collect();
-    send_all(&sqs, &jobs, &bodies).await;
+    let job_ids = |range: std::ops::Range<usize>| -> HashSet<String> {
+        range.map(|i| format!("d{i}")).collect()
+    };
 
     // Phase 1: the results queue is unreachable; every batch fails
-    // transiently and is redelivered after a 1 s visibility timeout.
+    // transiently and is redelivered after a 1 s visibility timeout, until
+    // the redrive policy moves all ten jobs to the DLQ.
+    send_all(&sqs, &jobs, &bodies[..10]).await;
     let missing = format!(
         "{}/123456789012/{}",
         common::moto_endpoint(),
@@ -269,19 +286,31 @@ async fn transient_failures_end_in_the_dead_letter_queue_and_nothing_is_lost() {
         &["--visibility-timeout", "1", "--batch-size", "5"],
     );
     let start = Instant::now();
-    while drain_count(&sqs, &dlq).await < 5 && start.elapsed() < Duration::from_secs(60) {
+    while queue_depth(&sqs, &dlq).await < 10 {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "phase 1: only {} of 10 jobs dead-lettered",
+            queue_depth(&sqs, &dlq).await
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let stats = worker.stop();
-    assert!(stats["redelivered"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["redelivered"].as_u64().unwrap() >= 10, "{stats}");
+    assert_eq!(stats["ok"], 0, "nothing could be written: {stats}");
 
-    // Phase 2: results flow again; the rest complete.
-    let worker = Worker::start(&jobs, &results, &["--visibility-timeout", "1"]);
+    // Phase 2: results flow again; ten new jobs complete.
+    send_all(&sqs, &jobs, &bodies[10..]).await;
+    let worker = Worker::start(&jobs, &results, &["--visibility-timeout", "10"]);
     let start = Instant::now();
-    while queue_depth(&sqs, &jobs).await > 0 && start.elapsed() < Duration::from_secs(90) {
+    while queue_depth(&sqs, &jobs).await > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "phase 2: jobs left in the queue"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    worker.stop();
+    let stats = worker.stop();
+    assert_eq!(stats["ok"], 10, "{stats}");
     let dead: HashSet<String> = drain(&sqs, &dlq)
         .await
         .iter()
@@ -297,18 +326,12 @@ async fn transient_failures_end_in_the_dead_letter_queue_and_nothing_is_lost() {
         .iter()
         .map(|b| serde_json::from_str::<JobResult>(b).unwrap().job_id)
         .collect();
-    assert!(
-        dead.len() >= 5,
-        "some jobs were dead-lettered: {}",
-        dead.len()
+    assert_eq!(
+        dead,
+        job_ids(0..10),
+        "phase 1's jobs are dead-lettered, whole"
     );
-    assert!(
-        dead.is_disjoint(&done),
-        "a dead-lettered job also has a result"
-    );
-    let all: HashSet<String> = (0..20).map(|i| format!("d{i}")).collect();
-    let accounted: HashSet<String> = dead.union(&done).cloned().collect();
-    assert_eq!(accounted, all, "results + dead-lettered = sent");
+    assert_eq!(done, job_ids(10..20), "phase 2's jobs have results");
 }
 
 /// Every result message in `queue`, parsed (and deleted).
@@ -318,11 +341,6 @@ async fn results_in(sqs: &aws_sdk_sqs::Client, queue: &str) -> Vec<JobResult> {
         .iter()
         .map(|b| serde_json::from_str(b).unwrap())
         .collect()
-}
-
-/// Messages currently in the DLQ, without consuming them.
-async fn drain_count(sqs: &aws_sdk_sqs::Client, queue: &str) -> usize {
-    queue_depth(sqs, queue).await
 }
 
 #[tokio::test]
@@ -513,4 +531,82 @@ async fn sqs_batches_stop_before_the_invocation_deadline_and_lose_nothing() {
     let got = results_in(&sqs, &results).await;
     assert_eq!(got.len(), 10);
     assert!(got.iter().all(|r| r.status == "ok"));
+}
+
+#[tokio::test]
+async fn submit_uploads_a_folder_and_enqueues_one_job_per_image() {
+    let s3 = s3_client().await;
+    let sqs = sqs_client().await;
+    let bucket = unique_bucket("submit");
+    put_objects(&s3, &bucket, &[]).await;
+    let jobs = create_queue(&sqs, "submit-jobs", &[]).await;
+    let dir = std::env::temp_dir().join(format!("onnx-lambda-submit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let names = ["a.jpg", "b.png", "c.PNG"];
+    for (name, photo) in names.iter().zip(["china.jpg", "chelsea.png", "coffee.png"]) {
+        std::fs::copy(data(&format!("images/{photo}")), dir.join(name)).unwrap();
+    }
+    std::fs::write(dir.join("notes.txt"), b"not an image").unwrap();
+    let submit = |bucket: &str| {
+        Command::new(env!("CARGO_BIN_EXE_onnx-lambda"))
+            .args([
+                "submit", "--bucket", bucket, "--prefix", "batch-1/", "--queue", &jobs,
+            ])
+            .arg(&dir)
+            .envs(aws_env())
+            .output()
+            .unwrap()
+    };
+
+    let out = submit(&bucket);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary, json!({"submitted": 3, "failed": []}));
+    let mut enqueued: Vec<Value> = drain(&sqs, &jobs)
+        .await
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    enqueued.sort_by_key(|j| j["job_id"].as_str().unwrap().to_string());
+    for (job, name) in enqueued.iter().zip(names) {
+        let key = format!("batch-1/{name}");
+        assert_eq!(job["job_id"], key.as_str());
+        assert_eq!(job["image"]["s3_uri"], format!("s3://{bucket}/{key}"));
+        let stored = s3
+            .get_object()
+            .bucket(&bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+        let bytes = stored.body.collect().await.unwrap().into_bytes();
+        assert_eq!(
+            bytes.as_ref(),
+            std::fs::read(dir.join(name)).unwrap().as_slice()
+        );
+    }
+    assert_eq!(enqueued.len(), 3, "the text file is not an image");
+
+    // A bucket that does not exist: every file fails, with a reason, exit 1.
+    let out = submit("no-such-bucket-for-submit");
+    assert_eq!(out.status.code(), Some(1));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["submitted"], 0);
+    let failed = summary["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 3, "{summary}");
+    assert!(
+        failed
+            .iter()
+            .all(|f| f.as_str().unwrap().contains("upload failed")),
+        "{summary}"
+    );
+    assert!(
+        drain(&sqs, &jobs).await.is_empty(),
+        "nothing enqueued for files not uploaded"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }

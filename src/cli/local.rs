@@ -1,13 +1,13 @@
 //! `predict` and `bench`: the pipeline on local files, no server.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
 use onnx_lambda::bench::{self, BenchOptions, BenchReport, Percentiles};
-use onnx_lambda::{Classifier, Config, ErrorBody, LoadOptions, ModelLoader};
+use onnx_lambda::{Classifier, Config, ErrorBody, InputError, LoadOptions, ModelLoader};
 use serde_json::json;
 
 use super::args::{BenchArgs, Overrides, PredictArgs};
@@ -55,31 +55,52 @@ fn predict_chunk(
     files: &[PathBuf],
     top_k: usize,
 ) -> Vec<(serde_json::Value, bool)> {
-    let read: Vec<std::io::Result<Vec<u8>>> = files.iter().map(std::fs::read).collect();
-    let inputs: Vec<&[u8]> = read
-        .iter()
-        .map(|r| r.as_ref().map_or(&[][..], |b| b.as_slice()))
-        .collect();
-    let results = classifier.classify_batch(&inputs, top_k);
+    let limit = classifier.limits().max_bytes;
+    let read: Vec<Result<Vec<u8>, ErrorBody>> =
+        files.iter().map(|f| read_image(f, limit)).collect();
+    let inputs: Vec<&[u8]> = read.iter().filter_map(|r| r.as_deref().ok()).collect();
+    let mut results = classifier.classify_batch(&inputs, top_k).into_iter();
     files
         .iter()
-        .zip(&read)
-        .zip(results)
-        .map(|((file, bytes), result)| match (bytes, result) {
-            (Err(e), _) => {
-                let error = ErrorBody::new(
-                    "read_failed",
-                    format!("cannot read {}: {e}", file.display()),
-                );
-                (json!({"file": file, "error": error}), false)
+        .zip(read)
+        .map(|(file, bytes)| {
+            let outcome = bytes.and_then(|_| {
+                let result = results.next().expect("one result per image read");
+                result.map_err(|e| ErrorBody::of(&e))
+            });
+            match outcome {
+                Ok(c) => (
+                    json!({"file": file, "predictions": c.predictions, "timing_ms": c.timing_ms}),
+                    true,
+                ),
+                Err(error) => (json!({"file": file, "error": error}), false),
             }
-            (Ok(_), Ok(c)) => (
-                json!({"file": file, "predictions": c.predictions, "timing_ms": c.timing_ms}),
-                true,
-            ),
-            (Ok(_), Err(e)) => (json!({"file": file, "error": ErrorBody::of(&e)}), false),
         })
         .collect()
+}
+
+/// A file's bytes; a file over `MAX_INPUT_BYTES` is refused from its size,
+/// without reading it.
+fn read_image(file: &Path, limit: u64) -> Result<Vec<u8>, ErrorBody> {
+    let cannot = |e: std::io::Error| {
+        ErrorBody::new(
+            "read_failed",
+            format!("cannot read {}: {e}", file.display()),
+        )
+    };
+    let meta = std::fs::metadata(file).map_err(cannot)?;
+    if !meta.is_file() {
+        let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file");
+        return Err(cannot(e));
+    }
+    let size = meta.len();
+    if size > limit {
+        return Err(ErrorBody::of(&InputError::TooManyBytes {
+            actual: size,
+            limit,
+        }));
+    }
+    std::fs::read(file).map_err(cannot)
 }
 
 /// `bench`: the offline batch benchmark.

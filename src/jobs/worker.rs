@@ -170,11 +170,9 @@ async fn handle(
     let handles: Vec<String> = batch.iter().map(|(_, h)| h.clone()).collect();
     let heartbeat = {
         let (sqs, queue, handles) = (sqs.clone(), options.queue_url.clone(), handles.clone());
-        let every = Duration::from_secs(
-            u64::try_from(options.visibility_timeout / 2)
-                .unwrap_or(1)
-                .max(1),
-        );
+        // Three renewals per timeout: one late call must not let it lapse.
+        let timeout_ms = u64::try_from(options.visibility_timeout).unwrap_or(1) * 1000;
+        let every = Duration::from_millis((timeout_ms / 3).max(200));
         let timeout = options.visibility_timeout;
         tokio::spawn(async move {
             loop {

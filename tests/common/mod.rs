@@ -442,6 +442,16 @@ pub struct Worker(Child);
 
 impl Worker {
     pub fn start(queue: &str, results: &str, extra: &[&str]) -> Worker {
+        Worker::start_with_env(queue, results, extra, &[])
+    }
+
+    /// [`Worker::start`] with more environment (after the moto settings).
+    pub fn start_with_env(
+        queue: &str,
+        results: &str,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Worker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_onnx-lambda"));
         cmd.args([
             "worker",
@@ -456,6 +466,9 @@ impl Worker {
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
         for (k, v) in aws_env() {
+            cmd.env(k, v);
+        }
+        for (k, v) in env {
             cmd.env(k, v);
         }
         Worker(cmd.spawn().unwrap())
