@@ -53,8 +53,8 @@ const ROUTES: [(&str, &str, &str); 6] = [
 ];
 
 /// One request through the router with the bundled model: `data[0]` picks
-/// the route (and, for Triton's binary extension, where the JSON header
-/// ends), the rest is the body. Any answer must be JSON, and bad input
+/// the route; for Triton's binary extension the next two bytes (little
+/// endian) say where the JSON header ends; the rest is the body. Any answer must be JSON, and bad input
 /// must never be a 5xx.
 pub fn route_request(data: &[u8]) {
     static STATE: OnceLock<(tokio::runtime::Runtime, Arc<App>)> = OnceLock::new();
@@ -74,13 +74,17 @@ pub fn route_request(data: &[u8]) {
             .expect("the bundled model loads");
         (runtime, Arc::new(app))
     });
-    let Some((&selector, body)) = data.split_first() else {
+    let Some((&selector, mut body)) = data.split_first() else {
         return;
     };
     let (method, path, content_type) = ROUTES[usize::from(selector) % ROUTES.len()];
     let mut request = http::Request::builder().method(method).uri(path);
     if content_type == "binary" {
-        let header_len = usize::from(selector / 8).min(body.len());
+        let Some((len, rest)) = body.split_first_chunk::<2>() else {
+            return;
+        };
+        body = rest;
+        let header_len = usize::from(u16::from_le_bytes(*len));
         request = request
             .header("content-type", "application/octet-stream")
             .header("inference-header-content-length", header_len);

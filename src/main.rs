@@ -12,6 +12,7 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let command = match cli.command {
         Some(c) => c,
@@ -50,6 +51,28 @@ fn main() -> ExitCode {
             tracing::error!(error = format!("{e:#}"), "start-up failed");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// glibc keeps freed memory in per-thread arenas and raises its mmap
+/// threshold each time a large block is freed, so a server's RSS ratchets
+/// up to its worst moment and stays there. Two arenas, and large buffers
+/// (images, activations) always mmapped and so returned when freed, keep
+/// RSS near its working set (scripts/load_hostile.py, README), unless the
+/// `MALLOC_ARENA_MAX` / `MALLOC_MMAP_THRESHOLD_` variables say otherwise.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    for (var, param, value) in [
+        ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, 2),
+        ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 1 << 20),
+    ] {
+        if std::env::var_os(var).is_none() {
+            // SAFETY: called first thing in main, before any other thread
+            // exists; mallopt only changes allocator parameters.
+            unsafe {
+                libc::mallopt(param, value);
+            }
         }
     }
 }
