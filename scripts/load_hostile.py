@@ -77,7 +77,34 @@ def corpus():
     return photos, hostile
 
 
+def request_expect_continue(base, path, ctype, body, timeout=60):
+    """A large upload as curl sends it: headers with `Expect: 100-continue`,
+    the body only after `100 Continue`, so a refusal arrives before it."""
+    s = socket.create_connection(base, timeout=timeout)
+    try:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                  f"Expect: 100-continue\r\nConnection: close\r\n\r\n".encode())
+        f = s.makefile("rb")
+        status_line = f.readline().decode()
+        if " 100 " in status_line:
+            f.readline()  # the blank line after the interim response
+            s.sendall(body)
+            status_line = f.readline().decode()
+        headers = {}
+        while (line := f.readline().decode().strip()):
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        f.read(int(headers.get("content-length", 0)))
+        return int(status_line.split()[1]), headers.get("retry-after")
+    except (ConnectionError, socket.timeout, ValueError, IndexError) as e:
+        return "conn:" + type(e).__name__, None
+    finally:
+        s.close()
+
+
 def request(base, method, path, ctype, body, timeout=60):
+    if method == "POST" and len(body) > 1 << 20:
+        return request_expect_continue(base, path, ctype, body, timeout)
     host, port = base
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:

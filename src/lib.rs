@@ -33,6 +33,7 @@ mod inputs;
 pub mod jobs;
 pub mod lambda;
 mod location;
+mod memory;
 pub mod model;
 pub mod preprocess;
 pub mod serve;

@@ -55,18 +55,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// glibc keeps freed memory in per-thread arenas and raises its mmap
-/// threshold each time a large block is freed, so a server's RSS ratchets
-/// up to its worst moment and stays there. Two arenas, and large buffers
-/// (images, activations) always mmapped and so returned when freed, keep
-/// RSS near its working set (scripts/load_hostile.py, README), unless the
-/// `MALLOC_ARENA_MAX` / `MALLOC_MMAP_THRESHOLD_` variables say otherwise.
+/// glibc gives every thread that contends for the heap an arena of its
+/// own, up to 8 per core, and each keeps what its thread freed: with a new
+/// scoped thread per batch, RSS grows with the number of arenas. Two are
+/// enough for this workload (scripts/load_hostile.py, README), unless
+/// `MALLOC_ARENA_MAX` says otherwise. Servers also trim at idle
+/// (`memory.rs`).
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    for (var, param, value) in [
-        ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, 2),
-        ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 1 << 20),
-    ] {
+    for (var, param, value) in [("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, 2)] {
         if std::env::var_os(var).is_none() {
             // SAFETY: called first thing in main, before any other thread
             // exists; mallopt only changes allocator parameters.

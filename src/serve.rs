@@ -186,6 +186,9 @@ async fn handle(
             let deadline = shared.options.timeouts.request;
             let answer = tokio::time::timeout(deadline, respond(&shared, req)).await;
             drop(permit);
+            if shared.admitted.available_permits() == shared.options.admitted_requests.max(1) {
+                crate::memory::release_when_idle();
+            }
             answer.unwrap_or_else(|_| deadline_exceeded(deadline))
         }
     };

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 /// may use modules of a strictly lower layer, and itself.
 const LAYERS: &[(&str, u8)] = &[
     ("error", 0),
+    ("memory", 0),
     ("location", 1),
     ("config", 2),
     ("aws", 3),

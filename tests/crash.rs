@@ -14,7 +14,7 @@ use std::io::Cursor;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{create_queue, drain, queue_depth, send_all, sqs_client, Worker};
+use common::{create_queue, queue_depth, send_all, sqs_client, Worker};
 use serde_json::{json, Value};
 
 const JOBS: usize = 2_000;
@@ -39,25 +39,12 @@ fn bodies() -> Vec<String> {
         .collect()
 }
 
-async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
-    use aws_sdk_sqs::types::QueueAttributeName;
-    sqs.get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_jobs_survive_a_worker_killed_mid_batch() {
     let sqs = sqs_client().await;
     let dlq = create_queue(&sqs, "crash-dlq", &[]).await;
     let redrive =
-        json!({"deadLetterTargetArn": queue_arn(&sqs, &dlq).await, "maxReceiveCount": "5"});
+        json!({"deadLetterTargetArn": common::queue_arn(&sqs, &dlq).await, "maxReceiveCount": "5"});
     let jobs = create_queue(
         &sqs,
         "crash-jobs",
@@ -118,16 +105,7 @@ async fn two_thousand_jobs_survive_a_worker_killed_mid_batch() {
     let collected = collector.await.unwrap();
     let summary: Value = serde_json::from_slice(&collected.stdout).unwrap();
     let stats = (steady.stop(), restarted.expect("restarted").stop());
-    let dead: HashSet<String> = drain(&sqs, &dlq)
-        .await
-        .iter()
-        .map(|b| {
-            serde_json::from_str::<Value>(b).unwrap()["job_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let dead = common::job_ids_in(&sqs, &dlq).await;
     let lines: Vec<Value> = std::fs::read_to_string(&out)
         .unwrap()
         .lines()

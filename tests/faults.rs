@@ -22,15 +22,6 @@ use onnx_lambda::jobs::JobResult;
 use onnx_lambda::{App, Config, ModelLoader};
 use serde_json::{json, Value};
 
-fn failures(response: &Value) -> HashSet<String> {
-    response["batchItemFailures"]
-        .as_array()
-        .expect("an SQS response")
-        .iter()
-        .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
-        .collect()
-}
-
 async fn results_in(queue: &str) -> Vec<JobResult> {
     drain(&sqs_client().await, queue)
         .await
@@ -108,12 +99,7 @@ async fn slow_s3_is_a_502_for_a_request_and_a_redelivery_for_a_job() {
         ..Config::default()
     };
     let slow_s3 = common::s3_client_at(&proxy.endpoint, Duration::from_secs(1), 2);
-    let app = Arc::new(
-        App::init(config, &ModelLoader::new(None), Some(slow_s3))
-            .await
-            .unwrap()
-            .with_sqs(sqs),
-    );
+    let app = common::app_with(config, Some(slow_s3), Some(sqs)).await;
     let uri = format!("s3://{bucket}/in/cat.png");
 
     proxy.set(Fault::Delay(Duration::from_secs(3)));
@@ -131,7 +117,7 @@ async fn slow_s3_is_a_502_for_a_request_and_a_redelivery_for_a_job() {
     let job = vec![json!({"job_id": "slow", "image": {"s3_uri": uri}}).to_string()];
     let out = common::invoke(app.clone(), sqs_event(&job, 1), "slow").await;
     assert_eq!(
-        failures(&out),
+        common::batch_failures(&out),
         HashSet::from(["msg-0".to_string()]),
         "{out}"
     );
@@ -143,7 +129,7 @@ async fn slow_s3_is_a_502_for_a_request_and_a_redelivery_for_a_job() {
     // S3 recovers; the redelivery completes.
     proxy.set(Fault::Pass);
     let out = common::invoke(app, sqs_event(&job, 2), "recovered").await;
-    assert!(failures(&out).is_empty(), "{out}");
+    assert!(common::batch_failures(&out).is_empty(), "{out}");
     let got = results_in(&results).await;
     assert_eq!(
         (got.len(), got[0].status.as_str(), got[0].attempt),
@@ -160,12 +146,7 @@ async fn the_results_queue_failing_mid_batch_loses_nothing() {
         ..Config::default()
     };
     let flaky_sqs = common::sqs_client_at(&proxy.endpoint, Duration::from_secs(5), 2);
-    let app = Arc::new(
-        App::init(config, &ModelLoader::new(None), None)
-            .await
-            .unwrap()
-            .with_sqs(flaky_sqs),
-    );
+    let app = common::app_with(config, None, Some(flaky_sqs)).await;
     let image = small_photo_b64();
     let bodies: Vec<String> = (0..25)
         .map(|i| json!({"job_id": format!("j{i}"), "image": {"base64": image}}).to_string())
@@ -175,7 +156,7 @@ async fn the_results_queue_failing_mid_batch_loses_nothing() {
     // later request (and every retry of it) gets a 500.
     proxy.fail_requests(1, 1_000);
     let out = common::invoke(app.clone(), sqs_event(&bodies, 1), "flaky").await;
-    let failed = failures(&out);
+    let failed = common::batch_failures(&out);
     let written: HashSet<String> = results_in(&results)
         .await
         .into_iter()
@@ -191,7 +172,7 @@ async fn the_results_queue_failing_mid_batch_loses_nothing() {
         .map(|i| bodies[i].clone())
         .collect();
     let out = common::invoke(app, sqs_event(&again, 2), "retry").await;
-    assert!(failures(&out).is_empty(), "{out}");
+    assert!(common::batch_failures(&out).is_empty(), "{out}");
     let second: HashSet<String> = results_in(&results)
         .await
         .into_iter()
@@ -215,12 +196,7 @@ async fn duplicate_deliveries_give_duplicate_results_that_collect_counts_once() 
         results_queue_url: Some(results.clone()),
         ..Config::default()
     };
-    let app = Arc::new(
-        App::init(config, &ModelLoader::new(None), None)
-            .await
-            .unwrap()
-            .with_sqs(sqs),
-    );
+    let app = common::app_with(config, None, Some(sqs)).await;
     let image = small_photo_b64();
     let bodies: Vec<String> = (0..6)
         .map(|i| json!({"job_id": format!("d{i}"), "image": {"base64": image}}).to_string())
@@ -231,7 +207,7 @@ async fn duplicate_deliveries_give_duplicate_results_that_collect_counts_once() 
         .enumerate()
     {
         let out = common::invoke(app.clone(), sqs_event(batch, n as u32 + 1), "dupe").await;
-        assert!(failures(&out).is_empty(), "{out}");
+        assert!(common::batch_failures(&out).is_empty(), "{out}");
     }
     let out = std::env::temp_dir().join(format!("onnx-lambda-dupes-{}.jsonl", std::process::id()));
     let collected = Command::new(env!("CARGO_BIN_EXE_onnx-lambda"))
@@ -296,11 +272,7 @@ async fn access_denied_is_reported_as_such_for_inputs_and_for_the_model() {
         s3_input_allowlist: onnx_lambda::parse_allowlist(&format!("s3://{bucket}/in/")).unwrap(),
         ..Config::default()
     };
-    let app = Arc::new(
-        App::init(config, &ModelLoader::new(None), Some(s3.clone()))
-            .await
-            .unwrap(),
-    );
+    let app = common::app_with(config, Some(s3.clone()), None).await;
 
     proxy.inject(0, 100, common::proxy::Injected::s3_access_denied());
     let req = http::Request::builder()
@@ -382,11 +354,7 @@ async fn size_caps_hold_while_streaming_when_no_content_length_is_sent() {
         },
         ..Config::default()
     };
-    let app = Arc::new(
-        App::init(config, &ModelLoader::new(None), Some(s3))
-            .await
-            .unwrap(),
-    );
+    let app = common::app_with(config, Some(s3), None).await;
     for (content_type, body) in [
         (
             "application/json",
@@ -429,12 +397,7 @@ async fn the_sink_retries_a_failed_send_itself() {
     };
     // One attempt per SDK call: only the sink's own retry can save the batch.
     let sqs = common::sqs_client_at(&proxy.endpoint, Duration::from_secs(5), 1);
-    let app = Arc::new(
-        App::init(config, &ModelLoader::new(None), None)
-            .await
-            .unwrap()
-            .with_sqs(sqs),
-    );
+    let app = common::app_with(config, None, Some(sqs)).await;
     let image = small_photo_b64();
     let bodies: Vec<String> = (0..12)
         .map(|i| json!({"job_id": format!("s{i}"), "image": {"base64": image}}).to_string())
@@ -442,7 +405,7 @@ async fn the_sink_retries_a_failed_send_itself() {
     proxy.fail_requests(0, 2);
     let before = proxy.requests();
     let out = common::invoke(app, sqs_event(&bodies, 1), "sink").await;
-    assert!(failures(&out).is_empty(), "{out}");
+    assert!(common::batch_failures(&out).is_empty(), "{out}");
     assert_eq!(results_in(&results).await.len(), 12);
     // Two calls (10 + 2 entries) failed once each, then succeeded.
     assert_eq!(proxy.requests() - before, 4);
@@ -461,12 +424,7 @@ async fn one_batch_with_an_ok_a_permanent_and_a_transient_job() {
         ..Config::default()
     };
     let flaky_s3 = common::s3_client_at(&proxy.endpoint, Duration::from_secs(5), 2);
-    let app = Arc::new(
-        App::init(config, &ModelLoader::new(None), Some(flaky_s3))
-            .await
-            .unwrap()
-            .with_sqs(sqs),
-    );
+    let app = common::app_with(config, Some(flaky_s3), Some(sqs)).await;
     proxy.fail_requests(0, 100);
     let bodies = vec![
         json!({"job_id": "fine", "image": {"base64": small_photo_b64()}}).to_string(),
@@ -476,7 +434,7 @@ async fn one_batch_with_an_ok_a_permanent_and_a_transient_job() {
     ];
     let out = common::invoke(app, sqs_event(&bodies, 1), "mixed").await;
     assert_eq!(
-        failures(&out),
+        common::batch_failures(&out),
         HashSet::from(["msg-2".to_string()]),
         "{out}"
     );
@@ -505,7 +463,7 @@ async fn an_sqs_event_without_a_results_queue_is_delivered_again_whole() {
     ];
     let out = common::invoke(app, sqs_event(&bodies, 1), "no-results").await;
     assert_eq!(
-        failures(&out),
+        common::batch_failures(&out),
         HashSet::from(["msg-0".to_string(), "msg-1".to_string()]),
         "{out}"
     );

@@ -251,16 +251,7 @@ async fn transient_failures_end_in_the_dead_letter_queue_and_nothing_is_lost() {
     let sqs = sqs_client().await;
     let bucket = photo_bucket().await;
     let dlq = create_queue(&sqs, "dlq", &[]).await;
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
+    let dlq_arn = common::queue_arn(&sqs, &dlq).await;
     let redrive = json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"}).to_string();
     let jobs = create_queue(&sqs, "redrive-jobs", &[("RedrivePolicy", redrive)]).await;
     let results = create_queue(&sqs, "results", &[]).await;
@@ -311,21 +302,8 @@ async fn transient_failures_end_in_the_dead_letter_queue_and_nothing_is_lost() {
     }
     let stats = worker.stop();
     assert_eq!(stats["ok"], 10, "{stats}");
-    let dead: HashSet<String> = drain(&sqs, &dlq)
-        .await
-        .iter()
-        .map(|b| {
-            serde_json::from_str::<Value>(b).unwrap()["job_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    let done: HashSet<String> = drain(&sqs, &results)
-        .await
-        .iter()
-        .map(|b| serde_json::from_str::<JobResult>(b).unwrap().job_id)
-        .collect();
+    let dead = common::job_ids_in(&sqs, &dlq).await;
+    let done = common::job_ids_in(&sqs, &results).await;
     assert_eq!(
         dead,
         job_ids(0..10),
@@ -481,16 +459,6 @@ async fn invalid_base64_gets_the_same_code_from_a_job_and_over_http() {
     assert_eq!(body["error"]["code"], job_error.code);
 }
 
-/// The message ids in an SQS response's `batchItemFailures`.
-fn failures(response: &Value) -> HashSet<String> {
-    response["batchItemFailures"]
-        .as_array()
-        .expect("an SQS response")
-        .iter()
-        .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// A Lambda batch starts no work within two seconds of its deadline: what
 /// it did not do is reported for redelivery, what it did is written, and
 /// the two never overlap, wherever the deadline falls.
@@ -508,14 +476,14 @@ async fn sqs_batches_stop_before_the_invocation_deadline_and_lose_nothing() {
     // Inside the margin already: nothing is started, nothing is written.
     let soon = Instant::now() + Duration::from_millis(500);
     let out = common::invoke_until(app.clone(), sqs_event(&bodies, 1), "late", Some(soon)).await;
-    assert_eq!(failures(&out), all, "{out}");
+    assert_eq!(common::batch_failures(&out), all, "{out}");
     assert!(results_in(&sqs, &results).await.is_empty());
 
     // The deadline falls somewhere in the work: every message is either
     // written or failed, never both, never neither.
     let tight = Instant::now() + Duration::from_millis(2_150);
     let out = common::invoke_until(app.clone(), sqs_event(&bodies, 2), "tight", Some(tight)).await;
-    let failed = failures(&out);
+    let failed = common::batch_failures(&out);
     let written: HashSet<String> = results_in(&sqs, &results)
         .await
         .into_iter()
@@ -527,7 +495,7 @@ async fn sqs_batches_stop_before_the_invocation_deadline_and_lose_nothing() {
     // Time enough: all done.
     let later = Instant::now() + Duration::from_secs(300);
     let out = common::invoke_until(app, sqs_event(&bodies, 3), "ok", Some(later)).await;
-    assert!(failures(&out).is_empty(), "{out}");
+    assert!(common::batch_failures(&out).is_empty(), "{out}");
     let got = results_in(&sqs, &results).await;
     assert_eq!(got.len(), 10);
     assert!(got.iter().all(|r| r.status == "ok"));

@@ -31,6 +31,19 @@ pub struct BatchOutcome {
     pub errors: usize,
 }
 
+impl BatchOutcome {
+    /// The one log line per batch, the same for both doors.
+    pub(crate) fn log(&self, messages: usize) {
+        tracing::info!(
+            messages,
+            ok = self.ok,
+            errors = self.errors,
+            redelivered = self.failed.len(),
+            "batch done"
+        );
+    }
+}
+
 /// Results so far, and the messages that must come again.
 struct Progress {
     model: Value,

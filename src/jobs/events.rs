@@ -58,13 +58,7 @@ pub async fn handle_event(
         })
         .collect();
     let outcome = process_batch(app, &messages, deadline).await;
-    tracing::info!(
-        messages = messages.len(),
-        ok = outcome.ok,
-        errors = outcome.errors,
-        failed = outcome.failed.len(),
-        "sqs batch"
-    );
+    outcome.log(messages.len());
     response.set_failures(outcome.failed);
     response
 }

@@ -83,6 +83,9 @@ pub async fn run(
         while inflight.len() >= concurrency {
             inflight.join_next().await;
         }
+        if inflight.is_empty() {
+            crate::memory::release_when_idle();
+        }
         let receive = sqs
             .receive_message()
             .queue_url(&options.queue_url)
@@ -197,11 +200,5 @@ async fn handle(
         .collect();
     let deleted = delete_messages(&sqs, &options.queue_url, &done).await;
     counters.deleted.fetch_add(deleted, Ordering::Relaxed);
-    tracing::info!(
-        messages = batch.len(),
-        ok = outcome.ok,
-        errors = outcome.errors,
-        redelivered = outcome.failed.len(),
-        "batch done"
-    );
+    outcome.log(batch.len());
 }

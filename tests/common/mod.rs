@@ -512,3 +512,58 @@ impl Drop for Worker {
         self.0.wait().ok();
     }
 }
+
+/// An app with the bundled model (loaded from disk), reading S3 inputs
+/// with `s3` and writing results with `sqs`.
+pub async fn app_with(
+    config: onnx_lambda::Config,
+    s3: Option<aws_sdk_s3::Client>,
+    sqs: Option<aws_sdk_sqs::Client>,
+) -> std::sync::Arc<onnx_lambda::App> {
+    let app = onnx_lambda::App::init(config, &onnx_lambda::ModelLoader::new(None), s3)
+        .await
+        .expect("the bundled model loads");
+    std::sync::Arc::new(match sqs {
+        Some(sqs) => app.with_sqs(sqs),
+        None => app,
+    })
+}
+
+/// The message ids in an SQS response's `batchItemFailures`.
+pub fn batch_failures(response: &serde_json::Value) -> std::collections::HashSet<String> {
+    response["batchItemFailures"]
+        .as_array()
+        .expect("an SQS response")
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The `job_id`s of the messages in `queue` (drained): jobs or results.
+pub async fn job_ids_in(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+) -> std::collections::HashSet<String> {
+    drain(sqs, queue)
+        .await
+        .iter()
+        .map(|b| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            v["job_id"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// A queue's ARN (for redrive policies).
+pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone()
+}

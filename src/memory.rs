@@ -1,0 +1,33 @@
+//! Giving freed memory back to the operating system when a server goes
+//! idle. glibc keeps what a burst of requests freed in its arenas, so RSS
+//! stays at the burst's peak long after it; trimming at idle returns it
+//! without making every allocation pay for an `mmap` (measured: a fixed
+//! 1 MiB mmap threshold kept RSS flat but cost 25% of the throughput).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Trim at most this often, in milliseconds.
+const MIN_INTERVAL_MS: u64 = 1_000;
+
+/// Returns free heap memory to the OS (glibc `malloc_trim`), at most once
+/// a second; a no-op elsewhere. Call when no work is in flight.
+pub fn release_when_idle() {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let last = LAST.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < MIN_INTERVAL_MS
+        || LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and releases the allocator's free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
