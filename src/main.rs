@@ -22,7 +22,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(matches!(command, Command::Lambda));
+    let in_lambda = matches!(command, Command::Lambda);
+    init_tracing(in_lambda);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,8 +49,13 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "start-up failed");
-            eprintln!("error: {e:#}");
+            // Said once: as a JSON log line where logs are read as JSON
+            // (CloudWatch), as one sentence on a terminal.
+            if in_lambda {
+                tracing::error!(error = format!("{e:#}"), "start-up failed");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -127,6 +127,9 @@ fn a_bad_model_path_fails_with_a_clear_message() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/model.onnx"), "{err}");
+    // Said once, as one sentence (not also as a JSON log line).
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: loading the model from"), "{err}");
 }
 
 #[test]
