@@ -11,7 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const MIN_INTERVAL_MS: u64 = 1_000;
 
 /// Returns free heap memory to the OS (glibc `malloc_trim`), at most once
-/// a second; a no-op elsewhere. Call when no work is in flight.
+/// a second, on the blocking pool: a trim walks the heap and holds its
+/// locks for milliseconds, which an async worker thread must not. A no-op
+/// elsewhere. Call from a runtime when no work is in flight.
 pub fn release_when_idle() {
     static LAST: AtomicU64 = AtomicU64::new(0);
     let now = SystemTime::now()
@@ -26,8 +28,10 @@ pub fn release_when_idle() {
         return;
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks and releases the allocator's free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    tokio::task::spawn_blocking(|| {
+        // SAFETY: malloc_trim only walks and releases the allocator's free lists.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    });
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    SendMessageBatchRequestEntry,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
 
 /// SQS's limit on one batch call's payload (and on one message).
@@ -38,12 +38,42 @@ pub fn batches(sizes: impl IntoIterator<Item = usize>) -> Vec<Range<usize>> {
     out
 }
 
+/// One long poll of `queue_url`: up to `max` messages (1 to 10), waiting up
+/// to `wait_seconds` (0 to 20), hidden for `visibility_timeout` seconds if
+/// given, with their receive counts. A failed receive is logged and, after a
+/// second's pause, reads as no messages: the caller simply polls again.
+pub(crate) async fn receive(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    max: i32,
+    wait_seconds: i32,
+    visibility_timeout: Option<i32>,
+) -> Vec<Message> {
+    let wait_seconds = wait_seconds.clamp(0, 20);
+    let received = sqs
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(max.clamp(1, 10))
+        .wait_time_seconds(wait_seconds)
+        .set_visibility_timeout(visibility_timeout)
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .customize()
+        .config_override(long_poll(sqs, wait_seconds))
+        .send()
+        .await;
+    match received {
+        Ok(out) => out.messages.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(queue = queue_url, error = %DisplayErrorContext(&e), "receive failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Vec::new()
+        }
+    }
+}
+
 /// A per-call override for a long poll: the read timeout must outlast the
 /// poll's own wait.
-pub(crate) fn long_poll(
-    sqs: &aws_sdk_sqs::Client,
-    wait_seconds: i32,
-) -> aws_sdk_sqs::config::Builder {
+fn long_poll(sqs: &aws_sdk_sqs::Client, wait_seconds: i32) -> aws_sdk_sqs::config::Builder {
     let read = sqs
         .config()
         .timeout_config()

@@ -40,11 +40,11 @@ fn configure(o: &Overrides, top_k: Option<&String>) -> anyhow::Result<Config> {
     Ok(c)
 }
 
-/// The SDK configuration when anything needs AWS: an S3 model, or a door
-/// that reads S3 inputs or writes SQS results. Loaded once.
-async fn sdk_if_needed(config: &Config, door_needs_aws: bool) -> Option<aws_config::SdkConfig> {
+/// The SDK configuration for a local command, only when its model (or
+/// manifest) is on S3.
+async fn sdk_if_needed(config: &Config) -> Option<aws_config::SdkConfig> {
     let on_s3 = |l: &Location| matches!(l, Location::S3 { .. });
-    if door_needs_aws || on_s3(&config.model) || config.manifest.as_ref().is_some_and(on_s3) {
+    if on_s3(&config.model) || config.manifest.as_ref().is_some_and(on_s3) {
         Some(onnx_lambda::aws::sdk_config(config.sdk_timeout).await)
     } else {
         None
@@ -53,9 +53,7 @@ async fn sdk_if_needed(config: &Config, door_needs_aws: bool) -> Option<aws_conf
 
 /// The SDK clients for a door that talks to AWS.
 async fn clients(config: &Config) -> (aws_sdk_s3::Client, aws_sdk_sqs::Client) {
-    let sdk = sdk_if_needed(config, true)
-        .await
-        .expect("a door that needs AWS always gets an SDK configuration");
+    let sdk = onnx_lambda::aws::sdk_config(config.sdk_timeout).await;
     (
         onnx_lambda::aws::s3_client(&sdk),
         onnx_lambda::aws::sqs_client(&sdk),

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::message::JobResult;
 use super::submit::progress;
-use crate::aws::sqs::{delete_messages, long_poll};
+use crate::aws::sqs::{delete_messages, receive};
 
 /// What `collect` did.
 #[derive(Debug, Default, Serialize)]
@@ -45,23 +45,7 @@ pub async fn collect(
     let mut summary = CollectSummary::default();
     let mut last_new = Instant::now();
     while seen.len() < expect && last_new.elapsed() < idle_timeout {
-        let received = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .customize()
-            .config_override(long_poll(sqs, 1))
-            .send()
-            .await;
-        let messages = match received {
-            Ok(o) => o.messages.unwrap_or_default(),
-            Err(e) => {
-                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "receive failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
+        let messages = receive(sqs, queue_url, 10, 1, None).await;
         let mut delete: Vec<&str> = Vec::new();
         for m in &messages {
             let body = m.body().unwrap_or_default();

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use super::batch::process_batch;
 use super::message::InMessage;
 use crate::app::App;
-use crate::aws::sqs::{delete_messages, extend_visibility, long_poll};
+use crate::aws::sqs::{delete_messages, extend_visibility, receive};
 
 /// How the worker polls.
 #[derive(Debug, Clone)]
@@ -86,28 +86,17 @@ pub async fn run(
         if inflight.is_empty() {
             crate::memory::release_when_idle();
         }
-        let receive = sqs
-            .receive_message()
-            .queue_url(&options.queue_url)
-            .max_number_of_messages(options.messages_per_receive.clamp(1, 10))
-            .wait_time_seconds(options.wait_seconds.clamp(0, 20))
-            .visibility_timeout(options.visibility_timeout)
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .customize()
-            .config_override(long_poll(&sqs, options.wait_seconds.clamp(0, 20)))
-            .send();
         if stopping.load(Ordering::SeqCst) {
             break;
         }
-        let received = receive.await;
-        let messages = match received {
-            Ok(out) => out.messages.unwrap_or_default(),
-            Err(e) => {
-                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "receive failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
+        let messages = receive(
+            &sqs,
+            &options.queue_url,
+            options.messages_per_receive,
+            options.wait_seconds,
+            Some(options.visibility_timeout),
+        )
+        .await;
         if messages.is_empty() {
             continue;
         }

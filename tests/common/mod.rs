@@ -195,17 +195,7 @@ pub fn sqs_client_at(endpoint: &str, timeout: Duration, attempts: u32) -> aws_sd
 
 /// An S3 client for moto, built like the service builds its own.
 pub async fn s3_client() -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(moto_endpoint())
-        .force_path_style(true)
-        .http_client(onnx_lambda::aws::http_client())
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "testing", "testing", None, None, "tests",
-        ))
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
+    s3_client_at(moto_endpoint(), Duration::from_secs(30), 3)
 }
 
 /// A bucket name unique to this test run.
@@ -241,16 +231,7 @@ pub async fn put_objects(client: &aws_sdk_s3::Client, bucket: &str, objects: &[(
 
 /// An SQS client for moto.
 pub async fn sqs_client() -> aws_sdk_sqs::Client {
-    let conf = aws_sdk_sqs::config::Builder::new()
-        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-        .endpoint_url(moto_endpoint())
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "testing", "testing", None, None, "tests",
-        ))
-        .http_client(onnx_lambda::aws::http_client())
-        .build();
-    aws_sdk_sqs::Client::from_conf(conf)
+    sqs_client_at(moto_endpoint(), Duration::from_secs(30), 3)
 }
 
 /// Creates a queue (unique name from `prefix`) with `attributes`; returns its URL.
