@@ -4,7 +4,8 @@
 //! group, e.g. `cargo bench --bench pipeline -- batching`.
 //!
 //! - `decode_preprocess`: encoded photo to normalised tensor (no inference).
-//! - `inference`: the network alone at batch 1 and at a fixed batch of 8.
+//! - `inference`: the network alone at batch 1 and at a fixed batch of 8,
+//!   with the project's own operators and with tract's alone (the baseline).
 //! - `end_to_end`: encoded bytes to top-5, one image.
 //! - `batching`: 8 preprocessed images through each batching strategy; the
 //!   numbers behind the design choice documented in `src/classify.rs`.
@@ -26,10 +27,15 @@ fn photo(name: &str) -> Vec<u8> {
 }
 
 fn classifier(batch_size: usize, threads: usize) -> Classifier {
+    classifier_with(batch_size, threads, true)
+}
+
+fn classifier_with(batch_size: usize, threads: usize, own_kernels: bool) -> Classifier {
     let model = Model::load_path(
         &onnx_lambda::bundled_model_path(),
         LoadOptions {
             plan_batch: batch_size,
+            own_kernels,
         },
     )
     .expect("bundled model");
@@ -56,11 +62,12 @@ fn decode_preprocess(c: &mut Criterion) {
 fn inference(c: &mut Criterion) {
     let mut group = c.benchmark_group("inference");
     group.sample_size(20);
-    for batch in [1usize, 8] {
-        let cls = classifier(batch, 1);
+    for (batch, own) in [(1usize, true), (1, false), (8, true)] {
+        let cls = classifier_with(batch, 1, own);
         let input = vec![0.1f32; 3 * 224 * 224 * batch];
+        let name = if own { "batch" } else { "tract_only_batch" };
         group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(BenchmarkId::new("batch", batch), &batch, |b, _| {
+        group.bench_with_input(BenchmarkId::new(name, batch), &batch, |b, _| {
             b.iter(|| cls.run(input.clone()).unwrap())
         });
     }

@@ -159,6 +159,61 @@ pub fn run(
     }
 }
 
+/// The machine a measurement was taken on: absolute times only mean
+/// something beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Machine {
+    /// CPU model name (`/proc/cpuinfo`).
+    pub cpu: String,
+    /// The SIMD flags the kernels care about, those this CPU has.
+    pub flags: Vec<String>,
+    /// Cores this process may use.
+    pub cores: usize,
+}
+
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}, {} cores, {} {}",
+            self.cpu,
+            self.cores,
+            std::env::consts::ARCH,
+            self.flags.join(" ")
+        )
+    }
+}
+
+/// Reads the CPU model and flags (Linux; "unknown" elsewhere).
+pub fn machine() -> Machine {
+    const FLAGS: [&str; 8] = [
+        "sse4_1", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "asimd",
+    ];
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let cpu = field("model name")
+        .or_else(|| field("CPU part").map(|p| format!("CPU part {p}")))
+        .unwrap_or_else(|| "unknown".into());
+    let present = field("flags")
+        .or_else(|| field("Features"))
+        .unwrap_or_default();
+    let present: Vec<&str> = present.split_whitespace().collect();
+    Machine {
+        cpu,
+        flags: FLAGS
+            .iter()
+            .filter(|f| present.contains(f))
+            .map(|f| f.to_string())
+            .collect(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
 /// Peak resident set size of this process (Linux `VmHWM`), or 0 elsewhere.
 pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -182,6 +237,16 @@ mod tests {
         assert_eq!((p.p50, p.p95, p.p99), (50.0, 95.0, 99.0));
         assert_eq!(p.mean, 50.5);
         assert_eq!(Percentiles::of(&[7.0]).p99, 7.0);
+    }
+
+    #[test]
+    fn machine_names_the_cpu_on_linux() {
+        let m = machine();
+        assert!(m.cores >= 1);
+        if cfg!(target_os = "linux") {
+            assert_ne!(m.cpu, "unknown");
+            assert!(m.to_string().contains(std::env::consts::ARCH));
+        }
     }
 
     #[test]

@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         match command {
             Command::Predict(args) => cli::predict(o, args).await,
             Command::Bench(args) => cli::bench(o, args).await,
+            Command::Profile(args) => cli::profile(o, args).await,
             Command::Serve(args) => cli::serve(o, args).await,
             Command::Worker(args) => cli::worker(o, args).await,
             Command::Submit(args) => cli::submit(o, args).await,

@@ -371,7 +371,10 @@ fn one_bad_input_does_not_disturb_a_batch() {
 fn fixed_batch_plan_agrees_with_batch1_plan() {
     let model = Model::load_path(
         &onnx_lambda::bundled_model_path(),
-        LoadOptions { plan_batch: 4 },
+        LoadOptions {
+            plan_batch: 4,
+            ..LoadOptions::default()
+        },
     )
     .unwrap();
     assert_eq!(model.plan_batch(), 4);

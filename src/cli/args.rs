@@ -55,6 +55,8 @@ pub enum Command {
     Predict(PredictArgs),
     /// Offline batch benchmark: throughput, latency percentiles, load time, peak memory.
     Bench(BenchArgs),
+    /// Time every operator of the compiled model; one row per operator kind.
+    Profile(ProfileArgs),
     /// Serve the HTTP API (/predict, /health, /ready, /model, KServe V2 /v2) locally.
     Serve(ServeArgs),
     /// Process SQS jobs outside Lambda: long polling, results to RESULTS_QUEUE_URL.
@@ -91,11 +93,30 @@ pub struct BenchArgs {
     /// Compile the model for this fixed batch size (1 is fastest; for comparison only).
     #[arg(long, default_value_t = 1)]
     pub plan_batch: usize,
+    /// Use tract's operators only, not the project's own (for comparison).
+    #[arg(long)]
+    pub tract_kernels: bool,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
     /// Image files or folders (default: the bundled sample images).
     pub paths: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ProfileArgs {
+    /// Measured runs (after one unmeasured run).
+    #[arg(long, default_value_t = 20)]
+    pub rounds: usize,
+    /// Print the rows as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Use tract's operators only, not the project's own (for comparison).
+    #[arg(long)]
+    pub tract_kernels: bool,
+    /// One row per node instead of per operator kind.
+    #[arg(long)]
+    pub by_node: bool,
 }
 
 #[derive(Args)]

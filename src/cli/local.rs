@@ -10,7 +10,7 @@ use onnx_lambda::bench::{self, BenchOptions, BenchReport, Percentiles};
 use onnx_lambda::{Classifier, Config, ErrorBody, InputError, LoadOptions, ModelLoader};
 use serde_json::json;
 
-use super::args::{BenchArgs, Overrides, PredictArgs};
+use super::args::{BenchArgs, Overrides, PredictArgs, ProfileArgs};
 use super::files::image_files;
 use super::{configure, sdk_if_needed};
 
@@ -108,6 +108,7 @@ pub async fn bench(overrides: &Overrides, args: BenchArgs) -> anyhow::Result<Exi
     let config = configure(overrides, None)?;
     let options = LoadOptions {
         plan_batch: args.plan_batch,
+        own_kernels: !args.tract_kernels,
     };
     let (classifier, load_ms) = classifier(&config, options).await?;
     let files = image_files(&args.paths)?;
@@ -131,6 +132,51 @@ pub async fn bench(overrides: &Overrides, args: BenchArgs) -> anyhow::Result<Exi
     } else {
         print_report(&report);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `profile`: per-operator time of the compiled model on one image-shaped
+/// input, with the machine it ran on.
+pub async fn profile(overrides: &Overrides, args: ProfileArgs) -> anyhow::Result<ExitCode> {
+    let config = configure(overrides, None)?;
+    let options = LoadOptions {
+        own_kernels: !args.tract_kernels,
+        ..LoadOptions::default()
+    };
+    let (classifier, _) = classifier(&config, options).await?;
+    let model = classifier.model();
+    let input = model.example_input();
+    let rows = tokio::task::block_in_place(|| model.profile(input, args.rounds, args.by_node))?;
+    let machine = bench::machine();
+    if args.json {
+        println!(
+            "{}",
+            json!({"machine": machine, "rounds": args.rounds, "ops": rows})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let total_ms: f64 = rows.iter().map(|r| r.ms).sum();
+    let total_macs: u64 = rows.iter().map(|r| r.macs).sum();
+    println!("machine: {machine}");
+    println!("model: {} ({} rounds)\n", model.info().source, args.rounds);
+    println!("| operator | nodes | ms per image | share | GMAC/s |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for r in &rows {
+        println!(
+            "| `{}` | {} | {:.2} | {:.0}% | {:.1} |",
+            r.op,
+            r.nodes,
+            r.ms,
+            100.0 * r.ms / total_ms.max(1e-9),
+            r.gmacs_per_second()
+        );
+    }
+    println!(
+        "| **total** | {} | {:.2} | 100% | {:.1} |",
+        rows.iter().map(|r| r.nodes).sum::<usize>(),
+        total_ms,
+        total_macs as f64 / total_ms.max(1e-9) / 1e6
+    );
     Ok(ExitCode::SUCCESS)
 }
 

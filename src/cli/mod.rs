@@ -14,7 +14,7 @@ pub use args::{Cli, Command};
 use onnx_lambda::config::{self, Config};
 use onnx_lambda::Location;
 
-pub use local::{bench, predict};
+pub use local::{bench, predict, profile};
 pub use queues::{collect, submit};
 pub use services::{lambda, serve, worker};
 

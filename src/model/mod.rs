@@ -5,8 +5,10 @@
 //! init phase) and shared by reference or `Arc`; [`Model::run`] takes `&self`
 //! and is safe to call from many threads at once.
 
+mod depthwise;
 mod loader;
 pub mod manifest;
+mod profile;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use crate::location::Location;
 pub use loader::{LoadError, Loaded, ModelLoader};
 use manifest::InferredInput;
 pub use manifest::{Layout, Manifest};
+pub use profile::OpProfile;
 
 /// ImageNet-1k labels (`models/synset.txt`), used when a 1000-class model
 /// comes without a labels file.
@@ -36,11 +39,17 @@ pub struct LoadOptions {
     /// image for MobileNetV2 on tract (see `classify.rs` for the numbers);
     /// larger values exist for the benchmark that proves it.
     pub plan_batch: usize,
+    /// Put the project's own operators (`depthwise.rs`) in place of tract's
+    /// where they apply. Off only to measure against tract alone.
+    pub own_kernels: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { plan_batch: 1 }
+        LoadOptions {
+            plan_batch: 1,
+            own_kernels: true,
+        }
     }
 }
 
@@ -106,7 +115,7 @@ impl Model {
             &infer_input(&graph),
         )?;
         let batch = options.plan_batch.max(1);
-        let (plan, classes) = compile(graph, &manifest, batch)?;
+        let (plan, classes) = compile(graph, &manifest, batch, options.own_kernels)?;
         let labels = resolve_labels(labels_text, &manifest, classes)?;
         let info = ModelInfo {
             name: manifest.name.clone(),
@@ -153,6 +162,29 @@ impl Model {
             .map_err(|e| ModelError::Inference(format!("{e:#}")))?;
         let flat: Vec<f32> = view.iter().copied().collect();
         Ok(flat.chunks(self.classes).map(<[f32]>::to_vec).collect())
+    }
+
+    /// A deterministic, image-shaped input for one plan run (values in
+    /// [-2, 2), like a normalised photo), for profiling.
+    pub fn example_input(&self) -> Tensor {
+        let (h, w) = (
+            self.manifest.input.height as usize,
+            self.manifest.input.width as usize,
+        );
+        let shape: [usize; 4] = match self.manifest.input.layout {
+            Layout::Nchw => [self.plan_batch, 3, h, w],
+            Layout::Nhwc => [self.plan_batch, h, w, 3],
+        };
+        let mut x: u32 = 0x9e37_79b9;
+        let values: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
+            })
+            .collect();
+        Tensor::from_shape(&shape, &values).expect("the shape matches the values")
     }
 
     /// The manifest in force (file values over inferred over defaults).
@@ -253,6 +285,7 @@ fn compile(
     mut graph: InferenceModel,
     manifest: &Manifest,
     batch: usize,
+    own_kernels: bool,
 ) -> Result<(Arc<Plan>, usize), ModelError> {
     let (h, w) = (
         manifest.input.height as usize,
@@ -265,9 +298,15 @@ fn compile(
     graph
         .set_input_fact(0, f32::fact(shape).into())
         .map_err(|e| ModelError::Shape(format!("cannot set input to {shape:?}: {e:#}")))?;
-    let typed = graph
-        .into_optimized()
-        .map_err(|e| ModelError::Optimize(format!("{e:#}")))?;
+    let optimize = |e: anyhow::Error| ModelError::Optimize(format!("{e:#}"));
+    let mut typed = graph
+        .into_typed()
+        .and_then(|m| m.into_decluttered())
+        .map_err(optimize)?;
+    if own_kernels {
+        depthwise::install(&mut typed).map_err(optimize)?;
+    }
+    let typed = typed.into_optimized().map_err(optimize)?;
     let out_fact = typed
         .output_fact(0)
         .map_err(|e| ModelError::Shape(format!("{e:#}")))?;
