@@ -8,6 +8,14 @@ are measured side by side in one run:
 
     .venv/bin/python scripts/bench_onnxruntime.py --json tests/data/images
 
+`--predict FILE` classifies one file and exits: the cold-start measurement
+(process start to first prediction) of scripts/compare.sh.
+
+The Lambda cost per million images uses the same rule and prices as
+`onnx-lambda bench` (src/bench.rs): CPU time per image, spread over
+min(vCPUs, threads) with 1 vCPU per 1,769 MB, billed at the memory size, plus
+the request price shared by the images of one invocation.
+
 Needs: onnxruntime, pillow, numpy (`pip install -r scripts/requirements-bench.txt`).
 """
 
@@ -63,6 +71,31 @@ def top_k(logits, k):
     return [(int(i), float(p[i])) for i in idx]
 
 
+# us-east-1 list prices (aws.amazon.com/lambda/pricing); keep in step with src/bench.rs.
+PRICE_GB_SECOND = {"x86_64": 0.0000166667, "arm64": 0.0000133334}
+PRICE_PER_MILLION_REQUESTS = 0.20
+MB_PER_VCPU = 1769.0
+MAX_VCPUS = 6.0
+
+
+def lambda_cost(cpu_ms_per_image, threads, memory_mb, arch, images_per_invocation):
+    vcpus = min(memory_mb / MB_PER_VCPU, MAX_VCPUS)
+    duration_s = cpu_ms_per_image / 1000 / min(vcpus, float(threads))
+    per_image = duration_s * memory_mb / 1024 * PRICE_GB_SECOND[arch]
+    per_image += PRICE_PER_MILLION_REQUESTS / 1e6 / images_per_invocation
+    return {
+        "arch": arch,
+        "memory_mb": memory_mb,
+        "images_per_invocation": images_per_invocation,
+        "usd_per_million_images": per_image * 1e6,
+    }
+
+
+def cpu_seconds():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def percentiles(samples):
     if not samples:
         return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "mean": 0.0}
@@ -95,6 +128,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: one per core)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--predict", metavar="FILE", help="classify one file, print its top-5, exit")
+    ap.add_argument("--arch", choices=sorted(PRICE_GB_SECOND), default="x86_64")
+    ap.add_argument("--memory-mb", type=float, default=float(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", MB_PER_VCPU)))
     args = ap.parse_args()
 
     started = time.perf_counter()
@@ -104,15 +140,26 @@ def main():
     manifest = load_manifest(args.model)
     load_ms = (time.perf_counter() - started) * 1000
     input_name = session.get_inputs()[0].name
+    if args.predict:
+        with open(args.predict, "rb") as f:
+            x = preprocess(f.read(), manifest)
+        print(json.dumps(top_k(session.run(None, {input_name: x})[0][0], 5)))
+        return
     images = [open(f, "rb").read() for f in image_files(args.paths)]
     if not images:
         sys.exit("no images found")
 
+    stages = {"preprocess": 0.0, "inference": 0.0}
+
     def classify(data):
         t = time.perf_counter()
         x = preprocess(data, manifest)
+        t1 = time.perf_counter()
         logits = session.run(None, {input_name: x})[0][0]
+        t2 = time.perf_counter()
         top_k(logits, 5)
+        stages["preprocess"] += (t1 - t) * 1000
+        stages["inference"] += (t2 - t1) * 1000
         return (time.perf_counter() - t) * 1000
 
     batches = [images[i : i + args.batch_size] for i in range(0, len(images), args.batch_size)]
@@ -121,6 +168,8 @@ def main():
             for data in b:
                 classify(data)
     latencies, batch_latencies = [], []
+    stages.update(preprocess=0.0, inference=0.0)
+    cpu = cpu_seconds()
     wall = time.perf_counter()
     for _ in range(args.iterations):
         for b in batches:
@@ -128,6 +177,8 @@ def main():
             latencies += [classify(data) for data in b]
             batch_latencies.append((time.perf_counter() - t) * 1000)
     wall = time.perf_counter() - wall
+    cpu_ms_per_image = (cpu_seconds() - cpu) * 1000 / max(len(latencies), 1)
+    threads = args.threads or os.cpu_count()
     report = {
         "model": f"{manifest['name']} {manifest['version']} (onnxruntime {ort.__version__})",
         "images": len(images),
@@ -138,6 +189,10 @@ def main():
         "images_per_second": len(latencies) / wall,
         "latency_ms": percentiles(latencies),
         "batch_latency_ms": percentiles(batch_latencies),
+        "stage_mean_ms": {k: v / max(len(latencies), 1) for k, v in stages.items()},
+        "threads": threads,
+        "cpu_ms_per_image": cpu_ms_per_image,
+        "lambda_cost": lambda_cost(cpu_ms_per_image, threads, args.memory_mb, args.arch, args.batch_size),
         "model_load_ms": load_ms,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }

@@ -1,12 +1,70 @@
 //! The offline batch benchmark behind `onnx-lambda bench`: a folder of images
 //! through the same pipeline the services use, reporting throughput, latency
-//! percentiles, model load time and peak memory.
+//! percentiles, model load time, peak memory, CPU time per image and what
+//! that would cost on Lambda.
 
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::classify::Classifier;
+
+/// Lambda's list prices (us-east-1, aws.amazon.com/lambda/pricing), per
+/// GB-second of billed duration. `scripts/bench_onnxruntime.py` uses the same.
+pub const PRICE_GB_SECOND_X86_64: f64 = 0.000_016_666_7;
+/// The arm64 (Graviton) price per GB-second.
+pub const PRICE_GB_SECOND_ARM64: f64 = 0.000_013_333_4;
+/// The price of a million invocations, either architecture.
+pub const PRICE_PER_MILLION_REQUESTS: f64 = 0.20;
+/// Lambda gives one vCPU per 1,769 MB of memory, up to 6.
+pub const MB_PER_VCPU: f64 = 1769.0;
+const MAX_VCPUS: f64 = 6.0;
+
+/// What an image costs on Lambda, from the CPU time it took here.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LambdaPricing {
+    /// `x86_64` or `arm64` (informational; the price is what counts).
+    pub arch: &'static str,
+    /// The function's memory size.
+    pub memory_mb: f64,
+    /// Price per GB-second.
+    pub price_gb_second: f64,
+    /// Price per million invocations.
+    pub price_per_million_requests: f64,
+    /// Images one invocation carries (the SQS batch size; 1 for HTTP).
+    pub images_per_invocation: usize,
+}
+
+impl LambdaPricing {
+    /// List prices for `arch` (`arm64`, else x86_64) at `memory_mb`.
+    pub fn list(arch: &str, memory_mb: f64, images_per_invocation: usize) -> LambdaPricing {
+        let arm = arch == "arm64";
+        LambdaPricing {
+            arch: if arm { "arm64" } else { "x86_64" },
+            memory_mb,
+            price_gb_second: if arm {
+                PRICE_GB_SECOND_ARM64
+            } else {
+                PRICE_GB_SECOND_X86_64
+            },
+            price_per_million_requests: PRICE_PER_MILLION_REQUESTS,
+            images_per_invocation: images_per_invocation.max(1),
+        }
+    }
+
+    /// US dollars per million images, for a pipeline that spends
+    /// `cpu_ms_per_image` of CPU with `threads` threads: the CPU time is
+    /// spread over min(vCPUs, threads), billed at the memory size, plus the
+    /// request price shared by the images of one invocation. Assumes the
+    /// function is CPU-bound (inputs already in memory, as in `bench`).
+    pub fn usd_per_million_images(&self, cpu_ms_per_image: f64, threads: usize) -> f64 {
+        let vcpus = (self.memory_mb / MB_PER_VCPU).min(MAX_VCPUS);
+        let seconds = cpu_ms_per_image / 1000.0 / vcpus.min(threads.max(1) as f64);
+        let compute = seconds * self.memory_mb / 1024.0 * self.price_gb_second;
+        let request = self.price_per_million_requests / 1e6 / self.images_per_invocation as f64;
+        (compute + request) * 1e6
+    }
+}
 
 /// How to run the benchmark.
 #[derive(Debug, Clone, Copy)]
@@ -19,6 +77,8 @@ pub struct BenchOptions {
     pub warmup: usize,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Prices for the cost estimate.
+    pub pricing: LambdaPricing,
 }
 
 /// p50/p95/p99 of a set of durations, in milliseconds.
@@ -81,6 +141,14 @@ pub struct BenchReport {
     pub model_load_ms: f64,
     /// Peak resident memory of the process (VmHWM), bytes; 0 where unknown.
     pub peak_rss_bytes: u64,
+    /// Process CPU time (user + system) over the measured passes, per image.
+    pub cpu_ms_per_image: f64,
+    /// The prices the estimate below used.
+    pub pricing: LambdaPricing,
+    /// Estimated Lambda cost of a million images at this CPU time.
+    pub usd_per_million_images: f64,
+    /// Where it ran.
+    pub machine: Machine,
 }
 
 /// Runs the benchmark over `images` (name, encoded bytes).
@@ -108,6 +176,7 @@ pub fn run(
     let mut batch_latencies = Vec::new();
     let mut stages = crate::classify::Timing::default();
     let mut errors = 0;
+    let cpu_started = cpu_seconds();
     let started = Instant::now();
     for _ in 0..options.iterations {
         for chunk in inputs.chunks(batch_size) {
@@ -130,6 +199,8 @@ pub fn run(
         }
     }
     let wall = started.elapsed().as_secs_f64();
+    let cpu_ms_per_image =
+        (cpu_seconds() - cpu_started) * 1000.0 / latencies.len().max(1) as f64;
     bar.finish_and_clear();
     let n = latencies.len().max(1) as f64;
     let info = classifier.model().info();
@@ -156,7 +227,25 @@ pub fn run(
         },
         model_load_ms,
         peak_rss_bytes: peak_rss_bytes(),
+        cpu_ms_per_image,
+        pricing: options.pricing,
+        usd_per_million_images: options
+            .pricing
+            .usd_per_million_images(cpu_ms_per_image, classifier.threads()),
+        machine: machine(),
     }
+}
+
+/// User + system CPU time of this process so far, in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// The machine a measurement was taken on: absolute times only mean
@@ -237,6 +326,24 @@ mod tests {
         assert_eq!((p.p50, p.p95, p.p99), (50.0, 95.0, 99.0));
         assert_eq!(p.mean, 50.5);
         assert_eq!(Percentiles::of(&[7.0]).p99, 7.0);
+    }
+
+    #[test]
+    fn lambda_cost_follows_cpu_time_vcpus_and_requests() {
+        // 10 ms of CPU at 1,769 MB (1 vCPU): 0.01 s x 1.7275 GB x price,
+        // plus one request per image.
+        let one = LambdaPricing::list("x86_64", 1769.0, 1);
+        let want = (0.01 * 1769.0 / 1024.0 * PRICE_GB_SECOND_X86_64 + 0.2e-6) * 1e6;
+        assert!((one.usd_per_million_images(10.0, 2) - want).abs() < 1e-9);
+        // Twice the memory with one thread: twice the compute bill.
+        let big = LambdaPricing::list("x86_64", 3538.0, 1);
+        let compute = |p: &LambdaPricing, t| p.usd_per_million_images(10.0, t) - 0.2;
+        assert!((compute(&big, 1) - 2.0 * compute(&one, 1)).abs() < 1e-9);
+        // ... and the same bill when two threads use both vCPUs.
+        assert!((compute(&big, 2) - compute(&one, 1)).abs() < 1e-9);
+        // arm64 is cheaper; ten images per invocation share one request.
+        let arm = LambdaPricing::list("arm64", 1769.0, 10);
+        assert!(arm.usd_per_million_images(10.0, 1) < one.usd_per_million_images(10.0, 1) - 0.18);
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! `available_parallelism()` threads, each with the shared batch-1 plan.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,7 @@ use tract_onnx::prelude::Tensor;
 
 use crate::config::{Config, InputLimits};
 use crate::error::{panic_message, ClassifyError, ModelError};
-use crate::model::{Layout, Model};
+use crate::model::{Executor, Layout, Model};
 use crate::preprocess::{self, Preprocessor};
 
 /// One class and its probability.
@@ -77,6 +77,8 @@ pub struct Classifier {
     pre: Preprocessor,
     limits: InputLimits,
     threads: usize,
+    /// `threads` workers for one image's operators, made on first use.
+    pool: Arc<OnceLock<Executor>>,
 }
 
 impl Classifier {
@@ -89,6 +91,7 @@ impl Classifier {
             model,
             limits,
             threads,
+            pool: Arc::new(OnceLock::new()),
         }
     }
 
@@ -101,7 +104,16 @@ impl Classifier {
     /// Sets how many images of a batch run at once (at least 1).
     pub fn with_threads(mut self, threads: usize) -> Classifier {
         self.threads = threads.max(1);
+        self.pool = Arc::new(OnceLock::new());
         self
+    }
+
+    /// The executor for one image on all threads; `None` with one thread.
+    fn intra_op(&self) -> Option<&Executor> {
+        (self.threads > 1).then(|| {
+            self.pool
+                .get_or_init(|| Executor::multithread_with_name(self.threads, "onnx-lambda-op"))
+        })
     }
 
     /// The shared model.
@@ -121,8 +133,19 @@ impl Classifier {
 
     /// Classifies one encoded image (any supported format) and returns the
     /// `top_k` most probable classes.
+    /// A single image's operators use all the threads.
     pub fn classify(&self, bytes: &[u8], top_k: usize) -> Result<Classification, ClassifyError> {
-        let (scores, mut timing) = self.scores_timed(bytes)?;
+        self.classify_on(bytes, top_k, self.intra_op())
+    }
+
+    /// [`Classifier::classify`] on `executor` (`None`: this thread only).
+    fn classify_on(
+        &self,
+        bytes: &[u8],
+        top_k: usize,
+        executor: Option<&Executor>,
+    ) -> Result<Classification, ClassifyError> {
+        let (scores, mut timing) = self.scores_timed(bytes, executor)?;
         let started = Instant::now();
         let predictions = self.top_k(&scores, top_k);
         timing.total += ms(started.elapsed());
@@ -133,16 +156,20 @@ impl Classifier {
     }
 
     /// The raw model output for one encoded image, and where the time went.
-    fn scores_timed(&self, bytes: &[u8]) -> Result<(Vec<f32>, Timing), ClassifyError> {
+    fn scores_timed(
+        &self,
+        bytes: &[u8],
+        executor: Option<&Executor>,
+    ) -> Result<(Vec<f32>, Timing), ClassifyError> {
         let started = Instant::now();
-        let image = preprocess::decode(bytes, &self.limits)?;
+        let image = preprocess::decode_for(bytes, &self.limits, self.pre.min_decode_side())?;
         let decoded = Instant::now();
         let batch = self.model.plan_batch();
         let mut input = vec![0f32; self.pre.image_len() * batch];
         self.pre
             .preprocess_into(image, &mut input[..self.pre.image_len()]);
         let preprocessed = Instant::now();
-        let scores = self.run(input)?.swap_remove(0);
+        let scores = self.run_on(input, executor)?.swap_remove(0);
         let done = Instant::now();
         Ok((
             scores,
@@ -158,9 +185,20 @@ impl Classifier {
     /// Raw model outputs (logits or probabilities, as the model gives them)
     /// for encoded images, one result per input, in parallel.
     pub fn scores_batch(&self, inputs: &[&[u8]]) -> Vec<Result<Vec<f32>, ClassifyError>> {
+        let executor = self.executor_for(inputs.len());
         parallel_map(inputs, self.threads, |bytes| {
-            contain(|| self.scores_timed(bytes).map(|(s, _)| s))
+            contain(|| self.scores_timed(bytes, executor).map(|(s, _)| s))
         })
+    }
+
+    /// All threads inside one image when there is one image, else one
+    /// image per thread (less synchronisation, same work).
+    fn executor_for(&self, images: usize) -> Option<&Executor> {
+        if images == 1 {
+            self.intra_op()
+        } else {
+            None
+        }
     }
 
     /// Raw model outputs for `n` already-preprocessed images laid out back
@@ -175,10 +213,11 @@ impl Classifier {
             )));
         }
         let images: Vec<&[f32]> = values.chunks_exact(len).collect();
+        let executor = self.executor_for(n);
         parallel_map(&images, self.threads, |image| {
             let mut input = vec![0f32; len * self.model.plan_batch()];
             input[..len].copy_from_slice(image);
-            self.run(input).map(|mut s| s.swap_remove(0))
+            self.run_on(input, executor).map(|mut s| s.swap_remove(0))
         })
         .into_iter()
         .collect()
@@ -196,8 +235,9 @@ impl Classifier {
         top_k: usize,
     ) -> Vec<Result<Classification, ClassifyError>> {
         if self.model.plan_batch() == 1 {
+            let executor = self.executor_for(inputs.len());
             return parallel_map(inputs, self.threads, |bytes| {
-                contain(|| self.classify(bytes, top_k))
+                contain(|| self.classify_on(bytes, top_k, executor))
             });
         }
         self.classify_fixed_batches(inputs, top_k)
@@ -214,7 +254,8 @@ impl Classifier {
         let prepared = parallel_map(inputs, self.threads, |bytes| {
             contain(|| {
                 let started = Instant::now();
-                let image = preprocess::decode(bytes, &self.limits)?;
+                let image =
+                    preprocess::decode_for(bytes, &self.limits, self.pre.min_decode_side())?;
                 let decoded = Instant::now();
                 let mut values = vec![0f32; len];
                 self.pre.preprocess_into(image, &mut values);
@@ -270,6 +311,14 @@ impl Classifier {
     /// Runs the network on already-preprocessed values (`plan_batch()` images
     /// in the manifest's layout) and returns raw scores per image.
     pub fn run(&self, input: Vec<f32>) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.run_on(input, None)
+    }
+
+    fn run_on(
+        &self,
+        input: Vec<f32>,
+        executor: Option<&Executor>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let m = self.model.manifest();
         let (b, h, w) = (
             self.model.plan_batch(),
@@ -282,7 +331,7 @@ impl Classifier {
         };
         let array = ndarray::Array4::from_shape_vec(shape, input)
             .map_err(|e| ModelError::Inference(format!("input has the wrong length: {e}")))?;
-        self.model.run(Tensor::from(array))
+        self.model.run_on(Tensor::from(array), executor)
     }
 
     /// Softmax (unless the model outputs probabilities) and the `k` best

@@ -28,11 +28,26 @@ const SUPPORTED: [ImageFormat; 7] = [
     ImageFormat::Pnm,
 ];
 
-/// Decodes an image and returns it upright (EXIF orientation applied).
+/// Decodes an image at full size and returns it upright (EXIF orientation
+/// applied).
 ///
 /// GIFs give their first frame. Size limits are enforced before any large
 /// allocation: first the byte count, then the dimensions from the header.
 pub fn decode(bytes: &[u8], limits: &InputLimits) -> Result<DynamicImage, InputError> {
+    decode_for(bytes, limits, 0)
+}
+
+/// [`decode`], for a preprocessor that only needs the shorter side to be
+/// `min_side` pixels: a JPEG at least twice that is decoded at 1/2, 1/4 or
+/// 1/8 scale in the DCT domain, as libjpeg's `scale_num` and Pillow's
+/// `draft` do. A 12-megapixel photo then costs a fraction of a full
+/// decode, in time and memory, and the resize that follows sees nearly the
+/// same pixels (`tests/pipeline.rs` checks the top-5 agree).
+pub fn decode_for(
+    bytes: &[u8],
+    limits: &InputLimits,
+    min_side: u32,
+) -> Result<DynamicImage, InputError> {
     if bytes.is_empty() {
         return Err(InputError::Empty);
     }
@@ -91,9 +106,43 @@ pub fn decode(bytes: &[u8], limits: &InputLimits) -> Result<DynamicImage, InputE
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| map_error(e, format))?;
+    let scaled = (format == ImageFormat::Jpeg && min_side > 0 && width.min(height) / 2 >= min_side)
+        .then(|| decode_jpeg_scaled(bytes, (width, height), min_side))
+        .flatten();
+    let mut image = match scaled {
+        Some(image) => image,
+        None => DynamicImage::from_decoder(decoder).map_err(|e| map_error(e, format))?,
+    };
     image.apply_orientation(orientation);
     Ok(image)
+}
+
+/// Decodes a JPEG at the smallest DCT scale whose shorter side is still at
+/// least `min_side`; `None` (the caller decodes at full size) for what this
+/// path does not handle: CMYK, 16-bit, or anything the decoder refuses.
+fn decode_jpeg_scaled(bytes: &[u8], (w, h): (u32, u32), min_side: u32) -> Option<DynamicImage> {
+    let shorter = u64::from(w.min(h));
+    let request = |side: u32| {
+        let v = (u64::from(side) * u64::from(min_side)).div_ceil(shorter);
+        u16::try_from(v).ok()
+    };
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    let (sw, sh) = decoder.scale(request(w)?, request(h)?).ok()?;
+    if u32::from(sw.min(sh)) < min_side {
+        return None;
+    }
+    let pixels = decoder.decode().ok()?;
+    let info = decoder.info()?;
+    let (sw, sh) = (u32::from(info.width), u32::from(info.height));
+    match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => {
+            RgbImage::from_raw(sw, sh, pixels).map(DynamicImage::ImageRgb8)
+        }
+        jpeg_decoder::PixelFormat::L8 => {
+            image::GrayImage::from_raw(sw, sh, pixels).map(DynamicImage::ImageLuma8)
+        }
+        jpeg_decoder::PixelFormat::L16 | jpeg_decoder::PixelFormat::CMYK32 => None,
+    }
 }
 
 /// Walks a JPEG's segments and entropy-coded scans and reports whether it
@@ -232,6 +281,15 @@ impl Preprocessor {
             resize_shorter_side: manifest.preprocessing.resize_shorter_side,
             algorithm: filter.map_or(fir::ResizeAlg::Nearest, fir::ResizeAlg::Convolution),
             normalizer: Normalizer::new(manifest),
+        }
+    }
+
+    /// The shorter side a decoded image needs for this preprocessing to see
+    /// (nearly) the pixels it would see at full size: see [`decode_for`].
+    pub fn min_decode_side(&self) -> u32 {
+        match self.crop {
+            Crop::None => self.width.max(self.height),
+            _ => self.resize_shorter_side.max(self.width.max(self.height)),
         }
     }
 

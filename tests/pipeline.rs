@@ -51,6 +51,49 @@ fn logits_match_onnxruntime_within_1e_4() {
     assert!(max_diff < 1e-4, "max abs logit difference {max_diff}");
 }
 
+/// The photo re-encoded as a JPEG whose longer side is 4032 pixels (a
+/// 12-megapixel phone photo), upscaled with Catmull-Rom.
+fn twelve_megapixel_jpeg(bytes: &[u8]) -> Vec<u8> {
+    let img = image::load_from_memory(bytes).unwrap().to_rgb8();
+    let (w, h) = img.dimensions();
+    let scale = 4032.0 / f64::from(w.max(h));
+    let (bw, bh) = (
+        (f64::from(w) * scale).round() as u32,
+        (f64::from(h) * scale).round() as u32,
+    );
+    let big = image::imageops::resize(&img, bw, bh, image::imageops::FilterType::CatmullRom);
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+        .write_image(big.as_raw(), bw, bh, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+/// Large JPEGs take the DCT-scaled decode (1/8 here), and their top-5 still
+/// shares at least 4 classes with ONNX Runtime's on the original photo.
+#[test]
+fn large_jpegs_decode_scaled_and_keep_onnxruntimes_top5() {
+    let limits = InputLimits::default();
+    for (file, ort_top5) in expected_top5() {
+        let big = twelve_megapixel_jpeg(&std::fs::read(data(&format!("images/{file}"))).unwrap());
+        let full = onnx_lambda::preprocess::decode(&big, &limits).unwrap();
+        let scaled = onnx_lambda::preprocess::decode_for(&big, &limits, 256).unwrap();
+        assert_eq!(full.width().max(full.height()), 4032, "{file}");
+        assert_eq!(
+            (scaled.width(), scaled.height()),
+            (full.width().div_ceil(8), full.height().div_ceil(8)),
+            "{file}: a 1/8 decode still has a shorter side over 256"
+        );
+        let c = classifier().classify(&big, 5).unwrap();
+        let ours: Vec<usize> = c.predictions.iter().map(|p| p.index).collect();
+        let shared = ours.iter().filter(|i| ort_top5.contains(i)).count();
+        assert!(
+            shared >= 4,
+            "{file} at 12 MP: top-5 {ours:?} shares {shared} with onnxruntime {ort_top5:?}"
+        );
+    }
+}
+
 /// Expected class families, from `tests/data/images/README.md` (SOURCES.md).
 fn family(file: &str) -> &'static [usize] {
     match file {

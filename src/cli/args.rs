@@ -96,6 +96,18 @@ pub struct BenchArgs {
     /// Use tract's operators only, not the project's own (for comparison).
     #[arg(long)]
     pub tract_kernels: bool,
+    /// Lambda architecture for the cost estimate: x86_64 or arm64.
+    #[arg(long, default_value = "x86_64", value_parser = ["x86_64", "arm64"])]
+    pub arch: String,
+    /// Lambda memory size for the cost estimate [env: AWS_LAMBDA_FUNCTION_MEMORY_SIZE, default 1769]
+    #[arg(long, value_name = "MB")]
+    pub memory_mb: Option<f64>,
+    /// Override the price per GB-second (default: the list price for --arch).
+    #[arg(long, value_name = "USD")]
+    pub price_gb_second: Option<f64>,
+    /// Override the price per million requests (default 0.20).
+    #[arg(long, value_name = "USD")]
+    pub price_per_million_requests: Option<f64>,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,

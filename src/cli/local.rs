@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use onnx_lambda::bench::{self, BenchOptions, BenchReport, Percentiles};
+use onnx_lambda::bench::{self, BenchOptions, BenchReport, LambdaPricing, Percentiles};
 use onnx_lambda::{Classifier, Config, ErrorBody, InputError, LoadOptions, ModelLoader};
 use serde_json::json;
 
@@ -124,6 +124,7 @@ pub async fn bench(overrides: &Overrides, args: BenchArgs) -> anyhow::Result<Exi
         iterations: args.iterations,
         warmup: args.warmup,
         progress: std::io::stderr().is_terminal(),
+        pricing: pricing(&args),
     };
     let report =
         tokio::task::block_in_place(|| bench::run(&classifier, &images, &options, load_ms));
@@ -180,6 +181,24 @@ pub async fn profile(overrides: &Overrides, args: ProfileArgs) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
+/// List prices for the flags, with any price the user overrides.
+fn pricing(args: &BenchArgs) -> LambdaPricing {
+    let memory_mb = args.memory_mb.unwrap_or_else(|| {
+        std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(bench::MB_PER_VCPU)
+    });
+    let mut p = LambdaPricing::list(&args.arch, memory_mb, args.batch_size);
+    if let Some(v) = args.price_gb_second {
+        p.price_gb_second = v;
+    }
+    if let Some(v) = args.price_per_million_requests {
+        p.price_per_million_requests = v;
+    }
+    p
+}
+
 fn print_report(r: &BenchReport) {
     println!("model            {}", r.model);
     println!(
@@ -208,4 +227,11 @@ fn print_report(r: &BenchReport) {
         "peak RSS         {:.1} MiB",
         r.peak_rss_bytes as f64 / (1024.0 * 1024.0)
     );
+    println!("CPU per image    {:.2} ms", r.cpu_ms_per_image);
+    let p = &r.pricing;
+    println!(
+        "Lambda cost      ${:.3} per million images ({} at {:.0} MB, ${}/GB-s, {} images per invocation)",
+        r.usd_per_million_images, p.arch, p.memory_mb, p.price_gb_second, p.images_per_invocation
+    );
+    println!("machine          {}", r.machine);
 }

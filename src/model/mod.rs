@@ -11,7 +11,7 @@ pub mod manifest;
 mod profile;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -31,6 +31,9 @@ pub use profile::OpProfile;
 const IMAGENET_SYNSET: &str = include_str!("../../models/synset.txt");
 
 type Plan = TypedRunnableModel;
+type RunState = TypedSimpleState;
+
+pub use tract_linalg::multithread::Executor;
 
 /// Options that change how the graph is compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +74,9 @@ pub struct ModelInfo {
 /// A loaded, optimised classifier.
 pub struct Model {
     plan: Arc<Plan>,
+    /// Run states kept between runs (each holds its buffers), at most one
+    /// per concurrent run: spawning one per run was allocation churn.
+    states: Mutex<Vec<RunState>>,
     manifest: Manifest,
     labels: Vec<String>,
     info: ModelInfo,
@@ -126,6 +132,7 @@ impl Model {
         };
         Ok(Model {
             plan,
+            states: Mutex::new(Vec::new()),
             manifest,
             labels,
             info,
@@ -151,12 +158,38 @@ impl Model {
     }
 
     /// Runs the network on a preprocessed batch laid out as the manifest
-    /// says, `plan_batch()` images long, and returns one score vector per image.
+    /// says, `plan_batch()` images long, and returns one score vector per
+    /// image. Single-threaded: the caller runs one image per core.
     pub fn run(&self, input: Tensor) -> Result<Vec<Vec<f32>>, ModelError> {
-        let outputs = self
-            .plan
-            .run(tvec!(input.into()))
-            .map_err(|e| ModelError::Inference(format!("{e:#}")))?;
+        self.run_on(input, None)
+    }
+
+    /// [`Model::run`], with the operators splitting their work over
+    /// `executor`'s threads when one is given (one image, all cores).
+    pub fn run_on(
+        &self,
+        input: Tensor,
+        executor: Option<&Executor>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let fail = |e: anyhow::Error| ModelError::Inference(format!("{e:#}"));
+        let pooled = self.states.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut state = match pooled {
+            Some(state) => state,
+            None => self.plan.spawn().map_err(fail)?,
+        };
+        let inputs = tvec!(input.into());
+        let outputs = match executor {
+            Some(e) => {
+                tract_linalg::multithread::multithread_tract_scope(e.clone(), || state.run(inputs))
+            }
+            None => state.run(inputs),
+        };
+        // A state whose run failed may hold half a turn: drop it.
+        let outputs = outputs.map_err(fail)?;
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(state);
         let view = outputs[0]
             .to_plain_array_view::<f32>()
             .map_err(|e| ModelError::Inference(format!("{e:#}")))?;
