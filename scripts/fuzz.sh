@@ -45,7 +45,9 @@ def put(target, name, data):
     with open(os.path.join(root, target, name), "wb") as f:
         f.write(data if isinstance(data, bytes) else data.encode())
 for name, data in images.items():
-    put("decode", name, data)
+    # The first byte picks full-size (even) or DCT-scaled (odd) decoding.
+    put("decode", name, b"\x00" + data)
+    put("decode", name + ".scaled", b"\x03" + data)
 b64 = base64.b64encode(images["tiny.png"]).decode()
 jobs = [{"job_id": "j1", "image": {"base64": b64}, "top_k": 3}, {"image": {"s3_uri": "s3://bucket/in/a.jpg"}},
         {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",

@@ -166,12 +166,7 @@ pub fn run(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    for _ in 0..options.warmup {
-        for chunk in inputs.chunks(batch_size) {
-            let _ = classifier.classify_batch(chunk, 5);
-            bar.inc(chunk.len() as u64);
-        }
-    }
+    warm_up(classifier, &inputs, options, &bar);
     let mut latencies = Vec::new();
     let mut batch_latencies = Vec::new();
     let mut stages = crate::classify::Timing::default();
@@ -199,8 +194,7 @@ pub fn run(
         }
     }
     let wall = started.elapsed().as_secs_f64();
-    let cpu_ms_per_image =
-        (cpu_seconds() - cpu_started) * 1000.0 / latencies.len().max(1) as f64;
+    let cpu_ms_per_image = (cpu_seconds() - cpu_started) * 1000.0 / latencies.len().max(1) as f64;
     bar.finish_and_clear();
     let n = latencies.len().max(1) as f64;
     let info = classifier.model().info();
@@ -233,6 +227,21 @@ pub fn run(
             .pricing
             .usd_per_million_images(cpu_ms_per_image, classifier.threads()),
         machine: machine(),
+    }
+}
+
+/// The unmeasured passes: weights paged in, caches and run states warm.
+fn warm_up(
+    classifier: &Classifier,
+    inputs: &[&[u8]],
+    options: &BenchOptions,
+    bar: &indicatif::ProgressBar,
+) {
+    for _ in 0..options.warmup {
+        for chunk in inputs.chunks(options.batch_size.max(1)) {
+            let _ = classifier.classify_batch(chunk, 5);
+            bar.inc(chunk.len() as u64);
+        }
     }
 }
 

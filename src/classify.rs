@@ -12,15 +12,20 @@
 //! | fixed batch-8 plan, one run                   | 448 ms   | 56.1 ms   | 0.63x |
 //! | batch-1 plan, one image per core (2 threads)  | 151 ms   | 18.8 ms   | 1.87x |
 //!
-//! tract's kernels are single-threaded and already saturate a core at batch 1,
-//! so a bigger fixed batch buys nothing (it is slower: larger activations
-//! fall out of cache), and a symbolic batch dimension was
-//! measured about 5x slower per image (see `models/README.md`). Running the
-//! batch-1 plan on one thread per core scales with the cores Lambda gives
-//! (one vCPU per 1,769 MB of memory) and keeps every image's latency
-//! independent of its neighbours. So [`Classifier::classify_batch`] fans the
-//! whole pipeline (decode, preprocess, inference) out over
-//! `available_parallelism()` threads, each with the shared batch-1 plan.
+//! A bigger fixed batch buys nothing (it is slower: larger activations
+//! fall out of cache), and a symbolic batch dimension was measured about 5x
+//! slower per image (see `models/README.md`). So a batch of images fans the
+//! whole pipeline (decode, preprocess, inference) out over `threads` threads,
+//! one image per thread, each with the shared batch-1 plan: no
+//! synchronisation inside an image, and every image's latency independent
+//! of its neighbours.
+//!
+//! A request with a single image instead runs its operators on all `threads`
+//! (tract's rayon executor, `multithread-mm`): on two cores that took the
+//! network from 7.5 to 5.8 ms (`onnx-lambda bench --batch-size 1` with and
+//! without `--threads 1`, AMD EPYC, README), which is the latency an HTTP
+//! caller sees. Lambda gives one vCPU per 1,769 MB, so either way the work
+//! scales with the memory setting.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -19,9 +19,15 @@ const LIMITS: InputLimits = InputLimits {
     max_pixels: 1 << 20,
 };
 
-/// Decodes `data` and, if it is an image, preprocesses it.
+/// Decodes `data` and, if it is an image, preprocesses it. The first byte
+/// picks the decode: full size, or DCT-scaled for a preprocessor that needs
+/// only 8 to 64 pixels (so small fuzz inputs reach the scaled JPEG path).
 pub fn decode_and_preprocess(data: &[u8]) {
-    if let Ok(image) = preprocess::decode(data, &LIMITS) {
+    let Some((&pick, data)) = data.split_first() else {
+        return;
+    };
+    let min_side: u32 = if pick % 2 == 0 { 0 } else { 8 << (pick % 4) };
+    if let Ok(image) = preprocess::decode_for(data, &LIMITS, min_side) {
         let pre = Preprocessor::new(&Manifest::imagenet_defaults("fuzz"));
         let mut out = vec![0f32; pre.image_len()];
         pre.preprocess_into(image, &mut out);
