@@ -8,6 +8,10 @@ are measured side by side in one run:
 
     .venv/bin/python scripts/bench_onnxruntime.py --json tests/data/images
 
+`--profile N` runs the network N times with ONNX Runtime's profiler on and
+prints its time per operator kind, the table `onnx-lambda profile` prints for
+tract (README, "Where inference time goes").
+
 `--predict FILE` classifies one file and exits: the cold-start measurement
 (process start to first prediction) of scripts/compare.sh.
 
@@ -119,6 +123,54 @@ def image_files(paths):
     return files
 
 
+def conv_kind(event_args):
+    """The op name, with Conv split into 1x1, depthwise and full by its weight shape."""
+    op = event_args.get("op_name", "?")
+    if op not in ("Conv", "FusedConv"):
+        return op
+    try:
+        weights = list(event_args["input_type_shape"][1].values())[0]
+    except (KeyError, IndexError, TypeError):
+        return op
+    if len(weights) == 4 and weights[2:] == [1, 1]:
+        return f"{op} 1x1"
+    if len(weights) == 4 and weights[1] == 1:
+        return f"{op} depthwise {weights[2]}x{weights[3]}"
+    return f"{op} {'x'.join(map(str, weights[2:]))}"
+
+
+def profile(args, opts):
+    """Per-operator time from ONNX Runtime's own profiler, as a markdown table."""
+    import collections
+    import tempfile
+
+    opts.enable_profiling = True
+    opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
+    session = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+    x = np.random.default_rng(0).uniform(-2, 2, size=shape).astype(np.float32)
+    session.run(None, {inp.name: x})
+    for _ in range(args.profile):
+        session.run(None, {inp.name: x})
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    per_op, nodes = collections.defaultdict(float), collections.defaultdict(set)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            op = conv_kind(e.get("args", {}))
+            per_op[op] += e["dur"] / 1000.0
+            nodes[op].add(e["name"])
+    runs = args.profile + 1
+    total = sum(per_op.values()) / runs
+    print(f"ONNX Runtime {ort.__version__}, {opts.intra_op_num_threads or 'default'} intra-op threads, {args.profile} runs\n")
+    print("| operator | nodes | ms per image | share |")
+    print("| --- | ---: | ---: | ---: |")
+    for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1]):
+        print(f"| `{op}` | {len(nodes[op])} | {ms / runs:.2f} | {100 * ms / runs / total:.0f}% |")
+    print(f"| **total** | {sum(len(n) for n in nodes.values())} | {total:.2f} | 100% |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("paths", nargs="*", default=[os.path.join(ROOT, "tests/data/images")])
@@ -129,6 +181,7 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: one per core)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--predict", metavar="FILE", help="classify one file, print its top-5, exit")
+    ap.add_argument("--profile", type=int, metavar="N", help="print ONNX Runtime's per-operator times over N runs, exit")
     ap.add_argument("--arch", choices=sorted(PRICE_GB_SECOND), default="x86_64")
     ap.add_argument("--memory-mb", type=float, default=float(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", MB_PER_VCPU)))
     args = ap.parse_args()
@@ -136,6 +189,8 @@ def main():
     started = time.perf_counter()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
+    if args.profile:
+        return profile(args, opts)
     session = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
     manifest = load_manifest(args.model)
     load_ms = (time.perf_counter() - started) * 1000

@@ -144,9 +144,10 @@ pub async fn profile(overrides: &Overrides, args: ProfileArgs) -> anyhow::Result
         own_kernels: !args.tract_kernels,
         ..LoadOptions::default()
     };
-    let (classifier, _) = classifier(&config, options).await?;
+    let (classifier, load_ms) = classifier(&config, options).await?;
     let model = classifier.model();
     let input = model.example_input();
+    let compile = model.compile_times();
     let rows = tokio::task::block_in_place(|| model.profile(input, args.rounds, args.by_node))?;
     let machine = bench::machine();
     if args.json {
@@ -159,7 +160,11 @@ pub async fn profile(overrides: &Overrides, args: ProfileArgs) -> anyhow::Result
     let total_ms: f64 = rows.iter().map(|r| r.ms).sum();
     let total_macs: u64 = rows.iter().map(|r| r.macs).sum();
     println!("machine: {machine}");
-    println!("model: {} ({} rounds)\n", model.info().source, args.rounds);
+    println!("model: {} ({} rounds)", model.info().source, args.rounds);
+    println!(
+        "load: {load_ms:.1} ms = read + sha256 + parse {:.1} + declutter {:.1} + own operators {:.1} + optimise {:.1} + plan {:.1} ms\n",
+        compile.parse_ms, compile.declutter_ms, compile.own_kernels_ms, compile.optimize_ms, compile.plan_ms
+    );
     println!("| operator | nodes | ms per image | share | GMAC/s |");
     println!("| --- | ---: | ---: | ---: | ---: |");
     for r in &rows {

@@ -423,7 +423,9 @@ impl EvalOp for Depthwise {
         );
         let mut out_shape: TVec<usize> = shape[..shape.len() - 3].into();
         out_shape.extend([g.channels, g.out_hw.0, g.out_hw.1]);
-        let mut output = Tensor::zero::<f32>(&out_shape)?;
+        // SAFETY: `compute` writes every element of every output plane
+        // (each row in full, the last vector through a bounded copy).
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
         let src = input.try_as_plain_ram()?;
         let mut dst = output.try_as_plain_ram_mut()?;
         self.compute(src.as_slice::<f32>()?, dst.as_slice_mut::<f32>()?)?;
