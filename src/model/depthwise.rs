@@ -103,11 +103,11 @@ impl Depthwise {
     /// Computes `output` (`n` images) from `input`, both NCHW, splitting
     /// the channel planes across tract's executor when one is installed.
     pub(crate) fn compute(&self, input: &[f32], output: &mut [f32]) -> TractResult<()> {
-        self.compute_with(input, output, simd_available())
+        self.compute_with(input, output, Simd::detect())
     }
 
-    /// [`Depthwise::compute`], with the SIMD rows or the portable ones.
-    fn compute_with(&self, input: &[f32], output: &mut [f32], simd: bool) -> TractResult<()> {
+    /// [`Depthwise::compute`] with the given instruction set.
+    fn compute_with(&self, input: &[f32], output: &mut [f32], simd: Simd) -> TractResult<()> {
         let g = self.geometry;
         let in_plane = g.in_hw.0 * g.in_hw.1;
         let out_plane = g.out_hw.0 * g.out_hw.1;
@@ -134,7 +134,7 @@ impl Depthwise {
     }
 
     /// One channel plane: fill the phase scratch, then the rows.
-    fn plane(&self, c: usize, input: &[f32], out: &mut [f32], scratch: &mut [f32], simd: bool) {
+    fn plane(&self, c: usize, input: &[f32], out: &mut [f32], scratch: &mut [f32], simd: Simd) {
         let g = &self.geometry;
         fill_phases(g, input, scratch, simd);
         let taps = g.kernel * g.kernel;
@@ -146,33 +146,56 @@ impl Depthwise {
             clamp: self.clamp,
             scratch,
         };
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: `simd` is only true where simd_available() said so.
-            unsafe {
-                match g.kernel {
-                    3 => avx2::rows::<3>(&job, out),
-                    _ => avx2::rows::<5>(&job, out),
-                }
-            }
-            return;
-        }
-        match g.kernel {
-            3 => portable_rows::<3>(&job, out),
+        // SAFETY (both arms): a level other than Portable comes from
+        // Simd::detect() (or the tests' Simd::available()), which checked
+        // the CPU has its features.
+        match (simd, g.kernel) {
+            #[cfg(target_arch = "x86_64")]
+            (Simd::Avx512, 3) => unsafe { avx512::rows::<3>(&job, out) },
+            #[cfg(target_arch = "x86_64")]
+            (Simd::Avx512, _) => unsafe { avx512::rows::<5>(&job, out) },
+            #[cfg(target_arch = "x86_64")]
+            (Simd::Avx2, 3) => unsafe { avx2::rows::<3>(&job, out) },
+            #[cfg(target_arch = "x86_64")]
+            (Simd::Avx2, _) => unsafe { avx2::rows::<5>(&job, out) },
+            (_, 3) => portable_rows::<3>(&job, out),
             _ => portable_rows::<5>(&job, out),
         }
     }
 }
 
-/// Whether this CPU runs the AVX2+FMA rows.
-fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+/// The instruction set the rows run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Simd {
+    /// Plain Rust, vectorised by the compiler (SSE2, NEON).
+    Portable,
+    /// AVX2 + FMA: 8 outputs a step.
+    Avx2,
+    /// AVX-512F (with AVX2 + FMA for the rest): 16 outputs a step, masked
+    /// tails, so a 7- or 14-wide row is one step.
+    Avx512,
+}
+
+impl Simd {
+    /// The best level this CPU has.
+    fn detect() -> Simd {
+        Simd::available().last().copied().unwrap_or(Simd::Portable)
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Every level this CPU can run, portable first.
+    fn available() -> Vec<Simd> {
+        let mut levels = vec![Simd::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                levels.push(Simd::Avx2);
+                if has!("avx512f") {
+                    levels.push(Simd::Avx512);
+                }
+            }
+        }
+        levels
     }
 }
 
@@ -218,7 +241,7 @@ impl Rows<'_> {
 
 /// Copies the plane into the scratch: padded row `r`, phase `p`, column
 /// `i` holds input `(r - pad_top, s * i + p - pad_left)`, zero outside.
-fn fill_phases(g: &Geometry, input: &[f32], scratch: &mut [f32], simd: bool) {
+fn fill_phases(g: &Geometry, input: &[f32], scratch: &mut [f32], simd: Simd) {
     let (h, w) = g.in_hw;
     let (s, len) = (g.stride.1, g.phase_len());
     for r in 0..g.padded_rows() {
@@ -260,14 +283,21 @@ fn fill_phases(g: &Geometry, input: &[f32], scratch: &mut [f32], simd: bool) {
 
 /// `src[2m]` to `even[m]` and `src[2m + 1]` to `odd[m]`, as far as each
 /// destination reaches.
-fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32], simd: bool) {
-    let mut m = 0;
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is only true where simd_available() said so.
-        m = unsafe { avx2::deinterleave(src, even, odd) };
-    }
-    let _ = simd;
+fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32], simd: Simd) {
+    // SAFETY (both arms): levels other than Portable were detected on this CPU.
+    // AVX2 for whole 16-input steps (measured faster than AVX-512's
+    // two-source permute on the 112-wide rows), AVX-512 masks for the tail.
+    let mut m = match simd {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe {
+            let m = avx2::deinterleave(src, even, odd);
+            let (e, o) = (m.min(even.len()), m.min(odd.len()));
+            m + avx512::deinterleave(&src[2 * m..], &mut even[e..], &mut odd[o..])
+        },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { avx2::deinterleave(src, even, odd) },
+        _ => 0,
+    };
     while 2 * m < src.len() {
         if let Some(e) = even.get_mut(m) {
             *e = src[2 * m];
@@ -391,6 +421,111 @@ mod avx2 {
                     out[y * wo + x..(y + 1) * wo].copy_from_slice(&tail[..wo - x]);
                 }
                 x += LANES;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::Rows;
+
+    /// `src[2m]` to `even[m]`, `src[2m + 1]` to `odd[m]`, 32 inputs a step
+    /// and masked tails, so short rows (14 wide) need no scalar loop.
+    /// Returns how many outputs per side it covered (all of them).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) -> usize {
+        let mask = |n: usize| -> __mmask16 {
+            if n >= 16 {
+                0xFFFF
+            } else {
+                (1u16 << n) - 1
+            }
+        };
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let n_even = src.len().div_ceil(2).min(even.len());
+        let n_odd = (src.len() / 2).min(odd.len());
+        let mut m = 0;
+        while m < n_even.max(n_odd) {
+            let left = src.len() - 2 * m;
+            // Pointers made with wrapping_add: a fully masked access may
+            // point past the slice, and reads nothing.
+            let p = src.as_ptr().wrapping_add(2 * m);
+            // SAFETY: only the unmasked lanes are read or written, and the
+            // masks stop at the ends of `src`, `even` and `odd`.
+            unsafe {
+                let a = _mm512_maskz_loadu_ps(mask(left), p);
+                let b = _mm512_maskz_loadu_ps(mask(left.saturating_sub(16)), p.wrapping_add(16));
+                let e = _mm512_permutex2var_ps(a, evens, b);
+                let o = _mm512_permutex2var_ps(a, odds, b);
+                _mm512_mask_storeu_ps(
+                    even.as_mut_ptr().wrapping_add(m),
+                    mask(n_even.saturating_sub(m)),
+                    e,
+                );
+                _mm512_mask_storeu_ps(
+                    odd.as_mut_ptr().wrapping_add(m),
+                    mask(n_odd.saturating_sub(m)),
+                    o,
+                );
+            }
+            m += 16;
+        }
+        src.len().div_ceil(2)
+    }
+
+    /// 16 outputs per step; the last step of a row is masked (loads and
+    /// store), so no lane reads or writes past the row.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn rows<const K: usize>(job: &Rows<'_>, out: &mut [f32]) {
+        let (ho, wo) = job.g.out_hw;
+        let mut w = [_mm512_setzero_ps(); 25];
+        for (i, wt) in job.w.iter().enumerate().take(K * K) {
+            w[i] = _mm512_set1_ps(*wt);
+        }
+        let bias = _mm512_set1_ps(job.bias);
+        let (lo, hi) = job.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        let (lo, hi, clamp) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi), job.clamp.is_some());
+        let base = job.scratch.as_ptr();
+        for y in 0..ho {
+            let mut taps = [0usize; 25];
+            for ky in 0..K {
+                for kx in 0..K {
+                    taps[ky * K + kx] = job.tap(y, ky, kx);
+                }
+            }
+            let row = out[y * wo..(y + 1) * wo].as_mut_ptr();
+            let mut x = 0;
+            while x < wo {
+                let lanes = (wo - x).min(16);
+                let mask: __mmask16 = if lanes == 16 {
+                    0xFFFF
+                } else {
+                    (1u16 << lanes) - 1
+                };
+                let mut acc = bias;
+                for t in 0..K * K {
+                    // SAFETY: the unmasked lanes read tap + x .. tap + wo,
+                    // inside the phase row (Geometry::phase_len); masked
+                    // lanes are not read.
+                    let v = unsafe { _mm512_maskz_loadu_ps(mask, base.add(taps[t] + x)) };
+                    acc = _mm512_fmadd_ps(w[t], v, acc);
+                }
+                if clamp {
+                    acc = _mm512_min_ps(_mm512_max_ps(acc, lo), hi);
+                }
+                // SAFETY: the unmasked lanes are x .. wo of this output row.
+                unsafe { _mm512_mask_storeu_ps(row.add(x), mask, acc) };
+                x += 16;
             }
         }
     }
@@ -739,14 +874,11 @@ mod tests {
                         let n = 2;
                         let input = noise(n * 3 * h * w, cases + 13);
                         let want = reference(&op, n, &input);
-                        for simd in [false, simd_available()] {
+                        for simd in Simd::available() {
                             let mut got = vec![f32::NAN; n * 3 * out_hw.0 * out_hw.1];
                             op.compute_with(&input, &mut got, simd).unwrap();
                             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                                assert!(
-                                    (a - b).abs() <= 1e-5,
-                                    "{g:?} simd {simd} at {i}: {a} vs {b}"
-                                );
+                                assert!((a - b).abs() <= 1e-5, "{g:?} {simd:?} at {i}: {a} vs {b}");
                             }
                         }
                         cases += 1;
@@ -755,6 +887,32 @@ mod tests {
             }
         }
         assert!(cases > 100, "{cases}");
+    }
+
+    #[test]
+    fn deinterleave_fills_exactly_what_fits_at_every_level_and_length() {
+        for simd in Simd::available() {
+            for len in 0usize..70 {
+                let src: Vec<f32> = (0..len).map(|i| i as f32).collect();
+                for room in [len / 2, len.div_ceil(2), len / 2 + 9] {
+                    let (mut even, mut odd) = (vec![-1f32; room], vec![-1f32; room]);
+                    deinterleave(&src, &mut even, &mut odd, simd);
+                    for m in 0..room {
+                        let want = |i: usize| if i < len { i as f32 } else { -1.0 };
+                        assert_eq!(
+                            even[m],
+                            want(2 * m),
+                            "{simd:?} len {len} room {room} even {m}"
+                        );
+                        assert_eq!(
+                            odd[m],
+                            want(2 * m + 1),
+                            "{simd:?} len {len} room {room} odd {m}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// Every depthwise layer of the bundled MobileNetV2, against tract's own
