@@ -115,6 +115,92 @@ fn bench_json_reports_the_documented_fields() {
     assert!(r["batch_latency_ms"]["p50"].as_f64().unwrap() > 0.0);
     assert!(r["model_load_ms"].as_f64().unwrap() > 0.0);
     assert!(r["peak_rss_bytes"].as_u64().unwrap() > 10 << 20);
+    // The cost estimate follows the CPU time and the pricing flags.
+    let cpu_ms = r["cpu_ms_per_image"].as_f64().unwrap();
+    assert!(cpu_ms > 0.0, "{r}");
+    assert_eq!(r["pricing"]["arch"], "x86_64");
+    assert_eq!(r["pricing"]["images_per_invocation"], 2);
+    let usd = r["usd_per_million_images"].as_f64().unwrap();
+    let request_share = 0.20 / 2.0;
+    assert!(usd > request_share, "{usd}");
+    assert!(!r["machine"]["cpu"].as_str().unwrap().is_empty());
+}
+
+#[test]
+fn bench_cost_uses_the_price_flags() {
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let out = bin()
+            .args(["bench", "--json", "--iterations", "1", "--warmup", "0"])
+            .args(extra)
+            .arg(data("images/chelsea.png"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // Free compute: only the request share is left (one image per call).
+    let r = run(&["--batch-size", "1", "--price-gb-second", "0"]);
+    assert!(
+        (r["usd_per_million_images"].as_f64().unwrap() - 0.20).abs() < 1e-9,
+        "{r}"
+    );
+    // Free requests and arm64's price: compute only, at the arm64 rate.
+    let r = run(&[
+        "--arch",
+        "arm64",
+        "--price-per-million-requests",
+        "0",
+        "--memory-mb",
+        "1769",
+    ]);
+    let cpu_s = r["cpu_ms_per_image"].as_f64().unwrap() / 1000.0;
+    let threads = r["threads"].as_f64().unwrap().min(1.0);
+    let want = cpu_s / threads * 1769.0 / 1024.0 * 0.000_013_333_4 * 1e6;
+    let got = r["usd_per_million_images"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-9 * want.max(1.0), "{got} vs {want}");
+    assert_eq!(r["pricing"]["arch"], "arm64");
+}
+
+#[test]
+fn profile_times_every_operator_kind_including_ours() {
+    let out = bin()
+        .args(["profile", "--rounds", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ops = r["ops"].as_array().unwrap();
+    let row = |name: &str| ops.iter().find(|o| o["op"] == name);
+    let ours = row("Depthwise(onnx-lambda)").expect("our depthwise operator is in the plan");
+    assert_eq!(ours["nodes"], 17, "MobileNetV2's depthwise layers");
+    assert!(ours["ms"].as_f64().unwrap() > 0.0);
+    assert!(
+        row("DepthWiseConv").is_none(),
+        "tract's depthwise is gone: {ops:?}"
+    );
+    let macs: u64 = ops.iter().map(|o| o["macs"].as_u64().unwrap()).sum();
+    assert!(
+        (290_000_000..320_000_000).contains(&macs),
+        "MobileNetV2 is ~301 M MACs, got {macs}"
+    );
+    assert!(r["load"]["compile"]["parse_ms"].as_f64().unwrap() > 0.0);
+    // The baseline: tract's own operators only.
+    let out = bin()
+        .args(["profile", "--rounds", "1", "--json", "--tract-kernels"])
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ops = r["ops"].as_array().unwrap();
+    assert!(ops.iter().any(|o| o["op"] == "DepthWiseConv"), "{ops:?}");
+    assert!(!ops.iter().any(|o| o["op"] == "Depthwise(onnx-lambda)"));
 }
 
 #[test]

@@ -153,7 +153,12 @@ pub async fn profile(overrides: &Overrides, args: ProfileArgs) -> anyhow::Result
     if args.json {
         println!(
             "{}",
-            json!({"machine": machine, "rounds": args.rounds, "ops": rows})
+            json!({
+                "machine": machine,
+                "rounds": args.rounds,
+                "load": {"total_ms": load_ms, "compile": compile},
+                "ops": rows,
+            })
         );
         return Ok(ExitCode::SUCCESS);
     }
