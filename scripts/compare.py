@@ -15,7 +15,6 @@ import io
 import json
 import os
 import platform
-import shutil
 import socket
 import statistics
 import subprocess
@@ -50,7 +49,7 @@ def large_photos(folder):
 
 
 def run(cmd, env=None):
-    """Runs a command; returns (stdout, wall seconds, peak RSS bytes of that process)."""
+    """Runs a command that must succeed; returns (stdout, wall seconds)."""
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     out, err = proc.communicate()

@@ -21,6 +21,17 @@ fn bin() -> Command {
     c
 }
 
+/// Runs a command that must succeed and print one JSON value.
+fn json_of(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn predict_prints_one_json_line_per_file_and_fails_if_any_failed() {
     let dir = std::env::temp_dir().join(format!("onnx-lambda-cli-{}", std::process::id()));
@@ -65,42 +76,26 @@ fn predict_prints_one_json_line_per_file_and_fails_if_any_failed() {
 
 #[test]
 fn predict_succeeds_when_all_inputs_do() {
-    let out = bin()
-        .arg("predict")
-        .arg(data("images/china.jpg"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let line = json_of(bin().arg("predict").arg(data("images/china.jpg")));
     assert_eq!(line["predictions"].as_array().unwrap().len(), 5);
 }
 
 #[test]
 fn bench_json_reports_the_documented_fields() {
-    let out = bin()
-        .args([
-            "bench",
-            "--json",
-            "--iterations",
-            "1",
-            "--warmup",
-            "0",
-            "--batch-size",
-            "2",
-        ])
-        .arg(data("images"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = json_of(
+        bin()
+            .args([
+                "bench",
+                "--json",
+                "--iterations",
+                "1",
+                "--warmup",
+                "0",
+                "--batch-size",
+                "2",
+            ])
+            .arg(data("images")),
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["images"], 5);
     assert_eq!(r["classified"], 5);
     assert_eq!(r["errors"], 0);
@@ -128,19 +123,13 @@ fn bench_json_reports_the_documented_fields() {
 
 #[test]
 fn bench_cost_uses_the_price_flags() {
-    let run = |extra: &[&str]| -> serde_json::Value {
-        let out = bin()
-            .args(["bench", "--json", "--iterations", "1", "--warmup", "0"])
-            .args(extra)
-            .arg(data("images/chelsea.png"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+    let run = |extra: &[&str]| {
+        json_of(
+            bin()
+                .args(["bench", "--json", "--iterations", "1", "--warmup", "0"])
+                .args(extra)
+                .arg(data("images/chelsea.png")),
+        )
     };
     // Free compute: only the request share is left (one image per call).
     let r = run(&["--batch-size", "1", "--price-gb-second", "0"]);
@@ -167,16 +156,7 @@ fn bench_cost_uses_the_price_flags() {
 
 #[test]
 fn profile_times_every_operator_kind_including_ours() {
-    let out = bin()
-        .args(["profile", "--rounds", "2", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = json_of(bin().args(["profile", "--rounds", "2", "--json"]));
     let ops = r["ops"].as_array().unwrap();
     let row = |name: &str| ops.iter().find(|o| o["op"] == name);
     let ours = row("Depthwise(onnx-lambda)").expect("our depthwise operator is in the plan");
@@ -193,11 +173,7 @@ fn profile_times_every_operator_kind_including_ours() {
     );
     assert!(r["load"]["compile"]["parse_ms"].as_f64().unwrap() > 0.0);
     // The baseline: tract's own operators only.
-    let out = bin()
-        .args(["profile", "--rounds", "1", "--json", "--tract-kernels"])
-        .output()
-        .unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = json_of(bin().args(["profile", "--rounds", "1", "--json", "--tract-kernels"]));
     let ops = r["ops"].as_array().unwrap();
     assert!(ops.iter().any(|o| o["op"] == "DepthWiseConv"), "{ops:?}");
     assert!(!ops.iter().any(|o| o["op"] == "Depthwise(onnx-lambda)"));

@@ -237,6 +237,19 @@ impl Rows<'_> {
         let row = y * g.stride.0 + ky;
         ((row * g.stride.1) + kx % g.stride.1) * g.phase_len() + kx / g.stride.1
     }
+
+    /// Where each of the `K * K` taps of output row `y` starts, in
+    /// `ky * K + kx` order (the weights' order).
+    #[inline(always)]
+    fn taps<const K: usize>(&self, y: usize) -> [usize; 25] {
+        let mut taps = [0usize; 25];
+        for ky in 0..K {
+            for kx in 0..K {
+                taps[ky * K + kx] = self.tap(y, ky, kx);
+            }
+        }
+        taps
+    }
 }
 
 /// Copies the plane into the scratch: padded row `r`, phase `p`, column
@@ -309,29 +322,22 @@ fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32], simd: Simd) {
     }
 }
 
-/// The rows without `std::arch`: scalar code the compiler vectorises.
+/// The rows without `std::arch`: scalar code the compiler vectorises. Each
+/// output row is its own accumulator, so nothing is allocated per plane.
 fn portable_rows<const K: usize>(job: &Rows<'_>, out: &mut [f32]) {
     let (ho, wo) = job.g.out_hw;
-    let mut acc = vec![0f32; wo];
-    for y in 0..ho {
-        acc.fill(job.bias);
-        for ky in 0..K {
-            for kx in 0..K {
-                let wt = job.w[ky * K + kx];
-                let src = &job.scratch[job.tap(y, ky, kx)..][..wo];
-                for (a, x) in acc.iter_mut().zip(src) {
-                    *a += wt * x;
-                }
+    for (y, row) in out.chunks_exact_mut(wo).take(ho).enumerate() {
+        row.fill(job.bias);
+        for (t, &start) in job.taps::<K>(y)[..K * K].iter().enumerate() {
+            let wt = job.w[t];
+            for (a, x) in row.iter_mut().zip(&job.scratch[start..start + wo]) {
+                *a += wt * x;
             }
         }
-        let row = &mut out[y * wo..(y + 1) * wo];
-        match job.clamp {
-            Some((lo, hi)) => {
-                for (o, a) in row.iter_mut().zip(&acc) {
-                    *o = a.max(lo).min(hi);
-                }
+        if let Some((lo, hi)) = job.clamp {
+            for o in row.iter_mut() {
+                *o = o.max(lo).min(hi);
             }
-            None => row.copy_from_slice(&acc),
         }
     }
 }
@@ -394,12 +400,7 @@ mod avx2 {
             }
         };
         for y in 0..ho {
-            let mut taps = [0usize; 25];
-            for ky in 0..K {
-                for kx in 0..K {
-                    taps[ky * K + kx] = job.tap(y, ky, kx);
-                }
-            }
+            let taps = job.taps::<K>(y);
             let dst = out[y * wo..].as_mut_ptr();
             let mut x = 0;
             while x < wo {
@@ -497,12 +498,7 @@ mod avx512 {
         let (lo, hi, clamp) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi), job.clamp.is_some());
         let base = job.scratch.as_ptr();
         for y in 0..ho {
-            let mut taps = [0usize; 25];
-            for ky in 0..K {
-                for kx in 0..K {
-                    taps[ky * K + kx] = job.tap(y, ky, kx);
-                }
-            }
+            let taps = job.taps::<K>(y);
             let row = out[y * wo..(y + 1) * wo].as_mut_ptr();
             let mut x = 0;
             while x < wo {

@@ -158,6 +158,7 @@ impl ModelLoader {
         let fetched = self
             .fetch("MODEL_URI", &config.model, config.model_max_bytes)
             .await?;
+        let mut verified = None;
         if let Some(expected) = &config.model_sha256 {
             let actual = hex_sha256(&fetched.bytes);
             if &actual != expected {
@@ -167,13 +168,15 @@ impl ModelLoader {
                     actual,
                 });
             }
+            verified = Some(actual);
         }
         let (manifest, labels) = self.fetch_manifest_and_labels(config).await?;
         let manifest_used = manifest.is_some();
         let bytes = fetched.bytes;
         let model = tokio::task::spawn_blocking(move || {
-            Model::from_bytes(
+            Model::build(
                 &bytes,
+                verified,
                 &uri,
                 manifest.as_deref(),
                 labels.as_deref(),

@@ -124,11 +124,24 @@ impl Model {
         labels_text: Option<&str>,
         options: LoadOptions,
     ) -> Result<Model, ModelError> {
+        Model::build(onnx, None, source, manifest_json, labels_text, options)
+    }
+
+    /// [`Model::from_bytes`], given the bytes' sha256 when the caller has
+    /// already computed it (the loader does, to check `MODEL_SHA256`).
+    pub(crate) fn build(
+        onnx: &[u8],
+        sha256: Option<String>,
+        source: &str,
+        manifest_json: Option<&[u8]>,
+        labels_text: Option<&str>,
+        options: LoadOptions,
+    ) -> Result<Model, ModelError> {
         let started = Instant::now();
         // The digest (about 10 ms for MobileNetV2's 14 MB) runs beside the
         // parse: it is on the cold-start path of every container.
         let (graph, sha256) = std::thread::scope(|scope| {
-            let digest = scope.spawn(|| hex_sha256(onnx));
+            let digest = scope.spawn(|| sha256.unwrap_or_else(|| hex_sha256(onnx)));
             let graph = parse_graph(onnx, source);
             (graph, digest.join())
         });
