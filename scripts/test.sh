@@ -9,13 +9,16 @@ cd "$(dirname "$0")/.."
 # tract and the AWS SDK takes most of twenty minutes on two cores).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/onnx-lambda/target}"
 
-# Python test tools (moto's S3 + SQS server, the Triton client, cfn-lint),
-# pinned, in a local venv; reinstalled when the requirements file changes.
-if ! cmp -s scripts/requirements-test.txt .venv/.requirements-test.txt 2>/dev/null; then
-  echo "== installing test tools into .venv (scripts/requirements-test.txt)"
-  python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
-  cp scripts/requirements-test.txt .venv/.requirements-test.txt
+# Python test tools, pinned, in .venv.
+source scripts/venv.sh
+
+# The Lambda package, built as a user builds it (cargo lambda build --release,
+# then sam build, which reuses that build). tests/lambda_watch.rs runs this
+# very bootstrap under `cargo lambda watch`. SKIP_PACKAGE=1 skips the release
+# build while iterating; the test then runs the debug binary.
+if [ "${SKIP_PACKAGE:-0}" != 1 ]; then
+  scripts/package.sh --sam
+  export BOOTSTRAP="$CARGO_TARGET_DIR/lambda/onnx-lambda/bootstrap"
 fi
 
 # One moto server for the whole run on a free loopback port, stopped on exit.

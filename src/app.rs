@@ -17,6 +17,7 @@ use crate::classify::{Classification, Classifier};
 use crate::config::{Config, InputLimits};
 use crate::error::ClassifyError;
 use crate::inputs::InputFetcher;
+use crate::metrics::{Metrics, StageMs};
 use crate::model::{Layout, LoadError, Model, ModelInfo, ModelLoader};
 
 /// Everything an invocation needs, built once and shared.
@@ -30,6 +31,7 @@ pub struct App {
     /// every request, job and door of the process.
     work: Arc<Semaphore>,
     cold: AtomicBool,
+    metrics: Metrics,
 }
 
 impl App {
@@ -40,8 +42,12 @@ impl App {
         loader: &ModelLoader,
         s3: Option<aws_sdk_s3::Client>,
     ) -> Result<App, LoadError> {
+        let started = std::time::Instant::now();
         let loaded = loader.load(&config).await?;
-        Ok(App::new(config, loaded.model, s3))
+        let app = App::new(config, loaded.model, s3);
+        app.metrics
+            .set_model_load_seconds(started.elapsed().as_secs_f64());
+        Ok(app)
     }
 
     /// Wires an already loaded model.
@@ -59,6 +65,7 @@ impl App {
             inputs,
             results: None,
             cold: AtomicBool::new(true),
+            metrics: Metrics::default(),
         }
     }
 
@@ -114,9 +121,29 @@ impl App {
         self.results.as_ref()
     }
 
-    /// True for the first invocation of this container only.
+    /// True for the first invocation of this container only (counted).
     pub fn take_cold_start(&self) -> bool {
-        self.cold.swap(false, Ordering::SeqCst)
+        let cold = self.cold.swap(false, Ordering::SeqCst);
+        if cold {
+            self.metrics.cold_start();
+        }
+        cold
+    }
+
+    /// The process's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// `GET /metrics`: the counters in the Prometheus text format, with
+    /// the model's identity.
+    pub fn prometheus(&self) -> String {
+        let info = self.model_info();
+        self.metrics.prometheus(Some([
+            ("name", info.name.as_str()),
+            ("version", info.version.as_str()),
+            ("sha256", info.sha256.as_str()),
+        ]))
     }
 
     /// Classifies encoded images in parallel; one result per image, in order.
@@ -126,11 +153,24 @@ impl App {
         images: Vec<Vec<u8>>,
         top_k: usize,
     ) -> Result<Vec<Result<Classification, ClassifyError>>, ClassifyError> {
-        self.blocking(images.len(), move |c| {
-            let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
-            c.classify_batch(&refs, top_k)
-        })
-        .await
+        let n = images.len();
+        let results = self
+            .blocking(n, move |c| {
+                let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+                c.classify_batch(&refs, top_k)
+            })
+            .await?;
+        let times: Vec<StageMs> = results
+            .iter()
+            .flatten()
+            .map(|c| StageMs {
+                decode: c.timing_ms.decode,
+                preprocess: c.timing_ms.preprocess,
+                inference: c.timing_ms.inference,
+            })
+            .collect();
+        self.metrics.observe_classification(n, times.len(), &times);
+        Ok(results)
     }
 
     /// The model's raw outputs for encoded images, one per image, in order.
@@ -138,11 +178,16 @@ impl App {
         self: &Arc<Self>,
         images: Vec<Vec<u8>>,
     ) -> Result<Vec<Result<Vec<f32>, ClassifyError>>, ClassifyError> {
-        self.blocking(images.len(), move |c| {
-            let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
-            c.scores_batch(&refs)
-        })
-        .await
+        let n = images.len();
+        let results = self
+            .blocking(n, move |c| {
+                let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+                c.scores_batch(&refs)
+            })
+            .await?;
+        let succeeded = results.iter().filter(|r| r.is_ok()).count();
+        self.metrics.observe_classification(n, succeeded, &[]);
+        Ok(results)
     }
 
     /// The model's raw outputs for `n` preprocessed images laid out back to
@@ -152,9 +197,12 @@ impl App {
         values: Vec<f32>,
         n: usize,
     ) -> Result<Vec<Vec<f32>>, ClassifyError> {
-        self.blocking(n, move |c| c.scores_for_tensor(&values, n))
+        let scores = self
+            .blocking(n, move |c| c.scores_for_tensor(&values, n))
             .await?
-            .map_err(ClassifyError::from)
+            .map_err(ClassifyError::from)?;
+        self.metrics.observe_classification(n, scores.len(), &[]);
+        Ok(scores)
     }
 
     /// Runs `f` over `images` images on the blocking pool, once threads for

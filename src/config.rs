@@ -10,6 +10,7 @@ use std::time::Duration;
 
 pub use crate::error::ConfigError;
 use crate::location::{parse_allowlist, AllowedPrefix, Location};
+use crate::metrics::EmfTarget;
 
 /// One environment variable the service reads: the single list that the
 /// `--help` text and the README's configuration table are checked against.
@@ -44,6 +45,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "HEADER_TIMEOUT_SECS", flag: None, meaning: "serve: time to send the request headers" },
     Setting { name: "BODY_TIMEOUT_SECS", flag: None, meaning: "serve: time to send the request body" },
     Setting { name: "REQUEST_TIMEOUT_SECS", flag: None, meaning: "serve: time from headers to response" },
+    Setting { name: "METRICS_NAMESPACE", flag: None, meaning: "Lambda: CloudWatch namespace of the EMF metrics" },
+    Setting { name: "METRICS_DIMENSIONS", flag: None, meaning: "Lambda: EMF dimensions, Name=value,...; default FunctionName=<the function>" },
 ];
 
 /// How long `serve` waits for each part of a request.
@@ -157,6 +160,9 @@ pub struct Config {
     /// `SDK_TIMEOUT_SECS`: each S3/SQS attempt's time to connect and to the
     /// first byte of the answer (and an S3 download's longest pause).
     pub sdk_timeout: Duration,
+    /// `METRICS_NAMESPACE` and `METRICS_DIMENSIONS`: how the Lambda
+    /// handler's EMF lines are filed in CloudWatch.
+    pub emf: EmfTarget,
 }
 
 /// Default `SDK_TIMEOUT_SECS`: generous for S3 and SQS, which answer in
@@ -169,6 +175,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Default `MAX_REQUEST_BYTES`: the synchronous Lambda payload limit, so the
 /// local server behaves like the deployed function.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
+
+/// Default `METRICS_NAMESPACE`.
+pub const DEFAULT_METRICS_NAMESPACE: &str = "onnx-lambda";
 
 /// Default `MAX_BATCH_IMAGES`.
 pub const DEFAULT_MAX_BATCH_IMAGES: usize = 16;
@@ -191,6 +200,10 @@ impl Default for Config {
             max_queued_requests: None,
             timeouts: Timeouts::default(),
             sdk_timeout: DEFAULT_SDK_TIMEOUT,
+            emf: EmfTarget {
+                namespace: DEFAULT_METRICS_NAMESPACE.into(),
+                dimensions: Vec::new(),
+            },
         }
     }
 }
@@ -246,15 +259,7 @@ impl Config {
                 parse_positive("MAX_REQUEST_BYTES", &v, "a number of bytes")? as usize;
         }
         if let Some(v) = get("RESULTS_QUEUE_URL") {
-            if !(v.starts_with("https://") || v.starts_with("http://")) {
-                return Err(ConfigError {
-                    var: "RESULTS_QUEUE_URL",
-                    value: v,
-                    expected: "expected a queue URL, https://sqs.REGION.amazonaws.com/ACCOUNT/NAME"
-                        .into(),
-                });
-            }
-            c.results_queue_url = Some(v);
+            c.results_queue_url = Some(parse_queue_url("RESULTS_QUEUE_URL", &v)?);
         }
         if let Some(v) = get("SDK_TIMEOUT_SECS") {
             c.sdk_timeout = parse_seconds("SDK_TIMEOUT_SECS", &v)?;
@@ -279,6 +284,9 @@ impl Config {
             let n = parse_positive("MAX_BATCH_IMAGES", &v, "a number of images")?;
             c.max_batch_images = usize::try_from(n).unwrap_or(usize::MAX).min(1024);
         }
+        c.emf = emf_target(get("METRICS_NAMESPACE"), get("METRICS_DIMENSIONS"), || {
+            lookup("AWS_LAMBDA_FUNCTION_NAME")
+        })?;
         Ok(c)
     }
 
@@ -367,6 +375,91 @@ pub fn parse_sha256(var: &'static str, value: &str) -> Result<String, ConfigErro
                 .into(),
         })
     }
+}
+
+/// An SQS queue URL, `http(s)://HOST/ACCOUNT/NAME`: a queue name or ARN
+/// is refused with the way to find the URL, before any call is made.
+pub fn parse_queue_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
+    let value = value.trim();
+    let rest = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"));
+    let segments: Option<Vec<&str>> = rest.map(|r| r.trim_end_matches('/').split('/').collect());
+    let ok = segments.is_some_and(|s| s.len() == 3 && s.iter().all(|p| !p.is_empty()));
+    if ok {
+        return Ok(value.to_string());
+    }
+    Err(ConfigError {
+        var,
+        value: value.to_string(),
+        expected:
+            "expected a queue URL, https://sqs.REGION.amazonaws.com/ACCOUNT/NAME, not a name \
+                   or an ARN: `aws sqs get-queue-url --queue-name NAME` prints it, and the stack's \
+                   JobsQueueUrl and ResultsQueueUrl outputs are the two queues'"
+                .into(),
+    })
+}
+
+/// `METRICS_NAMESPACE` and `METRICS_DIMENSIONS` (`Name=value,...`), checked
+/// against CloudWatch's limits so a bad value fails the init phase instead of
+/// every metric silently. Without `METRICS_DIMENSIONS`, the function's name
+/// is the one dimension (none outside Lambda).
+fn emf_target(
+    namespace: Option<String>,
+    dimensions: Option<String>,
+    function_name: impl Fn() -> Option<String>,
+) -> Result<EmfTarget, ConfigError> {
+    let namespace = namespace.map_or_else(
+        || DEFAULT_METRICS_NAMESPACE.to_string(),
+        |v| v.trim().to_string(),
+    );
+    let ns_ok = namespace.len() <= 255
+        && namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_/#:".contains(c));
+    if !ns_ok || namespace.starts_with(':') {
+        return Err(ConfigError {
+            var: "METRICS_NAMESPACE",
+            value: namespace,
+            expected: "expected up to 255 characters of letters, digits and . - _ / # :".into(),
+        });
+    }
+    let Some(spec) = dimensions else {
+        let dimensions = function_name()
+            .filter(|n| !n.is_empty())
+            .map(|n| vec![("FunctionName".to_string(), n)])
+            .unwrap_or_default();
+        return Ok(EmfTarget {
+            namespace,
+            dimensions,
+        });
+    };
+    let bad = |why: &str| ConfigError {
+        var: "METRICS_DIMENSIONS",
+        value: spec.clone(),
+        expected: format!("expected Name=value pairs separated by commas (at most 30): {why}"),
+    };
+    let mut pairs = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| bad(&format!("{item:?} has no '='")))?;
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() || v.is_empty() || k.len() > 255 || v.len() > 1024 || k.starts_with(':') {
+            return Err(bad(&format!("{item:?} needs a name (1-255 characters, not starting with ':') and a value (1-1024)")));
+        }
+        if pairs.iter().any(|(seen, _): &(String, String)| seen == k) {
+            return Err(bad(&format!("{k} is given twice")));
+        }
+        pairs.push((k.to_string(), v.to_string()));
+    }
+    if pairs.len() > 30 {
+        return Err(bad("more than 30 dimensions"));
+    }
+    Ok(EmfTarget {
+        namespace,
+        dimensions: pairs,
+    })
 }
 
 #[cfg(test)]
@@ -514,6 +607,8 @@ mod tests {
         let mut asked = asked.into_inner();
         asked.sort();
         let mut listed: Vec<String> = SETTINGS.iter().map(|s| s.name.to_string()).collect();
+        // Set by Lambda itself, read for the default EMF dimension.
+        listed.push("AWS_LAMBDA_FUNCTION_NAME".into());
         listed.sort();
         assert_eq!(asked, listed);
     }
@@ -540,5 +635,55 @@ mod tests {
         let d = Config::default();
         assert_eq!((d.max_connections, d.max_queued_requests), (256, None));
         assert_eq!(d.timeouts.header, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn emf_dimensions_default_to_the_function_and_are_checked() {
+        let c = Config::from_lookup(|v| (v == "AWS_LAMBDA_FUNCTION_NAME").then(|| "fn1".into()))
+            .unwrap();
+        assert_eq!(c.emf.namespace, DEFAULT_METRICS_NAMESPACE);
+        assert_eq!(
+            c.emf.dimensions,
+            vec![("FunctionName".to_string(), "fn1".to_string())]
+        );
+        assert!(config(&[]).unwrap().emf.dimensions.is_empty());
+        let c = config(&[
+            ("METRICS_NAMESPACE", "Team/ml"),
+            ("METRICS_DIMENSIONS", "Stage=prod, Model=mnv2"),
+        ])
+        .unwrap();
+        assert_eq!(c.emf.namespace, "Team/ml");
+        assert_eq!(
+            c.emf.dimensions[1],
+            ("Model".to_string(), "mnv2".to_string())
+        );
+        for (var, value) in [
+            ("METRICS_DIMENSIONS", "Stage"),
+            ("METRICS_DIMENSIONS", "Stage=a,Stage=b"),
+            ("METRICS_DIMENSIONS", ":x=1"),
+            ("METRICS_NAMESPACE", "has space"),
+        ] {
+            let e = config(&[(var, value)]).unwrap_err();
+            assert_eq!(e.var, var, "{value}");
+        }
+    }
+
+    #[test]
+    fn queue_urls_are_checked_before_any_call() {
+        for good in [
+            "https://sqs.us-east-1.amazonaws.com/123456789012/jobs",
+            "http://127.0.0.1:5000/123456789012/jobs/",
+        ] {
+            assert_eq!(parse_queue_url("--queue", good).unwrap(), good);
+        }
+        for bad in [
+            "jobs",
+            "arn:aws:sqs:us-east-1:123456789012:jobs",
+            "https://sqs.amazonaws.com/jobs",
+            "https:///1/jobs",
+        ] {
+            let e = parse_queue_url("--queue", bad).unwrap_err();
+            assert!(e.to_string().contains("get-queue-url"), "{bad}: {e}");
+        }
     }
 }

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use crate::app::App;
 use crate::error::ErrorBody;
 use crate::inputs::decode_base64;
+use crate::metrics::InvocationFacts;
 
 /// A direct invocation (`aws lambda invoke --payload ...`): one image, inline.
 #[derive(Debug, Deserialize)]
@@ -67,21 +68,51 @@ pub async fn run(app: Arc<App>) -> Result<(), lambda_runtime::Error> {
             async move {
                 let id = event.context.request_id.clone();
                 let deadline = instant_of(event.context.deadline());
-                Ok::<_, lambda_runtime::Error>(
-                    handle(app, event.payload, &id, Some(deadline)).await,
-                )
+                let response = handle(app.clone(), event.payload, &id, deadline).await;
+                emit_metrics(&app, &id);
+                Ok::<_, lambda_runtime::Error>(response)
             }
         },
     ))
     .await
 }
 
-/// The invocation's wall-clock deadline on the monotonic clock.
-fn instant_of(deadline: SystemTime) -> Instant {
-    let left = deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    Instant::now() + left
+/// Writes the invocation's one EMF line to stdout, where CloudWatch Logs
+/// turns it into metrics. Only the runtime loop writes it (tests that call
+/// [`handle`] read `App::metrics` instead).
+fn emit_metrics(app: &App, request_id: &str) {
+    use std::io::Write;
+    let timestamp_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let facts = InvocationFacts {
+        request_id,
+        timestamp_ms,
+    };
+    let line = app
+        .metrics()
+        .take_invocation()
+        .emf(&app.config().emf, &facts);
+    // A closed stdout must not fail the invocation; the log line still says it ran.
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// The invocation's wall-clock deadline on the monotonic clock, or `None`
+/// when it has already passed as the invocation starts. Lambda never sends
+/// that, but emulators may: `cargo lambda watch` sends a duration (600000)
+/// where Lambda sends epoch milliseconds, and taken as a date it would make
+/// every SQS batch give all its messages back unprocessed.
+fn instant_of(deadline: SystemTime) -> Option<Instant> {
+    match deadline.duration_since(SystemTime::now()) {
+        Ok(left) => Some(Instant::now() + left),
+        Err(_) => {
+            tracing::warn!(
+                ?deadline,
+                "the invocation's deadline has already passed; working without one"
+            );
+            None
+        }
+    }
 }
 
 /// Handles one Lambda event of any supported kind. Bad input is answered
@@ -104,7 +135,11 @@ pub async fn handle(
         let r = crate::http::events::handle_event(app, event).await;
         ("http", Response::Http(r))
     } else {
-        ("direct", Response::Direct(direct(app, event).await))
+        let answer = direct(&app, event).await.unwrap_or_else(|e| {
+            app.metrics().error(&e.code);
+            e.to_json()
+        });
+        ("direct", Response::Direct(answer))
     };
     tracing::info!(
         request_id,
@@ -117,35 +152,47 @@ pub async fn handle(
     response
 }
 
-async fn direct(app: Arc<App>, event: Value) -> Value {
-    let req = match serde_json::from_value::<DirectRequest>(event) {
-        Ok(req) => req,
-        Err(e) => {
-            return ErrorBody::new(
-                "unsupported_event",
-                format!(
-                    "the event is not a supported Lambda event (API Gateway, Function URL, ALB) nor a direct \
-                     request {{\"image\": \"<base64>\", \"top_k\": 5}}: {e}"
-                ),
-            )
-            .to_json()
-        }
-    };
-    let bytes = match decode_base64("\"image\"", &req.image) {
-        Ok(b) => b,
-        Err(e) => return ErrorBody::of(&e).to_json(),
-    };
+async fn direct(app: &Arc<App>, event: Value) -> Result<Value, ErrorBody> {
+    let req = serde_json::from_value::<DirectRequest>(event).map_err(|e| {
+        ErrorBody::new(
+            "unsupported_event",
+            format!(
+                "the event is not a supported Lambda event (API Gateway, Function URL, ALB) nor a direct \
+                 request {{\"image\": \"<base64>\", \"top_k\": 5}}: {e}"
+            ),
+        )
+    })?;
+    let bytes = decode_base64("\"image\"", &req.image).map_err(|e| ErrorBody::of(&e))?;
     let top_k = req.top_k.unwrap_or(app.config().top_k);
     let result = app
         .classify(vec![bytes], top_k)
         .await
         .and_then(|mut r| r.pop().expect("one result per image"));
-    match result {
-        Ok(c) => json!({
-            "model": app.model_json(),
-            "predictions": c.predictions,
-            "timing_ms": c.timing_ms,
-        }),
-        Err(e) => ErrorBody::of(&e).to_json(),
+    let c = result.map_err(|e| ErrorBody::of(&e))?;
+    Ok(json!({
+        "model": app.model_json(),
+        "predictions": c.predictions,
+        "timing_ms": c.timing_ms,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Regression: `cargo lambda watch` sends `Lambda-Runtime-Deadline-Ms:
+    /// 600000`, which read as a date is in 1970; every SQS batch then gave
+    /// all its messages back without processing them.
+    #[test]
+    fn a_deadline_already_past_is_no_deadline() {
+        let emulator = SystemTime::UNIX_EPOCH + Duration::from_millis(600_000);
+        assert_eq!(instant_of(emulator), None);
+        let lambda = SystemTime::now() + Duration::from_secs(30);
+        let left = instant_of(lambda).unwrap() - Instant::now();
+        assert!(
+            left > Duration::from_secs(29) && left <= Duration::from_secs(30),
+            "{left:?}"
+        );
     }
 }

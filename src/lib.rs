@@ -34,6 +34,7 @@ pub mod jobs;
 pub mod lambda;
 mod location;
 mod memory;
+pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod serve;

@@ -13,6 +13,7 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     tune_allocator();
+    keep_imds_out_of_the_way();
     let cli = Cli::parse();
     let command = match cli.command {
         Some(c) => c,
@@ -78,6 +79,19 @@ fn tune_allocator() {
                 libc::mallopt(param, value);
             }
         }
+    }
+}
+
+/// The SDK's last resort for a region and credentials is the EC2 instance
+/// metadata service. Off EC2 (a laptop, CI) it does not exist, and each
+/// probe waits for a timeout and logs a long warning before the real error
+/// ("no region", "no credentials") is reported: so it is disabled there
+/// unless `AWS_EC2_METADATA_DISABLED` says otherwise. Lambda and ECS give
+/// both through the environment and never need it.
+fn keep_imds_out_of_the_way() {
+    if std::env::var_os("AWS_EC2_METADATA_DISABLED").is_none() && !onnx_lambda::aws::on_ec2() {
+        // Before any other thread exists: nothing reads the environment concurrently.
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     }
 }
 

@@ -108,9 +108,19 @@ pub async fn run(
     Ok(())
 }
 
-/// The production handler: the HTTP router.
+/// The production handler: the HTTP router, plus `GET /metrics`.
 pub fn router() -> Handler {
-    Arc::new(|app, req| route(app, req).boxed())
+    Arc::new(
+        |app, req| match crate::http::metrics(app.as_deref(), &req) {
+            Some(metrics) => futures::future::ready(metrics).boxed(),
+            None => route(app, req).boxed(),
+        },
+    )
+}
+
+/// The worker's handler: only `/metrics` and `/health`.
+pub fn metrics_router() -> Handler {
+    Arc::new(|app, req| crate::http::metrics_only(app, req).boxed())
 }
 
 /// State shared by every connection.
@@ -192,6 +202,7 @@ async fn handle(
             answer.unwrap_or_else(|_| deadline_exceeded(deadline))
         }
     };
+    crate::http::observe(shared.app.get().as_deref(), &response);
     tracing::info!(
         %peer,
         %method,

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     ("error", 0),
     ("memory", 0),
+    ("metrics", 0),
     ("location", 1),
     ("config", 2),
     ("aws", 3),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
-use common::{aws_env, data, event, put_objects, s3_client, unique_bucket};
+use common::{aws_env, curl, data, event, put_objects, s3_client, unique_bucket};
 use onnx_lambda::config::Config;
 use onnx_lambda::App;
 use onnx_lambda::ModelLoader;
@@ -535,20 +535,6 @@ fn start_server(env: &[(&str, String)]) -> Server {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     panic!("the server never became ready");
-}
-
-fn curl(args: &[&str]) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl is installed");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    (
-        status.parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
 }
 
 #[test]

@@ -1,11 +1,200 @@
-//! The deployment template: valid CloudFormation/SAM (cfn-lint, offline),
-//! and it configures the function only with settings the service reads.
+//! The deployment template: valid CloudFormation/SAM (`cfn-lint` and
+//! `sam validate --lint`, offline), least privilege, the SQS settings AWS
+//! advises, alarms and outputs; and it configures the functions only with
+//! settings the service reads.
 
 mod common;
 
 use std::process::Command;
 
 use common::root;
+use serde_json::{json, Value};
+
+/// template.yaml as JSON, through cfn-lint's CloudFormation YAML decoder.
+fn template() -> Value {
+    let python = root().join(".venv/bin/python");
+    let out = Command::new(&python)
+        .arg(root().join("tests/tools/template_facts.py"))
+        .arg(root().join("template.yaml"))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/test.sh", python.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn sam_validate_lint_accepts_the_template() {
+    let sam = root().join(".venv/bin/sam");
+    let out = Command::new(&sam)
+        .args(["validate", "--lint", "--region", "us-east-1", "--template"])
+        .arg(root().join("template.yaml"))
+        .env("SAM_CLI_TELEMETRY", "0")
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run scripts/test.sh, which installs aws-sam-cli",
+                sam.display()
+            )
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("is a valid SAM Template"),
+        "{text}"
+    );
+}
+
+/// Every IAM statement names its actions and resources: no wildcard action,
+/// no `*` resource, and each grant is the one the function needs.
+#[test]
+fn roles_are_least_privilege() {
+    let t = template();
+    let mut grants: Vec<(String, String, String)> = Vec::new();
+    for role in ["PredictRole", "BatchRole"] {
+        for policy in t["Resources"][role]["Properties"]["Policies"]
+            .as_array()
+            .unwrap()
+        {
+            // A conditional policy: its "then" branch.
+            let policy = policy.get("Fn::If").map_or(policy, |f| &f[1]);
+            for st in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
+                let actions = match &st["Action"] {
+                    Value::String(a) => vec![a.clone()],
+                    v => v
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|a| a.as_str().unwrap().to_string())
+                        .collect(),
+                };
+                let resource = st["Resource"].to_string();
+                assert_ne!(resource, "\"*\"", "{role}: {st}");
+                for a in actions {
+                    assert!(!a.contains('*'), "{role}: {a}");
+                    grants.push((role.to_string(), a, resource.clone()));
+                }
+            }
+        }
+    }
+    let has = |role: &str, action: &str, resource: &str| {
+        grants
+            .iter()
+            .any(|(r, a, res)| r == role && a == action && res.contains(resource))
+    };
+    for role in ["PredictRole", "BatchRole"] {
+        assert!(
+            has(role, "s3:GetObject", "${ModelBucket}/${ModelKey}"),
+            "{grants:?}"
+        );
+        assert!(
+            has(role, "s3:GetObject", "${InputBucket}/${InputPrefix}*"),
+            "{grants:?}"
+        );
+    }
+    assert!(has("BatchRole", "sqs:SendMessage", "ResultsQueue"));
+    let sends: Vec<_> = grants
+        .iter()
+        .filter(|(_, a, _)| a == "sqs:SendMessage")
+        .collect();
+    assert_eq!(
+        sends.len(),
+        1,
+        "only the batch function sends, to the results queue: {sends:?}"
+    );
+    assert!(has("BatchRole", "sqs:ReceiveMessage", "JobsQueue"));
+    assert!(!grants
+        .iter()
+        .any(|(r, a, _)| r == "PredictRole" && a.starts_with("sqs:")));
+}
+
+#[test]
+fn the_jobs_queue_follows_aws_advice_for_sqs_event_sources() {
+    let t = template();
+    let r = &t["Resources"];
+    let timeout = r["BatchFunction"]["Properties"]["Timeout"]
+        .as_u64()
+        .unwrap();
+    let window_max = t["Parameters"]["JobsBatchingWindowSeconds"]["MaxValue"]
+        .as_u64()
+        .unwrap();
+    let visibility = r["JobsQueue"]["Properties"]["VisibilityTimeout"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        visibility >= 6 * timeout + window_max,
+        "{visibility} < 6 x {timeout} + {window_max}"
+    );
+    let redrive = &r["JobsQueue"]["Properties"]["RedrivePolicy"];
+    assert_eq!(
+        redrive["deadLetterTargetArn"],
+        json!({"Fn::GetAtt": ["JobsDeadLetterQueue", "Arn"]})
+    );
+    let source = &r["BatchFunction"]["Properties"]["Events"]["Jobs"]["Properties"];
+    assert_eq!(
+        source["FunctionResponseTypes"],
+        json!(["ReportBatchItemFailures"])
+    );
+    for (key, param) in [
+        ("BatchSize", "JobsBatchSize"),
+        (
+            "MaximumBatchingWindowInSeconds",
+            "JobsBatchingWindowSeconds",
+        ),
+    ] {
+        assert_eq!(source[key], json!({"Ref": param}), "{key}");
+    }
+    let concurrency = &source["ScalingConfig"]["MaximumConcurrency"];
+    assert_eq!(concurrency, &json!({"Ref": "JobsMaximumConcurrency"}));
+}
+
+#[test]
+fn alarms_outputs_and_architecture_are_declared() {
+    let t = template();
+    let r = &t["Resources"];
+    let dlq = &r["DeadLetterAlarm"]["Properties"];
+    assert_eq!(dlq["MetricName"], "ApproximateNumberOfMessagesVisible");
+    assert_eq!(
+        dlq["Dimensions"][0]["Value"],
+        json!({"Fn::GetAtt": ["JobsDeadLetterQueue", "QueueName"]})
+    );
+    for (alarm, function) in [
+        ("PredictErrorsAlarm", "PredictFunction"),
+        ("BatchErrorsAlarm", "BatchFunction"),
+    ] {
+        let p = &r[alarm]["Properties"];
+        assert_eq!(
+            (p["Namespace"].as_str(), p["MetricName"].as_str()),
+            (Some("AWS/Lambda"), Some("Errors"))
+        );
+        assert_eq!(p["Dimensions"][0]["Value"], json!({"Ref": function}));
+    }
+    for output in [
+        "ApiUrl",
+        "FunctionUrl",
+        "JobsQueueUrl",
+        "ResultsQueueUrl",
+        "DeadLetterQueueUrl",
+    ] {
+        assert!(t["Outputs"][output]["Value"].is_object(), "output {output}");
+    }
+    assert_eq!(
+        t["Parameters"]["Architecture"]["AllowedValues"],
+        json!(["x86_64", "arm64"])
+    );
+    assert_eq!(
+        t["Globals"]["Function"]["Architectures"],
+        json!([{"Ref": "Architecture"}])
+    );
+    assert_eq!(t["Globals"]["Function"]["Runtime"], "provided.al2023");
+}
 
 #[test]
 fn cfn_lint_accepts_the_template() {

@@ -14,6 +14,10 @@ pub(crate) mod sqs;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
+use aws_sdk_s3::config::ProvideCredentials;
+use thiserror::Error;
+
+use crate::error::ErrorCode;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
@@ -62,4 +66,67 @@ pub fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
 /// An SQS client.
 pub fn sqs_client(config: &SdkConfig) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(config)
+}
+
+/// AWS settings that cannot work, found once at start-up instead of once
+/// per request or file.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum AwsSetupError {
+    /// No region from the environment, the profile or the instance.
+    #[error(
+        "no AWS region is set: set AWS_REGION (for example AWS_REGION=us-east-1), or `region` \
+         in the ~/.aws/config profile that AWS_PROFILE names"
+    )]
+    NoRegion,
+    /// No provider in the SDK's chain gave credentials.
+    #[error(
+        "no AWS credentials were found ({0}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+         or AWS_PROFILE for a profile in ~/.aws (`aws configure`), or run on AWS with an IAM role"
+    )]
+    NoCredentials(String),
+}
+
+impl ErrorCode for AwsSetupError {
+    fn code(&self) -> &'static str {
+        match self {
+            AwsSetupError::NoRegion => "aws_region_missing",
+            AwsSetupError::NoCredentials(_) => "aws_credentials_missing",
+        }
+    }
+}
+
+/// Checks that `config` has a region and that its credentials resolve, so a
+/// door that needs AWS says what to set, once, before its first call.
+pub async fn check_setup(config: &SdkConfig) -> Result<(), AwsSetupError> {
+    if config.region().is_none() {
+        return Err(AwsSetupError::NoRegion);
+    }
+    let Some(provider) = config.credentials_provider() else {
+        return Err(AwsSetupError::NoCredentials(
+            "no credentials provider".into(),
+        ));
+    };
+    let resolved = tokio::time::timeout(Duration::from_secs(15), provider.provide_credentials());
+    match resolved.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(AwsSetupError::NoCredentials(
+            aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+        )),
+        Err(_) => Err(AwsSetupError::NoCredentials(
+            "resolving them took more than 15 s".into(),
+        )),
+    }
+}
+
+/// Whether this process runs on an EC2 instance (or a container on one),
+/// where the instance metadata service can provide region and credentials.
+pub fn on_ec2() -> bool {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    [
+        "/sys/devices/virtual/dmi/id/board_vendor",
+        "/sys/devices/virtual/dmi/id/sys_vendor",
+    ]
+    .iter()
+    .any(|p| read(p).trim() == "Amazon EC2")
+        || read("/sys/hypervisor/uuid").starts_with("ec2")
 }

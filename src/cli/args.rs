@@ -141,10 +141,10 @@ pub struct ServeArgs {
 #[derive(Args)]
 pub struct WorkerArgs {
     /// The job queue URL.
-    #[arg(long)]
+    #[arg(long, value_parser = queue_url)]
     pub queue: String,
     /// The results queue URL [env: RESULTS_QUEUE_URL]
-    #[arg(long)]
+    #[arg(long, value_parser = queue_url)]
     pub results_queue: Option<String>,
     /// Messages per receive (1 to 10).
     #[arg(long = "batch-size", default_value_t = 10)]
@@ -158,6 +158,9 @@ pub struct WorkerArgs {
     /// Long-poll wait in seconds (0 to 20).
     #[arg(long, default_value_t = 20)]
     pub wait_seconds: i32,
+    /// Serve `GET /metrics` (Prometheus) on this address, e.g. 0.0.0.0:9090.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Args)]
@@ -169,7 +172,7 @@ pub struct SubmitArgs {
     #[arg(long, default_value = "")]
     pub prefix: String,
     /// The job queue URL.
-    #[arg(long)]
+    #[arg(long, value_parser = queue_url)]
     pub queue: String,
     /// Image files or folders.
     #[arg(required = true)]
@@ -179,7 +182,7 @@ pub struct SubmitArgs {
 #[derive(Args)]
 pub struct CollectArgs {
     /// The results queue URL.
-    #[arg(long)]
+    #[arg(long, value_parser = queue_url)]
     pub queue: String,
     /// Distinct job ids to wait for.
     #[arg(long)]
@@ -190,4 +193,9 @@ pub struct CollectArgs {
     /// Give up after this many seconds without a new result.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+}
+
+/// A queue flag's value, checked before anything is sent.
+fn queue_url(value: &str) -> Result<String, String> {
+    onnx_lambda::config::parse_queue_url("the queue", value).map_err(|e| e.expected)
 }

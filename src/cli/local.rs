@@ -16,7 +16,7 @@ use super::{configure, sdk_if_needed};
 
 /// Loads the model (from S3 when configured) for a local command.
 async fn classifier(config: &Config, options: LoadOptions) -> anyhow::Result<(Classifier, f64)> {
-    let sdk = sdk_if_needed(config).await;
+    let sdk = sdk_if_needed(config).await?;
     let loader = ModelLoader::new(sdk.as_ref().map(onnx_lambda::aws::s3_client));
     let started = Instant::now();
     let loaded = loader

@@ -41,23 +41,41 @@ fn configure(o: &Overrides, top_k: Option<&String>) -> anyhow::Result<Config> {
 }
 
 /// The SDK configuration for a local command, only when its model (or
-/// manifest) is on S3.
-async fn sdk_if_needed(config: &Config) -> Option<aws_config::SdkConfig> {
+/// manifest) is on S3; checked, so a missing region or credentials is said
+/// once, before the download.
+async fn sdk_if_needed(config: &Config) -> anyhow::Result<Option<aws_config::SdkConfig>> {
     let on_s3 = |l: &Location| matches!(l, Location::S3 { .. });
-    if on_s3(&config.model) || config.manifest.as_ref().is_some_and(on_s3) {
-        Some(onnx_lambda::aws::sdk_config(config.sdk_timeout).await)
-    } else {
-        None
+    if !(on_s3(&config.model) || config.manifest.as_ref().is_some_and(on_s3)) {
+        return Ok(None);
     }
+    let sdk = onnx_lambda::aws::sdk_config(config.sdk_timeout).await;
+    onnx_lambda::aws::check_setup(&sdk).await?;
+    Ok(Some(sdk))
 }
 
-/// The SDK clients for a door that talks to AWS.
-async fn clients(config: &Config) -> (aws_sdk_s3::Client, aws_sdk_sqs::Client) {
+/// Whether `config` reads from S3 or writes to SQS.
+fn uses_aws(config: &Config) -> bool {
+    let on_s3 = |l: &Location| matches!(l, Location::S3 { .. });
+    on_s3(&config.model)
+        || config.manifest.as_ref().is_some_and(on_s3)
+        || !config.s3_input_allowlist.is_empty()
+        || config.results_queue_url.is_some()
+}
+
+/// The SDK clients for a door. When it cannot work without AWS
+/// (`required`), the region and credentials are checked first.
+async fn clients(
+    config: &Config,
+    required: bool,
+) -> anyhow::Result<(aws_sdk_s3::Client, aws_sdk_sqs::Client)> {
     let sdk = onnx_lambda::aws::sdk_config(config.sdk_timeout).await;
-    (
+    if required {
+        onnx_lambda::aws::check_setup(&sdk).await?;
+    }
+    Ok((
         onnx_lambda::aws::s3_client(&sdk),
         onnx_lambda::aws::sqs_client(&sdk),
-    )
+    ))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -14,7 +14,7 @@ use super::{clients, configure};
 /// `submit`: uploads images and enqueues one job each; fails if any failed.
 pub async fn submit(overrides: &Overrides, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let config = configure(overrides, None)?;
-    let (s3, sqs) = clients(&config).await;
+    let (s3, sqs) = clients(&config, true).await?;
     let files = image_files(&args.paths)?;
     let target = SubmitTarget {
         bucket: args.bucket,
@@ -33,7 +33,7 @@ pub async fn submit(overrides: &Overrides, args: SubmitArgs) -> anyhow::Result<E
 /// `collect`: drains results into a file; fails unless every job arrived.
 pub async fn collect(overrides: &Overrides, args: CollectArgs) -> anyhow::Result<ExitCode> {
     let config = configure(overrides, None)?;
-    let (_, sqs) = clients(&config).await;
+    let (_, sqs) = clients(&config, true).await?;
     let summary = drain_results(
         &sqs,
         &args.queue,

@@ -6,16 +6,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use onnx_lambda::app::AppCell;
 use onnx_lambda::jobs::worker::{self, WorkerOptions};
+use onnx_lambda::serve::{self, ServeOptions};
 use onnx_lambda::{App, ModelLoader};
 
 use super::args::{Overrides, ServeArgs, WorkerArgs};
-use super::{clients, configure, shutdown_signal};
+use super::{clients, configure, shutdown_signal, uses_aws};
 
 /// `serve`: the HTTP API on a local socket.
 pub async fn serve(overrides: &Overrides, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = configure(overrides, None)?;
-    let (s3, _) = clients(&config).await;
+    let (s3, _) = clients(&config, uses_aws(&config)).await?;
     let loader = ModelLoader::new(Some(s3.clone()));
     onnx_lambda::serve::run(&args.addr, config, &loader, Some(s3), shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
@@ -27,7 +29,7 @@ pub async fn worker(overrides: &Overrides, args: WorkerArgs) -> anyhow::Result<E
     if let Some(q) = args.results_queue {
         config.results_queue_url = Some(q);
     }
-    let (s3, sqs) = clients(&config).await;
+    let (s3, sqs) = clients(&config, true).await?;
     let loader = ModelLoader::new(Some(s3.clone()));
     let app = App::init(config, &loader, Some(s3))
         .await?
@@ -44,17 +46,49 @@ pub async fn worker(overrides: &Overrides, args: WorkerArgs) -> anyhow::Result<E
         visibility_timeout: args.visibility_timeout,
         concurrency: args.concurrency,
     };
+    let app = Arc::new(app);
+    let metrics = match &args.metrics_addr {
+        Some(addr) => Some(metrics_server(addr, &app).await?),
+        None => None,
+    };
     tracing::info!(queue = %options.queue_url, %results, "worker started");
-    let stats = worker::run(Arc::new(app), sqs, options, shutdown_signal()).await;
+    let stats = worker::run(app, sqs, options, shutdown_signal()).await;
+    if let Some(server) = metrics {
+        server.abort();
+    }
     tracing::info!(?stats, "worker stopped");
     println!("{}", serde_json::to_string(&stats)?);
     Ok(ExitCode::SUCCESS)
 }
 
+/// The worker's `/metrics` listener, bound before the first job so a bad
+/// address fails at start-up; it prints its address, as `serve` does.
+async fn metrics_server(addr: &str, app: &Arc<App>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+    println!("metrics on http://{}/metrics", listener.local_addr()?);
+    let cell = AppCell::default();
+    cell.set(app.clone());
+    let options = ServeOptions::from_config(app.config());
+    let server = serve::serve(
+        listener,
+        cell,
+        options,
+        serve::metrics_router(),
+        std::future::pending(),
+    );
+    Ok(tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    }))
+}
+
 /// `lambda`: the Lambda runtime loop, with the app built in the init phase.
 pub async fn lambda(overrides: &Overrides) -> anyhow::Result<ExitCode> {
     let config = configure(overrides, None)?;
-    let (s3, sqs) = clients(&config).await;
+    let (s3, sqs) = clients(&config, uses_aws(&config)).await?;
     let loader = ModelLoader::new(Some(s3.clone()));
     let app = App::init(config, &loader, Some(s3)).await?.with_sqs(sqs);
     onnx_lambda::lambda::run(Arc::new(app))

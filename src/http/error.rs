@@ -6,6 +6,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::Value;
 
 use super::HttpResponse;
+use crate::app::App;
 use crate::error::{ClassifyError, ErrorBody, InputError};
 use crate::inputs::FetchError;
 
@@ -45,9 +46,11 @@ impl ApiError {
         )
     }
 
-    /// The `{"error": {"code", "message"}}` response.
+    /// The `{"error": {"code", "message"}}` response, tagged with its code.
     pub fn into_response(self) -> HttpResponse {
-        json_response(self.status, &self.body.to_json())
+        let mut r = json_response(self.status, &self.body.to_json());
+        r.extensions_mut().insert(ResponseCode(self.body.code));
+        r
     }
 }
 
@@ -84,6 +87,20 @@ impl From<FetchError> for ApiError {
             body: ErrorBody::of(&e),
         }
     }
+}
+
+/// The stable code of an error response, carried beside its body so the
+/// doors count errors (`App::metrics`) without parsing what they send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseCode(pub String);
+
+/// Counts `response` as an error by its code, if it is one: called once per
+/// response by each door that answers HTTP (`serve`, Lambda's HTTP events).
+pub fn observe(app: Option<&App>, response: &HttpResponse) {
+    let (Some(app), Some(code)) = (app, response.extensions().get::<ResponseCode>()) else {
+        return;
+    };
+    app.metrics().error(&code.0);
 }
 
 /// Serialises `body` as a JSON response.

@@ -28,8 +28,9 @@ pub async fn handle_event(app: Arc<App>, event: Value) -> Value {
             let body = ErrorBody::new(
                 "invalid_event",
                 format!("the HTTP event could not be read: {e}"),
-            )
-            .to_json();
+            );
+            app.metrics().error(&body.code);
+            let body = body.to_json();
             return json!({"statusCode": 400, "headers": {"content-type": "application/json"},
                           "body": body.to_string(), "isBase64Encoded": false});
         }
@@ -51,7 +52,9 @@ pub async fn handle_event(app: Arc<App>, event: Value) -> Value {
         lambda_http::Body::Binary(b) => bytes::Bytes::from(b),
         _ => bytes::Bytes::new(),
     };
-    let response = super::route(Some(app), http::Request::from_parts(parts, bytes)).await;
+    let request = http::Request::from_parts(parts, bytes);
+    let response = super::route(Some(app.clone()), request).await;
+    super::observe(Some(&app), &response);
     shape_response(origin, response)
 }
 

@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::app::App;
 pub(crate) use error::{json_response, ApiError};
+pub use error::{observe, ResponseCode};
 
 /// A request body, fully read (the doors enforce the size limit first).
 pub type HttpRequest = Request<Bytes>;
@@ -65,6 +66,59 @@ pub async fn route(app: Option<Arc<App>>, req: HttpRequest) -> HttpResponse {
     }
 }
 
+/// `GET /metrics` (Prometheus text format) for the long-running doors;
+/// `None` for any other path. Lambda does not route it: there the same
+/// counters leave as EMF lines, and one container's totals mean little.
+pub fn metrics(app: Option<&App>, req: &HttpRequest) -> Option<HttpResponse> {
+    if req.uri().path().trim_end_matches('/') != "/metrics" {
+        return None;
+    }
+    let allowed = [Method::GET, Method::HEAD];
+    if !allowed.contains(req.method()) {
+        return Some(
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("/metrics accepts GET, HEAD, not {}", req.method()),
+            )
+            .into_response(),
+        );
+    }
+    let Some(app) = app else {
+        return Some(
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the model is still loading; metrics start once it is in",
+            )
+            .into_response(),
+        );
+    };
+    let mut r = Response::new(app.prometheus().into_bytes());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Some(r)
+}
+
+/// What the worker's `--metrics-addr` answers: `/metrics`, `/health`, and
+/// 404 for the rest.
+pub async fn metrics_only(app: Option<Arc<App>>, req: HttpRequest) -> HttpResponse {
+    if let Some(r) = metrics(app.as_deref(), &req) {
+        return r;
+    }
+    match req.uri().path() {
+        "/health" => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        path => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route {path}: the worker answers GET /metrics and /health"),
+        )
+        .into_response(),
+    }
+}
+
 /// 404 for an unknown path, 405 (with `Allow`) for a method the path does
 /// not accept; `None` when the route exists.
 fn refuse_route(path: &str, method: &Method) -> Option<HttpResponse> {
@@ -91,7 +145,7 @@ fn refuse_route(path: &str, method: &Method) -> Option<HttpResponse> {
 }
 
 fn not_found(path: &str) -> HttpResponse {
-    let hint = "try POST /predict, GET /health, /ready, /model, or /v2";
+    let hint = "try POST /predict, GET /health, /ready, /model, /metrics, or /v2";
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",

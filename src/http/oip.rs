@@ -17,7 +17,7 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{json_response, HttpRequest, HttpResponse};
+use super::{json_response, HttpRequest, HttpResponse, ResponseCode};
 use crate::app::App;
 use crate::error::ErrorCode;
 use crate::inputs::decode_base64;
@@ -32,8 +32,12 @@ impl V2Error {
     fn unprocessable(msg: impl Into<String>) -> V2Error {
         V2Error(StatusCode::UNPROCESSABLE_ENTITY, msg.into())
     }
+    /// The protocol's `{"error": "..."}`, tagged `v2_<status>` for the metrics.
     fn into_response(self) -> HttpResponse {
-        json_response(self.0, &json!({"error": self.1}))
+        let mut r = json_response(self.0, &json!({"error": self.1}));
+        let code = ResponseCode(format!("v2_{}", self.0.as_u16()));
+        r.extensions_mut().insert(code);
+        r
     }
 }
 

@@ -94,7 +94,10 @@ pub async fn process_batch(
     }
     let fetched = fetch_all(app, work, stop_at, &mut progress).await;
     classify_all(app, fetched, stop_at, &mut progress).await;
-    write(app, messages, progress).await
+    let outcome = write(app, messages, progress).await;
+    app.metrics()
+        .observe_batch(messages.len(), outcome.failed.len());
+    outcome
 }
 
 /// Fetches every input concurrently; jobs not fetched by `stop_at` come again.
@@ -209,6 +212,9 @@ async fn write(app: &App, messages: &[InMessage], progress: Progress) -> BatchOu
             outcome.ok += 1;
         } else {
             outcome.errors += 1;
+            if let Some(e) = &r.error {
+                app.metrics().error(&e.code);
+            }
         }
     }
     outcome.failed = messages

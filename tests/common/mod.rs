@@ -548,3 +548,61 @@ pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
         .unwrap()[&QueueAttributeName::QueueArn]
         .clone()
 }
+
+/// curl with `args`: the status and the body as JSON (`Null` if it is not).
+#[allow(dead_code)] // not every test binary uses it
+pub fn curl(args: &[&str]) -> (u16, serde_json::Value) {
+    let (status, body) = curl_text(args);
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// curl with `args`: the status and the body as text.
+#[allow(dead_code)] // not every test binary uses it
+pub fn curl_text(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap_or(0), body.to_string())
+}
+
+/// Runs `tests/tools/SCRIPT` with the venv's python on `input` (stdin) and
+/// returns its JSON output; panics with its output when it fails.
+#[allow(dead_code)] // not every test binary uses it
+pub fn python_tool(script: &str, input: &str) -> serde_json::Value {
+    use std::io::Write;
+    let python = root().join(".venv/bin/python");
+    let mut child = Command::new(&python)
+        .arg(root().join("tests/tools").join(script))
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run scripts/test.sh, which makes .venv",
+                python.display()
+            )
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}\ninput:\n{input}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap()
+}

@@ -60,6 +60,8 @@ struct State {
     fault: Fault,
     /// Requests seen so far (0-based index of the next one).
     requests: usize,
+    /// Their request lines (`GET /bucket/key HTTP/1.1`).
+    lines: Vec<String>,
     /// Request indices answered with `injected` instead of forwarded.
     fail: std::ops::Range<usize>,
     injected: Injected,
@@ -82,6 +84,7 @@ impl Proxy {
         let state = Arc::new(Mutex::new(State {
             fault: Fault::Pass,
             requests: 0,
+            lines: Vec::new(),
             fail: 0..0,
             injected: Injected::internal_error(),
         }));
@@ -117,6 +120,12 @@ impl Proxy {
     pub fn requests(&self) -> usize {
         self.state.lock().unwrap().requests
     }
+
+    /// The request lines seen so far, in order.
+    #[allow(dead_code)] // not every test binary reads them
+    pub fn request_lines(&self) -> Vec<String> {
+        self.state.lock().unwrap().lines.clone()
+    }
 }
 
 fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) {
@@ -134,6 +143,8 @@ fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) {
         let mut s = state.lock().unwrap();
         let index = s.requests;
         s.requests += 1;
+        let line = request.split(|b| *b == b'\r').next().unwrap_or_default();
+        s.lines.push(String::from_utf8_lossy(line).into_owned());
         s.fail.contains(&index).then(|| s.injected.clone())
     };
     let response = match (fault, injected) {
