@@ -30,9 +30,13 @@ bootstrap="$CARGO_TARGET_DIR/lambda/onnx-lambda/bootstrap"
 if [ "${1:-}" = "--sam" ]; then
   echo "== sam build (template.yaml, BuildMethod rust-cargolambda)"
   SAM_CLI_TELEMETRY=0 sam build --beta-features --parameter-overrides "Architecture=$arch"
-  for fn in PredictFunction BatchFunction; do
-    cmp "$bootstrap" ".aws-sam/build/$fn/bootstrap" || { echo "sam build's $fn differs from cargo lambda build's" >&2; exit 1; }
+  # SAM builds functions with the same code once (PredictFunction-Shared).
+  built=(.aws-sam/build/*/bootstrap)
+  [ -e "${built[0]}" ] || { echo "sam build produced no bootstrap" >&2; exit 1; }
+  for b in "${built[@]}"; do
+    cmp "$bootstrap" "$b" || { echo "$b differs from cargo lambda build's bootstrap" >&2; exit 1; }
   done
+  echo "sam build: ${built[*]} (identical to $bootstrap)"
 fi
 
 zip="$CARGO_TARGET_DIR/lambda/onnx-lambda/bootstrap.zip"

@@ -395,7 +395,7 @@ pub fn parse_queue_url(var: &'static str, value: &str) -> Result<String, ConfigE
         expected:
             "expected a queue URL, https://sqs.REGION.amazonaws.com/ACCOUNT/NAME, not a name \
                    or an ARN: `aws sqs get-queue-url --queue-name NAME` prints it, and the stack's \
-                   JobsQueueUrl and ResultsQueueUrl outputs are the two queues'"
+                   JobsQueueUrl and ResultsQueueUrl outputs are the two queues"
                 .into(),
     })
 }

@@ -308,68 +308,36 @@ impl Metrics {
     pub fn prometheus(&self, model: Option<[(&str, &str); 3]>) -> String {
         let s = self.state();
         let mut out = String::new();
-        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
-        counter(
-            &mut out,
-            "onnx_lambda_predictions_total",
-            "Images classified.",
-            s.predictions,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP onnx_lambda_errors_total Error responses and error results, by stable code.\n\
-             # TYPE onnx_lambda_errors_total counter"
-        );
-        for (code, n) in &s.errors {
-            let _ = writeln!(
-                out,
-                "onnx_lambda_errors_total{{code=\"{}\"}} {n}",
-                escape(code)
-            );
+        s.render_counters(&mut out);
+        for (h, name, help) in [
+            (
+                &s.decode,
+                "onnx_lambda_decode_seconds",
+                "Decoding one image.",
+            ),
+            (
+                &s.preprocess,
+                "onnx_lambda_preprocess_seconds",
+                "Preprocessing one image.",
+            ),
+            (
+                &s.inference,
+                "onnx_lambda_inference_seconds",
+                "The model on one image.",
+            ),
+            (
+                &s.images_per_request,
+                "onnx_lambda_images_per_request",
+                "Images per classification request.",
+            ),
+            (
+                &s.sqs_batch_messages,
+                "onnx_lambda_sqs_batch_messages",
+                "Messages per SQS batch.",
+            ),
+        ] {
+            h.render(&mut out, name, help);
         }
-        counter(
-            &mut out,
-            "onnx_lambda_cold_starts_total",
-            "Lambda cold starts.",
-            s.cold_starts,
-        );
-        let failures = s.sqs_batch_item_failures;
-        counter(
-            &mut out,
-            "onnx_lambda_sqs_batch_item_failures_total",
-            "SQS messages reported for redelivery.",
-            failures,
-        );
-        s.decode.render(
-            &mut out,
-            "onnx_lambda_decode_seconds",
-            "Decoding one image.",
-        );
-        s.preprocess.render(
-            &mut out,
-            "onnx_lambda_preprocess_seconds",
-            "Preprocessing one image.",
-        );
-        s.inference.render(
-            &mut out,
-            "onnx_lambda_inference_seconds",
-            "The model on one image.",
-        );
-        s.images_per_request.render(
-            &mut out,
-            "onnx_lambda_images_per_request",
-            "Images per classification request.",
-        );
-        s.sqs_batch_messages.render(
-            &mut out,
-            "onnx_lambda_sqs_batch_messages",
-            "Messages per SQS batch.",
-        );
         if let Some(secs) = s.model_load_seconds {
             let _ = writeln!(
                 out,
@@ -390,6 +358,48 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+impl State {
+    /// The counters, errors by code among them.
+    fn render_counters(&self, out: &mut String) {
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        counter(
+            out,
+            "onnx_lambda_predictions_total",
+            "Images classified.",
+            self.predictions,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP onnx_lambda_errors_total Error responses and error results, by stable code.\n\
+             # TYPE onnx_lambda_errors_total counter"
+        );
+        for (code, n) in &self.errors {
+            let _ = writeln!(
+                out,
+                "onnx_lambda_errors_total{{code=\"{}\"}} {n}",
+                escape(code)
+            );
+        }
+        counter(
+            out,
+            "onnx_lambda_cold_starts_total",
+            "Lambda cold starts.",
+            self.cold_starts,
+        );
+        counter(
+            out,
+            "onnx_lambda_sqs_batch_item_failures_total",
+            "SQS messages reported for redelivery.",
+            self.sqs_batch_item_failures,
+        );
     }
 }
 

@@ -218,3 +218,96 @@ fn a_file_over_the_input_limit_is_refused_from_its_size() {
         "a folder is not an image file"
     );
 }
+
+/// The binary as on a laptop with no AWS configuration at all: no AWS
+/// variables, an empty home (no ~/.aws), and never the instance metadata
+/// service (off EC2 the binary disables it itself; set here too, so the
+/// test can never send traffic to it).
+fn bin_without_aws(home: &std::path::Path) -> Command {
+    let mut c = bin();
+    for (var, _) in std::env::vars() {
+        if var.starts_with("AWS_") {
+            c.env_remove(var);
+        }
+    }
+    c.env("HOME", home).env("AWS_EC2_METADATA_DISABLED", "true");
+    c
+}
+
+/// The one stderr line of a failed run.
+fn one_error(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "said once, in one line: {err}");
+    assert!(
+        !err.contains("DispatchFailure") && !err.contains("Connector"),
+        "{err}"
+    );
+    err
+}
+
+#[test]
+fn first_contact_without_aws_settings_names_the_setting_once() {
+    let home = std::env::temp_dir().join(common::unique_bucket("no-aws-home"));
+    std::fs::create_dir_all(&home).unwrap();
+    let queue = "https://sqs.us-east-1.amazonaws.com/123456789012/jobs";
+    // No region: submit stops before the first upload, naming AWS_REGION.
+    let err = one_error(
+        bin_without_aws(&home)
+            .args(["submit", "--bucket", "b", "--queue", queue])
+            .arg(data("images")),
+    );
+    assert!(
+        err.starts_with("error: no AWS region is set: set AWS_REGION"),
+        "{err}"
+    );
+    // The model on S3 without a region: the region, not the network, is named.
+    let err = one_error(
+        bin_without_aws(&home)
+            .env("MODEL_URI", "s3://models/m.onnx")
+            .arg("predict")
+            .arg(data("images/china.jpg")),
+    );
+    assert!(err.contains("no AWS region is set"), "{err}");
+    // A region but no credentials.
+    let err = one_error(bin_without_aws(&home).env("AWS_REGION", "us-east-1").args([
+        "collect",
+        "--queue",
+        queue,
+        "--expect",
+        "1",
+        "--out",
+        "/dev/null",
+    ]));
+    assert!(err.contains("no AWS credentials were found"), "{err}");
+    assert!(
+        err.contains("AWS_ACCESS_KEY_ID") && err.contains("AWS_PROFILE"),
+        "{err}"
+    );
+    // A queue name where a URL is needed: refused before any call.
+    let out = bin_without_aws(&home)
+        .args(["submit", "--bucket", "b", "--queue", "jobs"])
+        .arg(data("images"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("get-queue-url"), "{err}");
+    // serve with the bundled model needs no AWS at all: it is not checked.
+    let mut serve = bin_without_aws(&home)
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(serve.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    serve.kill().ok();
+    serve.wait().ok();
+    assert!(line.starts_with("listening on http://"), "{line}");
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use base64::Engine;
-use common::{data, root, unique_bucket};
+use common::{data, root, template, unique_bucket};
 use serde_json::{json, Value};
 
 /// `export K=V ...` lines to a map.
@@ -33,16 +33,6 @@ impl Drop for Moto {
     }
 }
 
-fn template_queue(name: &str) -> Value {
-    let out = Command::new(root().join(".venv/bin/python"))
-        .arg(root().join("tests/tools/template_facts.py"))
-        .arg(root().join("template.yaml"))
-        .output()
-        .unwrap();
-    let t: Value = serde_json::from_slice(&out.stdout).unwrap();
-    t["Resources"][name]["Properties"].clone()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn local_stack_has_the_templates_queues_and_runs_the_worker() {
     let stack = unique_bucket("ls");
@@ -57,7 +47,7 @@ async fn local_stack_has_the_templates_queues_and_runs_the_worker() {
     let sqs = common::sqs_client_at(&env["AWS_ENDPOINT_URL"], Duration::from_secs(5), 2);
 
     // The jobs queue as the template declares it, dead-lettering to its DLQ.
-    let declared = template_queue("JobsQueue");
+    let declared = template()["Resources"]["JobsQueue"]["Properties"].clone();
     let attrs = sqs
         .get_queue_attributes()
         .queue_url(&env["JOBS_QUEUE_URL"])
@@ -144,12 +134,7 @@ fn deploy_dry_run_overrides_only_template_parameters() {
     );
     let command = String::from_utf8(out.stdout).unwrap();
     assert!(command.starts_with("sam deploy --guided"), "{command}");
-    let facts = Command::new(root().join(".venv/bin/python"))
-        .arg(root().join("tests/tools/template_facts.py"))
-        .arg(root().join("template.yaml"))
-        .output()
-        .unwrap();
-    let template: Value = serde_json::from_slice(&facts.stdout).unwrap();
+    let template = template();
     let params = template["Parameters"].as_object().unwrap();
     let overrides: HashMap<&str, &str> = command
         .split_whitespace()

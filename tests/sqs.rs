@@ -421,12 +421,17 @@ async fn an_unreadable_sqs_event_fails_every_message_it_names() {
         {"eventSource": "aws:sqs", "messageId": "m1", "body": 42},
         {"eventSource": "aws:sqs", "messageId": "m2", "body": "{}"}
     ]});
-    let out = common::invoke(app, event, "bad").await;
+    let out = common::invoke(app.clone(), event, "bad").await;
     assert_eq!(
         out["batchItemFailures"],
         json!([{"itemIdentifier": "m1"}, {"itemIdentifier": "m2"}]),
         "{out}"
     );
+    // Counted: the invocation's metrics say what happened.
+    let metrics = app.metrics().take_invocation();
+    assert_eq!(metrics.errors.get("invalid_event"), Some(&1));
+    assert_eq!(metrics.sqs_batch_messages, Some(2));
+    assert_eq!(metrics.sqs_batch_item_failures, Some(2));
 }
 
 /// Regression: an SQS job with invalid base64 got `invalid_s3_uri`, while

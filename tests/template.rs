@@ -7,24 +7,8 @@ mod common;
 
 use std::process::Command;
 
-use common::root;
+use common::{root, template};
 use serde_json::{json, Value};
-
-/// template.yaml as JSON, through cfn-lint's CloudFormation YAML decoder.
-fn template() -> Value {
-    let python = root().join(".venv/bin/python");
-    let out = Command::new(&python)
-        .arg(root().join("tests/tools/template_facts.py"))
-        .arg(root().join("template.yaml"))
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/test.sh", python.display()));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 #[test]
 fn sam_validate_lint_accepts_the_template() {
@@ -253,4 +237,21 @@ fn template_sets_only_variables_the_config_knows() {
     let config =
         onnx_lambda::config::Config::from_lookup(|k| vars.contains(&k).then(String::new)).unwrap();
     assert_eq!(config, onnx_lambda::config::Config::default());
+}
+
+/// Regression: `cargo lambda build` adds `--config profile.release.panic="abort"`
+/// unless `[profile.release]` names a panic strategy, and the package built
+/// that way died on a panic that `classify.rs` contains to one image (an
+/// SQS batch then failed whole). The strategy must stay named, as unwind.
+#[test]
+fn the_release_profile_names_unwind_for_cargo_lambda() {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let release: Vec<&str> = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "[profile.release]")
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .map(str::trim)
+        .collect();
+    assert!(release.contains(&"panic = \"unwind\""), "{release:?}");
 }

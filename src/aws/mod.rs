@@ -68,6 +68,35 @@ pub fn sqs_client(config: &SdkConfig) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(config)
 }
 
+/// An SDK error as a person reads it: its message and each cause's, joined
+/// by ": ", repeats dropped, on one line. (The SDK's `DisplayErrorContext`
+/// ends with the whole `Debug` dump, which is for bug reports, not users.)
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = one_line(&err.to_string());
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
+}
+
+/// A multi-line message (the credentials chain lists one provider a line)
+/// as one line: lines joined by "; ", or by a space after a colon.
+fn one_line(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !out.is_empty() {
+            out.push_str(if out.ends_with(':') { " " } else { "; " });
+        }
+        out.push_str(line);
+    }
+    out
+}
+
 /// AWS settings that cannot work, found once at start-up instead of once
 /// per request or file.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -109,9 +138,7 @@ pub async fn check_setup(config: &SdkConfig) -> Result<(), AwsSetupError> {
     let resolved = tokio::time::timeout(Duration::from_secs(15), provider.provide_credentials());
     match resolved.await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(AwsSetupError::NoCredentials(
-            aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
-        )),
+        Ok(Err(e)) => Err(AwsSetupError::NoCredentials(error_chain(&e))),
         Err(_) => Err(AwsSetupError::NoCredentials(
             "resolving them took more than 15 s".into(),
         )),
@@ -129,4 +156,27 @@ pub fn on_ec2() -> bool {
     .iter()
     .any(|p| read(p).trim() == "Amazon EC2")
         || read("/sys/hypervisor/uuid").starts_with("ec2")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Error)]
+    #[error("dispatch failure")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, Error)]
+    #[error("io error:\n  connection refused\n  twice")]
+    struct Inner;
+
+    /// Regression: SDK errors reached users with `DisplayErrorContext`, whose
+    /// text ends in the whole `Debug` dump.
+    #[test]
+    fn sdk_errors_read_as_their_cause_chain_on_one_line() {
+        assert_eq!(
+            error_chain(&Outer(Inner)),
+            "dispatch failure: io error: connection refused; twice"
+        );
+    }
 }

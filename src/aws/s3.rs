@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use thiserror::Error;
 
 /// Attempts for a download that breaks off mid-stream.
@@ -129,7 +129,7 @@ async fn get_once(
 fn map_sdk_error<E, R>(e: SdkError<E, R>) -> S3Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
     let code = e.code().map(str::to_string);
     match code.as_deref() {
@@ -147,7 +147,7 @@ where
             let message = match (code, e.message()) {
                 (Some(c), Some(m)) => format!("{c}: {m}"),
                 (Some(c), None) => c,
-                _ => format!("{detail} {}", DisplayErrorContext(&e))
+                _ => format!("{detail} {}", super::error_chain(&e))
                     .trim()
                     .to_string(),
             };

@@ -5,7 +5,6 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
     MessageSystemAttributeName, SendMessageBatchRequestEntry,
@@ -64,7 +63,7 @@ pub(crate) async fn receive(
     match received {
         Ok(out) => out.messages.unwrap_or_default(),
         Err(e) => {
-            tracing::warn!(queue = queue_url, error = %DisplayErrorContext(&e), "receive failed; retrying");
+            tracing::warn!(queue = queue_url, error = %super::error_chain(&e), "receive failed; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             Vec::new()
         }
@@ -169,7 +168,7 @@ impl QueueSender {
                         }
                     }
                     Err(e) => {
-                        let reason = DisplayErrorContext(&e).to_string();
+                        let reason = super::error_chain(&e);
                         tracing::warn!(queue = %self.queue_url, error = %reason, attempt, "SendMessageBatch failed");
                         for &i in chunk {
                             written[i] = Err(reason.clone());
@@ -222,7 +221,7 @@ pub async fn delete_messages(
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %DisplayErrorContext(&e), "delete failed; the messages will be delivered again")
+                tracing::warn!(error = %super::error_chain(&e), "delete failed; the messages will be delivered again")
             }
         }
     }
@@ -256,7 +255,7 @@ pub async fn extend_visibility(
             .send()
             .await;
         if let Err(e) = result {
-            tracing::warn!(error = %DisplayErrorContext(&e), "cannot extend visibility");
+            tracing::warn!(error = %super::error_chain(&e), "cannot extend visibility");
         }
     }
 }

@@ -40,6 +40,8 @@ pub async fn handle_event(
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, "unreadable SQS event");
+            app.metrics().error("invalid_event");
+            app.metrics().observe_batch(ids.len(), ids.len());
             response.set_failures(ids);
             return response;
         }

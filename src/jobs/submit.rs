@@ -110,7 +110,7 @@ async fn upload(
             format!(
                 "{}: upload failed: {}",
                 file.display(),
-                aws_sdk_s3::error::DisplayErrorContext(&e)
+                crate::aws::error_chain(&e)
             )
         })?;
     Ok(key)

@@ -606,3 +606,21 @@ pub fn python_tool(script: &str, input: &str) -> serde_json::Value {
     );
     serde_json::from_str(&stdout).unwrap()
 }
+
+/// template.yaml as JSON, read by cfn-lint's own CloudFormation YAML decoder
+/// (`tests/tools/template_facts.py`: `!Ref X` becomes `{"Ref": "X"}`).
+#[allow(dead_code)] // not every test binary uses it
+pub fn template() -> serde_json::Value {
+    let python = root().join(".venv/bin/python");
+    let out = Command::new(&python)
+        .arg(root().join("tests/tools/template_facts.py"))
+        .arg(root().join("template.yaml"))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/test.sh", python.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
