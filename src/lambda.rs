@@ -77,6 +77,31 @@ pub async fn run(app: Arc<App>) -> Result<(), lambda_runtime::Error> {
     .await
 }
 
+/// Tells Lambda why the init phase failed (`/runtime/init/error`), so the
+/// invocation that found the container cold fails with this message (a bad
+/// `MODEL_SHA256`, a missing model object) instead of only "Runtime exited
+/// with error". Best effort: the process exits with the error either way.
+pub async fn report_init_error(message: &str) {
+    let body = json!({"errorType": "Runtime.InitError", "errorMessage": message});
+    let request = lambda_runtime_api_client::build_request()
+        .method(http::Method::POST)
+        .uri("/2018-06-01/runtime/init/error")
+        .header("lambda-runtime-function-error-type", "Runtime.InitError")
+        .body(lambda_runtime_api_client::body::Body::from(
+            body.to_string(),
+        ));
+    let client = lambda_runtime_api_client::PooledClient::builder().build();
+    let sent = match request {
+        Ok(request) => client.call(request).await.map(|r| r.status()),
+        Err(e) => Err(e.into()),
+    };
+    match sent {
+        Ok(status) if status.is_success() => {}
+        Ok(status) => tracing::warn!(%status, "the Runtime API refused the init error"),
+        Err(e) => tracing::warn!(error = %e, "cannot report the init error to the Runtime API"),
+    }
+}
+
 /// Writes the invocation's one EMF line to stdout, where CloudWatch Logs
 /// turns it into metrics. Only the runtime loop writes it (tests that call
 /// [`handle`] read `App::metrics` instead).

@@ -341,90 +341,43 @@ async fn bad_model_settings_fail_start_up_with_a_clear_message() {
     assert!(err.contains("TOP_K=\"lots\""), "{err}");
 }
 
+/// The project's own Runtime API emulator, because `cargo lambda watch`
+/// cannot show what a function posts to `/runtime/init/error` (the happy
+/// path, one download for many invocations, is `tests/lambda_watch.rs`).
 #[tokio::test]
-async fn many_invocations_of_the_real_runtime_loop_download_the_model_once() {
+async fn a_failed_init_is_reported_to_the_runtime_api() {
     let s3 = s3_client().await;
-    let bucket = unique_bucket("lambda");
+    let bucket = unique_bucket("init-error");
     put_objects(&s3, &bucket, &[("m.onnx", model_bytes())]).await;
-
     let api = RuntimeApi::start();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_onnx-lambda"));
-    for (k, v) in aws_env().into_iter().chain(lambda_env(&api)) {
-        cmd.env(k, v);
-    }
-    cmd.env("MODEL_URI", format!("s3://{bucket}/m.onnx"))
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = cmd.spawn().unwrap();
-
-    let image = base64::engine::general_purpose::STANDARD
-        .encode(std::fs::read(data("images/coffee.png")).unwrap());
-    let n = 12;
-    let ids: Vec<String> = (0..n)
-        .map(|i| {
-            if i == 5 {
-                api.invoke(serde_json::json!({"image": "not base64!"}))
-            } else {
-                api.invoke(serde_json::json!({"image": image, "top_k": 2}))
-            }
-        })
-        .collect();
-    let outcomes = api
-        .wait_for(n, Duration::from_secs(120))
-        .expect("no init error");
-    let mut child = child;
-    child.kill().ok();
-    let output = child.wait_with_output().unwrap();
-    let logs = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-
-    for o in &outcomes {
-        assert_eq!(o.kind, "response", "{o:?}");
-        let i = ids.iter().position(|id| *id == o.request_id).unwrap();
-        if i == 5 {
-            assert_eq!(o.body["error"]["code"], "invalid_base64");
-        } else {
-            assert_eq!(o.body["predictions"][0]["index"], 967, "{:?}", o.body);
-            assert_eq!(o.body["predictions"].as_array().unwrap().len(), 2);
-            assert_eq!(
-                o.body["model"]["sha256"],
-                "8cdd0539566d8c48e81e8e8f5bdec67b53da39881abb4d56ce1a7e66fd10ea02"
-            );
-        }
-    }
-    // Structured JSON logs: one model load for the whole container, one line
-    // per invocation with its request id, and a single cold start.
-    let lines: Vec<serde_json::Value> = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let loads: Vec<&serde_json::Value> = lines
-        .iter()
-        .filter(|l| l["fields"]["message"] == "model loaded")
-        .collect();
-    assert_eq!(loads.len(), 1, "{logs}");
-    assert_eq!(loads[0]["fields"]["model_fetches"], 1);
-    assert!(loads[0]["fields"]["download_ms"].as_f64().is_some());
-    let invocations: Vec<&serde_json::Value> = lines
-        .iter()
-        .filter(|l| l["fields"]["message"] == "invocation")
-        .collect();
-    assert_eq!(invocations.len(), n, "{logs}");
-    let cold: Vec<bool> = invocations
-        .iter()
-        .map(|l| l["fields"]["cold_start"].as_bool().unwrap())
-        .collect();
-    assert_eq!(cold.iter().filter(|c| **c).count(), 1);
-    assert!(cold[0]);
-    for id in &ids {
-        assert!(
-            invocations
-                .iter()
-                .any(|l| l["fields"]["request_id"] == id.as_str()),
-            "no log line for {id}"
-        );
-    }
+    let wrong = "0".repeat(64);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_onnx-lambda"))
+        .envs(aws_env())
+        .envs(lambda_env(&api))
+        .env("MODEL_URI", format!("s3://{bucket}/m.onnx"))
+        .env("MODEL_SHA256", &wrong)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    api.invoke(serde_json::json!({"image": "unused"}));
+    let error = api
+        .wait_for(1, Duration::from_secs(60))
+        .expect_err("the init phase must fail");
+    assert_eq!(error["errorType"], "Runtime.InitError", "{error}");
+    let message = error["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains("MODEL_SHA256") && message.contains(&wrong),
+        "{message}"
+    );
+    assert!(
+        message.contains("8cdd0539566d8c48e81e8e8f5bdec67b53da39881abb4d56ce1a7e66fd10ea02"),
+        "{message}"
+    );
+    assert!(
+        !child.wait().unwrap().success(),
+        "the process exits after reporting"
+    );
 }
 
 #[tokio::test]

@@ -86,13 +86,24 @@ async fn metrics_server(addr: &str, app: &Arc<App>) -> anyhow::Result<tokio::tas
 }
 
 /// `lambda`: the Lambda runtime loop, with the app built in the init phase.
+/// A start-up failure is also reported to the Runtime API.
 pub async fn lambda(overrides: &Overrides) -> anyhow::Result<ExitCode> {
-    let config = configure(overrides, None)?;
-    let (s3, sqs) = clients(&config, uses_aws(&config)).await?;
-    let loader = ModelLoader::new(Some(s3.clone()));
-    let app = App::init(config, &loader, Some(s3)).await?.with_sqs(sqs);
+    let app = match lambda_app(overrides).await {
+        Ok(app) => app,
+        Err(e) => {
+            onnx_lambda::lambda::report_init_error(&format!("{e:#}")).await;
+            return Err(e);
+        }
+    };
     onnx_lambda::lambda::run(Arc::new(app))
         .await
         .map_err(|e| anyhow::anyhow!("the Lambda runtime loop failed: {e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn lambda_app(overrides: &Overrides) -> anyhow::Result<App> {
+    let config = configure(overrides, None)?;
+    let (s3, sqs) = clients(&config, uses_aws(&config)).await?;
+    let loader = ModelLoader::new(Some(s3.clone()));
+    Ok(App::init(config, &loader, Some(s3)).await?.with_sqs(sqs))
 }
