@@ -303,6 +303,20 @@ impl Config {
         threads + self.max_queued_requests.unwrap_or(4 * threads)
     }
 
+    /// Whether the model or its manifest is read from S3.
+    pub fn model_on_s3(&self) -> bool {
+        let on_s3 = |l: &Location| matches!(l, Location::S3 { .. });
+        on_s3(&self.model) || self.manifest.as_ref().is_some_and(on_s3)
+    }
+
+    /// Whether the service reads from S3 or writes to SQS, so that a door
+    /// must have a region and credentials to start.
+    pub fn uses_aws(&self) -> bool {
+        self.model_on_s3()
+            || !self.s3_input_allowlist.is_empty()
+            || self.results_queue_url.is_some()
+    }
+
     /// The manifest to fetch and whether it must exist: an explicit
     /// `MODEL_MANIFEST_URI` must; the implicit `.json` sibling may be absent.
     pub fn manifest_location(&self) -> (Location, bool) {

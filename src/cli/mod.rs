@@ -44,22 +44,10 @@ fn configure(o: &Overrides, top_k: Option<&String>) -> anyhow::Result<Config> {
 /// manifest) is on S3; checked, so a missing region or credentials is said
 /// once, before the download.
 async fn sdk_if_needed(config: &Config) -> anyhow::Result<Option<aws_config::SdkConfig>> {
-    let on_s3 = |l: &Location| matches!(l, Location::S3 { .. });
-    if !(on_s3(&config.model) || config.manifest.as_ref().is_some_and(on_s3)) {
+    if !config.model_on_s3() {
         return Ok(None);
     }
-    let sdk = onnx_lambda::aws::sdk_config(config.sdk_timeout).await;
-    onnx_lambda::aws::check_setup(&sdk).await?;
-    Ok(Some(sdk))
-}
-
-/// Whether `config` reads from S3 or writes to SQS.
-fn uses_aws(config: &Config) -> bool {
-    let on_s3 = |l: &Location| matches!(l, Location::S3 { .. });
-    on_s3(&config.model)
-        || config.manifest.as_ref().is_some_and(on_s3)
-        || !config.s3_input_allowlist.is_empty()
-        || config.results_queue_url.is_some()
+    Ok(Some(sdk(config, true).await?))
 }
 
 /// The SDK clients for a door. When it cannot work without AWS
@@ -68,14 +56,21 @@ async fn clients(
     config: &Config,
     required: bool,
 ) -> anyhow::Result<(aws_sdk_s3::Client, aws_sdk_sqs::Client)> {
-    let sdk = onnx_lambda::aws::sdk_config(config.sdk_timeout).await;
-    if required {
-        onnx_lambda::aws::check_setup(&sdk).await?;
-    }
+    let sdk = sdk(config, required).await?;
     Ok((
         onnx_lambda::aws::s3_client(&sdk),
         onnx_lambda::aws::sqs_client(&sdk),
     ))
+}
+
+/// The SDK configuration, with the region and credentials checked once when
+/// the command cannot work without them.
+async fn sdk(config: &Config, required: bool) -> anyhow::Result<aws_config::SdkConfig> {
+    let sdk = onnx_lambda::aws::sdk_config(config.sdk_timeout).await;
+    if required {
+        onnx_lambda::aws::check_setup(&sdk).await?;
+    }
+    Ok(sdk)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

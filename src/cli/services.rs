@@ -12,12 +12,12 @@ use onnx_lambda::serve::{self, ServeOptions};
 use onnx_lambda::{App, ModelLoader};
 
 use super::args::{Overrides, ServeArgs, WorkerArgs};
-use super::{clients, configure, shutdown_signal, uses_aws};
+use super::{clients, configure, shutdown_signal};
 
 /// `serve`: the HTTP API on a local socket.
 pub async fn serve(overrides: &Overrides, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = configure(overrides, None)?;
-    let (s3, _) = clients(&config, uses_aws(&config)).await?;
+    let (s3, _) = clients(&config, config.uses_aws()).await?;
     let loader = ModelLoader::new(Some(s3.clone()));
     onnx_lambda::serve::run(&args.addr, config, &loader, Some(s3), shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
@@ -103,7 +103,7 @@ pub async fn lambda(overrides: &Overrides) -> anyhow::Result<ExitCode> {
 
 async fn lambda_app(overrides: &Overrides) -> anyhow::Result<App> {
     let config = configure(overrides, None)?;
-    let (s3, sqs) = clients(&config, uses_aws(&config)).await?;
+    let (s3, sqs) = clients(&config, config.uses_aws()).await?;
     let loader = ModelLoader::new(Some(s3.clone()));
     Ok(App::init(config, &loader, Some(s3)).await?.with_sqs(sqs))
 }
