@@ -25,9 +25,10 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
+
+use super::own::{following_clamp, preceding_clamp, same_bits, same_clamp, Simd};
 
 /// Output columns per vector step; the scratch rows are padded to it.
 const LANES: usize = 8;
@@ -76,6 +77,9 @@ pub(crate) struct Depthwise {
     bias: Arc<[f32]>,
     /// Output clamp; `None` leaves the values alone (and NaN stays NaN).
     clamp: Option<(f32, f32)>,
+    /// Clamp of the input (a ReLU6 before the layer, fused so it is not a
+    /// pass of its own); it contains 0, so the zero padding is unchanged.
+    input_clamp: Option<(f32, f32)>,
     /// NCHW; otherwise CHW (tract drops a batch axis of 1 when decluttering).
     batched: bool,
 }
@@ -96,8 +100,22 @@ impl Depthwise {
             weights: weights.into(),
             bias: bias.into(),
             clamp,
+            input_clamp: None,
             batched,
         }
+    }
+
+    /// The clamp applied to the input, if any.
+    #[cfg(test)]
+    pub(crate) fn input_clamp(&self) -> Option<(f32, f32)> {
+        self.input_clamp
+    }
+
+    /// The operator with its input clamped first; `None` unless the range
+    /// holds 0 (the padding must stay zero).
+    pub(crate) fn with_input_clamp(mut self, clamp: Option<(f32, f32)>) -> Depthwise {
+        self.input_clamp = clamp.filter(|&(lo, hi)| lo <= 0.0 && 0.0 <= hi);
+        self
     }
 
     /// Computes `output` (`n` images) from `input`, both NCHW, splitting
@@ -136,7 +154,7 @@ impl Depthwise {
     /// One channel plane: fill the phase scratch, then the rows.
     fn plane(&self, c: usize, input: &[f32], out: &mut [f32], scratch: &mut [f32], simd: Simd) {
         let g = &self.geometry;
-        fill_phases(g, input, scratch, simd);
+        fill_phases(g, input, scratch, self.input_clamp, simd);
         let taps = g.kernel * g.kernel;
         let w = &self.weights[c * taps..(c + 1) * taps];
         let job = Rows {
@@ -164,51 +182,15 @@ impl Depthwise {
     }
 }
 
-/// The instruction set the rows run with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Simd {
-    /// Plain Rust, vectorised by the compiler (SSE2, NEON).
-    Portable,
-    /// AVX2 + FMA: 8 outputs a step.
-    Avx2,
-    /// AVX-512F (with AVX2 + FMA for the rest): 16 outputs a step, masked
-    /// tails, so a 7- or 14-wide row is one step.
-    Avx512,
-}
-
-impl Simd {
-    /// The best level this CPU has.
-    fn detect() -> Simd {
-        Simd::available().last().copied().unwrap_or(Simd::Portable)
-    }
-
-    /// Every level this CPU can run, portable first.
-    fn available() -> Vec<Simd> {
-        let mut levels = vec![Simd::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") {
-                levels.push(Simd::Avx2);
-                if has!("avx512f") {
-                    levels.push(Simd::Avx512);
-                }
-            }
-        }
-        levels
-    }
-}
-
 /// Bitwise, so an operator equals itself even with NaN in its constants
 /// (tract compares operators when it deduplicates nodes).
 impl PartialEq for Depthwise {
     fn eq(&self, other: &Depthwise) -> bool {
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         self.geometry == other.geometry
-            && bits(&self.weights) == bits(&other.weights)
-            && bits(&self.bias) == bits(&other.bias)
-            && self.clamp.map(|(a, b)| (a.to_bits(), b.to_bits()))
-                == other.clamp.map(|(a, b)| (a.to_bits(), b.to_bits()))
+            && same_bits(&self.weights, &other.weights)
+            && same_bits(&self.bias, &other.bias)
+            && same_clamp(self.clamp, other.clamp)
+            && same_clamp(self.input_clamp, other.input_clamp)
             && self.batched == other.batched
     }
 }
@@ -253,8 +235,15 @@ impl Rows<'_> {
 }
 
 /// Copies the plane into the scratch: padded row `r`, phase `p`, column
-/// `i` holds input `(r - pad_top, s * i + p - pad_left)`, zero outside.
-fn fill_phases(g: &Geometry, input: &[f32], scratch: &mut [f32], simd: Simd) {
+/// `i` holds input `(r - pad_top, s * i + p - pad_left)`, zero outside;
+/// clamped on the way when the operator clamps its input.
+fn fill_phases(
+    g: &Geometry,
+    input: &[f32],
+    scratch: &mut [f32],
+    clamp: Option<(f32, f32)>,
+    simd: Simd,
+) {
     let (h, w) = g.in_hw;
     let (s, len) = (g.stride.1, g.phase_len());
     for r in 0..g.padded_rows() {
@@ -268,7 +257,12 @@ fn fill_phases(g: &Geometry, input: &[f32], scratch: &mut [f32], simd: Simd) {
         match s {
             1 => {
                 let n = w.min(len.saturating_sub(g.pad.1));
-                rows[g.pad.1..g.pad.1 + n].copy_from_slice(&src[..n]);
+                let dst = &mut rows[g.pad.1..g.pad.1 + n];
+                match clamp {
+                    Some(c) => clamp_into(dst, &src[..n], c),
+                    None => dst.copy_from_slice(&src[..n]),
+                }
+                continue;
             }
             2 => {
                 let (first, second) = rows.split_at_mut(len);
@@ -291,6 +285,30 @@ fn fill_phases(g: &Geometry, input: &[f32], scratch: &mut [f32], simd: Simd) {
                 }
             }
         }
+        if let Some(c) = clamp {
+            // Still in L1; the zero padding stays zero (the range holds 0).
+            rows.iter_mut().for_each(|v| *v = clamp_one(*v, c));
+        }
+    }
+}
+
+/// `dst[i] = clamp(src[i])`, in one pass.
+fn clamp_into(dst: &mut [f32], src: &[f32], c: (f32, f32)) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = clamp_one(*s, c);
+    }
+}
+
+/// Written as comparisons, not `f32::max`/`min`, so it compiles to the
+/// vector max/min instructions without NaN fix-ups (tract's ReLU6 does not
+/// promise anything for NaN either).
+#[inline(always)]
+fn clamp_one(v: f32, (lo, hi): (f32, f32)) -> f32 {
+    let v = if v < lo { lo } else { v };
+    if v > hi {
+        hi
+    } else {
+        v
     }
 }
 
@@ -533,7 +551,10 @@ impl Op for Depthwise {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{:?}, clamp {:?}", self.geometry, self.clamp)])
+        Ok(vec![format!(
+            "{:?}, clamp {:?}, input clamp {:?}",
+            self.geometry, self.clamp, self.input_clamp
+        )])
     }
 
     op_as_typed_op!();
@@ -606,10 +627,17 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         };
         let (clamp, last) = following_clamp(model, id)?;
+        let (input_clamp, source) = preceding_clamp(model, node.inputs[0])?;
         let batched = spec.data_format == DataFormat::NCHW;
-        let op = Depthwise::new(geometry, weights, bias, clamp, batched);
+        let op =
+            Depthwise::new(geometry, weights, bias, clamp, batched).with_input_clamp(input_clamp);
+        let source = if op.input_clamp.is_some() {
+            source
+        } else {
+            node.inputs[0]
+        };
         let mut patch = TypedModelPatch::new("onnx-lambda depthwise");
-        let x = patch.tap_model(model, node.inputs[0])?;
+        let x = patch.tap_model(model, source)?;
         let wire = patch.wire_node(&node.name, op, &[x])?[0];
         patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
         patch.apply(model)?;
@@ -717,74 +745,6 @@ fn weights_chw(
     Ok(Some(oihw.iter().copied().collect()))
 }
 
-/// A `Max` and/or `Min` with a constant scalar right after node `id` (how
-/// ReLU6 / Clip reads once decluttered), as a clamp, and the last node of
-/// that chain.
-fn following_clamp(model: &TypedModel, id: usize) -> TractResult<(Option<(f32, f32)>, usize)> {
-    let (mut lo, mut hi) = (f32::NEG_INFINITY, f32::INFINITY);
-    let mut last = id;
-    for _ in 0..2 {
-        let Some(next) = sole_successor(model, last) else {
-            break;
-        };
-        let Some(bin) = next.op_as::<TypedBinOp>() else {
-            break;
-        };
-        let Some(value) = scalar_operand(model, next, last)? else {
-            break;
-        };
-        match bin.0.name() {
-            "Max" if lo == f32::NEG_INFINITY => lo = value,
-            "Min" if hi == f32::INFINITY => hi = value,
-            _ => break,
-        }
-        last = next.id;
-    }
-    let clamp = (last != id).then_some((lo, hi));
-    Ok((
-        clamp.filter(|(lo, hi)| lo <= hi),
-        if lo <= hi { last } else { id },
-    ))
-}
-
-/// The one node reading node `id`'s only output, unless that output is
-/// also a model output.
-fn sole_successor(model: &TypedModel, id: usize) -> Option<&TypedNode> {
-    let node = model.node(id);
-    let outlet = OutletId::new(id, 0);
-    if node.outputs.len() != 1
-        || node.outputs[0].successors.len() != 1
-        || model.outputs.contains(&outlet)
-    {
-        return None;
-    }
-    Some(model.node(node.outputs[0].successors[0].node))
-}
-
-/// The constant scalar `node` combines with the output of `from`, if its
-/// other input is one and the output keeps `from`'s shape.
-fn scalar_operand(model: &TypedModel, node: &TypedNode, from: usize) -> TractResult<Option<f32>> {
-    if node.inputs.len() != 2 {
-        return Ok(None);
-    }
-    let other = if node.inputs[0].node == from {
-        node.inputs[1]
-    } else {
-        node.inputs[0]
-    };
-    let same_shape = model.outlet_fact(OutletId::new(from, 0))?.shape
-        == model.outlet_fact(OutletId::new(node.id, 0))?.shape;
-    let Some(konst) = model.outlet_fact(other)?.konst.clone() else {
-        return Ok(None);
-    };
-    if !same_shape || konst.datum_type() != f32::datum_type() {
-        return Ok(None);
-    }
-    Ok(konst
-        .as_uniform()
-        .and_then(|t| t.try_as_plain_ram().ok()?.to_scalar::<f32>().ok().copied()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -807,8 +767,9 @@ mod tests {
                                 let iy = (y * g.stride.0 + ky) as isize - g.pad.0 as isize;
                                 let ix = (x * g.stride.1 + kx) as isize - g.pad.1 as isize;
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                    acc += op.weights[c * k * k + ky * k + kx]
-                                        * plane[iy as usize * w + ix as usize];
+                                    let v = plane[iy as usize * w + ix as usize];
+                                    let v = op.input_clamp.map_or(v, |(lo, hi)| v.max(lo).min(hi));
+                                    acc += op.weights[c * k * k + ky * k + kx] * v;
                                 }
                             }
                         }
@@ -866,7 +827,8 @@ mod tests {
                             noise(3, cases + 11),
                             clamp,
                             true,
-                        );
+                        )
+                        .with_input_clamp((cases % 3 == 0).then_some((-0.3, 0.4)));
                         let n = 2;
                         let input = noise(n * 3 * h * w, cases + 13);
                         let want = reference(&op, n, &input);

@@ -8,6 +8,8 @@
 mod depthwise;
 mod loader;
 pub mod manifest;
+mod own;
+mod pointwise;
 mod profile;
 
 use std::path::Path;
@@ -42,8 +44,9 @@ pub struct LoadOptions {
     /// image for MobileNetV2 on tract (see `classify.rs` for the numbers);
     /// larger values exist for the benchmark that proves it.
     pub plan_batch: usize,
-    /// Put the project's own operators (`depthwise.rs`) in place of tract's
-    /// where they apply. Off only to measure against tract alone.
+    /// Put the project's own operators (`pointwise.rs`, `depthwise.rs`) in
+    /// place of tract's where they apply. Off only to measure against tract
+    /// alone.
     pub own_kernels: bool,
 }
 
@@ -391,7 +394,7 @@ fn compile(
     times.declutter_ms = ms_since(t);
     let t = Instant::now();
     if own_kernels {
-        depthwise::install(&mut typed).map_err(optimize)?;
+        install_own_operators(&mut typed).map_err(optimize)?;
     }
     times.own_kernels_ms = ms_since(t);
     let t = Instant::now();
@@ -419,6 +422,15 @@ fn compile(
         .map_err(|e| ModelError::Optimize(format!("{e:#}")))?;
     times.plan_ms = ms_since(t);
     Ok((plan, total / batch, times))
+}
+
+/// Puts the project's own operators in place of tract's. Pointwise first:
+/// it takes the ReLU6 after each expansion into its store, and the
+/// depthwise layers then take what clamps are left before them.
+fn install_own_operators(model: &mut TypedModel) -> TractResult<()> {
+    pointwise::install(model)?;
+    depthwise::install(model)?;
+    Ok(())
 }
 
 /// The labels file, else the ImageNet synset for a 1000-class model, else
@@ -502,5 +514,41 @@ mod tests {
         assert!(matches!(err, ModelError::NotOnnx { .. }), "{err}");
         let err = Model::from_bytes(b"", "x.onnx", None, None, LoadOptions::default()).unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
+    }
+
+    /// On the bundled MobileNetV2, every ReLU6 ends up inside one of the
+    /// project's operators: after each expansion in its pointwise store
+    /// (where the CPU runs pointwise.rs), before the first depthwise layer
+    /// in that layer's input, after every depthwise layer in its store.
+    #[test]
+    fn own_operators_take_every_relu6_of_the_bundled_model() {
+        use tract_onnx::tract_core::ops::binary::TypedBinOp;
+        let path = crate::config::bundled_model_path();
+        let mut graph = tract_onnx::onnx().model_for_path(&path).unwrap();
+        graph
+            .set_input_fact(0, f32::fact([1, 3, 224, 224]).into())
+            .unwrap();
+        let mut model = graph.into_typed().unwrap().into_decluttered().unwrap();
+        install_own_operators(&mut model).unwrap();
+        let ours = |name: &str| model.nodes.iter().filter(|n| n.op.name() == name).count();
+        let pointwise = ours("Pointwise(onnx-lambda)");
+        assert!(pointwise == 34 || pointwise == 0, "{pointwise}");
+        assert_eq!(ours("Depthwise(onnx-lambda)"), 17);
+        let inputs_clamped = model
+            .nodes
+            .iter()
+            .filter_map(|n| n.op_as::<depthwise::Depthwise>())
+            .filter(|op| op.input_clamp().is_some())
+            .count();
+        let clamps_left = model
+            .nodes
+            .iter()
+            .filter(|n| n.op_as::<TypedBinOp>().is_some_and(|b| b.0.name() == "Max"))
+            .count();
+        if pointwise == 34 {
+            assert_eq!((inputs_clamped, clamps_left), (1, 0));
+        } else {
+            assert_eq!((inputs_clamped, clamps_left), (17, 0));
+        }
     }
 }

@@ -1,0 +1,1205 @@
+//! Our own 1x1 convolution, put in place of tract's matrix product.
+//!
+//! Why: on MobileNetV2 the 34 pointwise (1x1) convolutions are 90% of the
+//! arithmetic. tract runs them as a packed matrix product: every layer first
+//! re-packs its activations into tract's panel layout (`OptMatMulPack`,
+//! about 11% of inference), and the large early layers ran at 20-55 GMAC/s
+//! (`onnx-lambda profile --by-node`, README).
+//!
+//! How: a 1x1 convolution on an NCHW image is `out[M x S] = W[M x K] ·
+//! x[K x S]` with `S` the pixels, and both `x` and `out` are row-major with
+//! the pixels contiguous. So the activations need no packing at all: a
+//! register tile of 8 output channels by up to 48 pixels reads, for each
+//! input channel, 3 contiguous vectors of `x` and 8 weights (broadcast from
+//! a copy of `W` packed once at load time, 8 channels interleaved), and
+//! does 24 FMAs. Bias, ReLU6 and the residual `Add` of an inverted residual
+//! block are applied to the tile in registers before its only store.
+//! Masked loads and stores take the last, partial vector of a row, so no
+//! lane reads or writes outside the tensors.
+//!
+//! [`install`] swaps the operator in on the decluttered graph, where tract
+//! has already turned each 1x1 convolution into an `EinSum` (`IHW,OI->OHW`)
+//! followed by its bias `Add`. It runs only where AVX2 and FMA are present:
+//! elsewhere (Graviton's NEON, old x86) tract's own kernels stay.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::einsum::EinSum;
+
+use super::own::{following_clamp, same_bits, same_clamp, sole_successor, Simd};
+
+/// Output channels interleaved in the packed weights (one AVX-512 tile).
+const PANEL: usize = 8;
+
+/// Most vectors of pixels one tile covers.
+const MAX_VECS: usize = 3;
+
+/// The sizes of one layer's matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Dims {
+    /// Images in a run (each its own product).
+    pub images: usize,
+    /// Output channels.
+    pub m: usize,
+    /// Input channels.
+    pub k: usize,
+    /// Pixels per channel plane.
+    pub pixels: usize,
+}
+
+/// What a layer applies to the product before its store.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Epilogue {
+    /// Clamp after the bias (the ReLU6 of an expansion layer).
+    pub pre: Option<(f32, f32)>,
+    /// Whether a second input, of the output's shape, is added after that
+    /// (the residual connection of an inverted residual block).
+    pub residual: bool,
+    /// Clamp after the residual.
+    pub post: Option<(f32, f32)>,
+}
+
+/// `out = clamp(clamp(W · x + bias) + residual)` per image, on f32 tensors
+/// laid out `[images, K, pixels]` into `[images, M, pixels]` (whatever the
+/// axes are called: the shapes are kept to check inputs and name outputs).
+#[derive(Debug, Clone)]
+pub(crate) struct Pointwise {
+    dims: Dims,
+    in_shape: TVec<usize>,
+    out_shape: TVec<usize>,
+    /// `W` in panels of [`PANEL`] output channels: panel `p`, input channel
+    /// `k`, lane `r` holds `W[p * PANEL + r][k]`; missing channels are zero.
+    weights: Arc<[f32]>,
+    /// Bias, zero-padded to whole panels.
+    bias: Arc<[f32]>,
+    epilogue: Epilogue,
+}
+
+impl Pointwise {
+    /// `weights` is `W[m][k]` row-major; `bias` has `m` values.
+    pub(crate) fn new(
+        dims: Dims,
+        (in_shape, out_shape): (&[usize], &[usize]),
+        weights: &[f32],
+        bias: &[f32],
+        epilogue: Epilogue,
+    ) -> Pointwise {
+        let Dims { m, k, .. } = dims;
+        assert_eq!(weights.len(), m * k, "weights");
+        assert_eq!(bias.len(), m, "bias");
+        assert_eq!(
+            in_shape.iter().product::<usize>(),
+            dims.images * k * dims.pixels
+        );
+        assert_eq!(
+            out_shape.iter().product::<usize>(),
+            dims.images * m * dims.pixels
+        );
+        let panels = m.div_ceil(PANEL);
+        let mut packed = vec![0f32; panels * PANEL * k];
+        for (row, w) in weights.chunks_exact(k.max(1)).enumerate().take(m) {
+            let panel = &mut packed[row / PANEL * PANEL * k..][..PANEL * k];
+            for (kk, v) in w.iter().enumerate() {
+                panel[kk * PANEL + row % PANEL] = *v;
+            }
+        }
+        let mut padded = bias.to_vec();
+        padded.resize(panels * PANEL, 0.0);
+        Pointwise {
+            dims,
+            in_shape: in_shape.into(),
+            out_shape: out_shape.into(),
+            weights: packed.into(),
+            bias: padded.into(),
+            epilogue,
+        }
+    }
+
+    /// Computes `output` from `input` (and the residual, when the epilogue
+    /// has one), splitting the output channels across tract's executor
+    /// when one is installed.
+    pub(crate) fn compute(
+        &self,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+    ) -> TractResult<()> {
+        self.compute_with(input, residual, output, Simd::detect())
+    }
+
+    /// [`Pointwise::compute`] with the given instruction set.
+    fn compute_with(
+        &self,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+        simd: Simd,
+    ) -> TractResult<()> {
+        let Dims {
+            images,
+            m,
+            k,
+            pixels,
+        } = self.dims;
+        ensure!(input.len() == images * k * pixels, "pointwise input size");
+        ensure!(output.len() == images * m * pixels, "pointwise output size");
+        ensure!(
+            residual.map(<[f32]>::len) == self.epilogue.residual.then_some(output.len()),
+            "pointwise residual size"
+        );
+        let isa = Isa::of(simd)?;
+        if output.is_empty() {
+            return Ok(());
+        }
+        // Threads take whole panels of channels when the rows allow it, so
+        // no tile is computed twice.
+        let unit = if m.is_multiple_of(PANEL) { PANEL } else { 1 };
+        let macs = images * m * k * pixels;
+        tract_core::tract_linalg::multithread::par_chunks_mut(
+            output,
+            unit * pixels,
+            macs,
+            |first, chunk| {
+                let rows = first * unit..first * unit + chunk.len() / pixels;
+                // The chunk's first row is global row `rows.start`; rows
+                // before it belong to other threads and are never written.
+                let base = chunk.as_mut_ptr().wrapping_sub(rows.start * pixels);
+                for image in rows.start / m..rows.end.div_ceil(m) {
+                    let own = rows.start.max(image * m) - image * m
+                        ..rows.end.min((image + 1) * m) - image * m;
+                    let job = Image {
+                        x: &input[image * k * pixels..][..k * pixels],
+                        residual: residual.map(|r| r[image * m * pixels..].as_ptr()),
+                        out: base.wrapping_add(image * m * pixels),
+                    };
+                    self.image(isa, &job, own);
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// Channels `rows` of one image. When the weights outweigh the
+    /// activations (more channels than pixels: the 7x7 and 14x14 layers) a
+    /// panel of weights stays in cache while every strip of pixels passes;
+    /// otherwise a strip of `x` stays while every panel passes.
+    fn image(&self, isa: Isa, job: &Image<'_>, rows: Range<usize>) {
+        let Dims { m, pixels, .. } = self.dims;
+        if rows.is_empty() {
+            return;
+        }
+        let first_panel = rows.start / PANEL * PANEL;
+        if m > pixels {
+            for p0 in (first_panel..rows.end).step_by(PANEL) {
+                let panel = rows.start.max(p0)..rows.end.min(p0 + PANEL);
+                for strip in strips(pixels, isa) {
+                    self.strip(isa, job, strip, panel.clone());
+                }
+            }
+        } else {
+            for strip in strips(pixels, isa) {
+                self.strip(isa, job, strip, rows.clone());
+            }
+        }
+    }
+
+    /// Channels `rows` of one strip of pixels, tile by tile.
+    fn strip(&self, isa: Isa, job: &Image<'_>, strip: Strip, rows: Range<usize>) {
+        let Dims { k, pixels, .. } = self.dims;
+        let (step, run) = match strip.kind {
+            Kind::Vectors { .. } => (isa.rows, isa.tile),
+            Kind::Columns => (PANEL, isa.columns),
+        };
+        for r0 in (rows.start / step * step..rows.end).step_by(step) {
+            let at = r0 * pixels + strip.first;
+            let tile = Tile {
+                k,
+                w: self.weights[r0 / PANEL * PANEL * k + r0 % PANEL..].as_ptr(),
+                bias: self.bias[r0..].as_ptr(),
+                x: job.x[strip.first..].as_ptr(),
+                ld: pixels,
+                out: job.out.wrapping_add(at),
+                residual: job.residual.map(|r| r.wrapping_add(at)),
+                store: rows.start.max(r0) - r0..rows.end.min(r0 + step) - r0,
+                strip,
+                pre: self.epilogue.pre,
+                post: self.epilogue.post,
+            };
+            // SAFETY: the ISA was detected on this CPU (Isa::of); the
+            // tile's reads stay inside `x`, the weights and the bias
+            // (masked past the row's end), and it writes only rows `store`
+            // of the strip's pixels, which this chunk owns.
+            unsafe { run(&tile) };
+        }
+    }
+}
+
+/// Columns of pixels left after whole vectors below which they are done
+/// as [`Kind::Columns`]: a tile of 8 channels by up to 7 pixels costs 1 to
+/// 7 FMAs per input channel where a masked vector tile costs 8 (AVX-512;
+/// 2 tiles of 4 with AVX2), so 49 pixels cost 48 + 1 rather than 64.
+const COLUMN_TAIL: usize = 8;
+
+/// A run of pixels that one kind of tile covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Strip {
+    first: usize,
+    cols: usize,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Vectors of pixels by a tile of channels; the last vector is masked
+    /// to `tail` lanes.
+    Vectors { vecs: usize, tail: usize },
+    /// One vector of 8 channels per pixel.
+    Columns,
+}
+
+/// The strips that cover `pixels`: whole strips of [`MAX_VECS`] vectors,
+/// then what is left as vectors (the last masked) or as columns.
+fn strips(pixels: usize, isa: Isa) -> impl Iterator<Item = Strip> {
+    let width = isa.lanes * MAX_VECS;
+    let rest = pixels % isa.lanes;
+    let columns = if rest < COLUMN_TAIL { rest } else { 0 };
+    let vectors = pixels - columns;
+    let tail = (columns > 0).then_some(Strip {
+        first: vectors,
+        cols: columns,
+        kind: Kind::Columns,
+    });
+    (0..vectors)
+        .step_by(width)
+        .map(move |first| {
+            let cols = (vectors - first).min(width);
+            let vecs = cols.div_ceil(isa.lanes);
+            Strip {
+                first,
+                cols,
+                kind: Kind::Vectors {
+                    vecs,
+                    tail: cols - (vecs - 1) * isa.lanes,
+                },
+            }
+        })
+        .chain(tail)
+}
+
+/// One image's operands.
+struct Image<'a> {
+    x: &'a [f32],
+    residual: Option<*const f32>,
+    /// Channel 0, pixel 0 of this image's output.
+    out: *mut f32,
+}
+
+/// An instruction set's tile: its shape and its function.
+#[derive(Clone, Copy)]
+struct Isa {
+    /// Output channels per tile (divides [`PANEL`]).
+    rows: usize,
+    /// f32 lanes per vector.
+    lanes: usize,
+    tile: unsafe fn(&Tile),
+    /// [`Kind::Columns`] tiles, the same for both (AVX2 + FMA).
+    columns: unsafe fn(&Tile),
+}
+
+impl Isa {
+    fn of(simd: Simd) -> TractResult<Isa> {
+        match simd {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => Ok(Isa {
+                rows: 8,
+                lanes: 16,
+                tile: avx512::tile,
+                columns: avx2::columns,
+            }),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => Ok(Isa {
+                rows: 4,
+                lanes: 8,
+                tile: avx2::tile,
+                columns: avx2::columns,
+            }),
+            _ => bail!("the pointwise operator needs AVX2 and FMA"),
+        }
+    }
+}
+
+/// One register tile: a tile of output channels by one strip of pixels,
+/// all input channels.
+struct Tile {
+    k: usize,
+    /// The tile's first channel in the packed weights; the next input
+    /// channel is [`PANEL`] further.
+    w: *const f32,
+    /// The tile's first channel's bias.
+    bias: *const f32,
+    /// Input channel 0 at the strip's first pixel; the next is `ld` further.
+    x: *const f32,
+    /// Pixels per plane: the row stride of `x`, `out` and `residual`.
+    ld: usize,
+    /// The tile's first channel at the strip's first pixel.
+    out: *mut f32,
+    residual: Option<*const f32>,
+    /// Which of the tile's channels to store.
+    store: Range<usize>,
+    strip: Strip,
+    pre: Option<(f32, f32)>,
+    post: Option<(f32, f32)>,
+}
+
+// Indexed loops over the accumulators on purpose: written with iterators
+// (and the epilogue inline), LLVM kept every accumulator in memory and the
+// tiles ran at a third of the speed.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Kind, Tile, PANEL};
+
+    const ROWS: usize = 8;
+
+    /// # Safety
+    /// The CPU must have AVX-512F; see [`super::Pointwise::image`].
+    pub(super) unsafe fn tile(t: &Tile) {
+        let Kind::Vectors { vecs, tail } = t.strip.kind else {
+            return;
+        };
+        // SAFETY: forwarded.
+        unsafe {
+            match vecs {
+                1 => tile_of::<1>(t, tail),
+                2 => tile_of::<2>(t, tail),
+                _ => tile_of::<3>(t, tail),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_of<const V: usize>(t: &Tile, tail: usize) {
+        let tail: __mmask16 = (1u32 << tail).wrapping_sub(1) as u16;
+        let (k, ld) = (t.k, t.ld);
+        let mut acc = [[_mm512_setzero_ps(); V]; ROWS];
+        for r in 0..ROWS {
+            // SAFETY: the bias is padded to whole panels.
+            let b = _mm512_set1_ps(unsafe { *t.bias.add(r) });
+            for v in 0..V {
+                acc[r][v] = b;
+            }
+        }
+        let (mut x, mut w) = (t.x, t.w);
+        for _ in 0..k {
+            let mut xv = [_mm512_setzero_ps(); V];
+            for v in 0..V {
+                // SAFETY: unmasked lanes are pixels of this input row.
+                xv[v] = unsafe {
+                    if v + 1 == V {
+                        _mm512_maskz_loadu_ps(tail, x.wrapping_add(16 * v))
+                    } else {
+                        _mm512_loadu_ps(x.wrapping_add(16 * v))
+                    }
+                };
+            }
+            for r in 0..ROWS {
+                // SAFETY: a packed panel has PANEL weights per input
+                // channel. (A load intrinsic, not `*w`: a dereference
+                // carries debug builds' pointer checks into this loop,
+                // which then spills every accumulator.)
+                let b = _mm512_broadcastss_ps(unsafe { _mm_load_ss(w.wrapping_add(r)) });
+                for v in 0..V {
+                    acc[r][v] = _mm512_fmadd_ps(b, xv[v], acc[r][v]);
+                }
+            }
+            x = x.wrapping_add(ld);
+            w = w.wrapping_add(PANEL);
+        }
+        store(t, &acc, tail);
+    }
+
+    /// The epilogue and the tile's only store.
+    #[target_feature(enable = "avx512f")]
+    fn store<const V: usize>(t: &Tile, acc: &[[__m512; V]; ROWS], tail: __mmask16) {
+        let clamp = |y: __m512, c: Option<(f32, f32)>| match c {
+            Some((lo, hi)) => {
+                _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(lo)), _mm512_set1_ps(hi))
+            }
+            None => y,
+        };
+        for (r, row) in acc.iter().enumerate() {
+            if !t.store.contains(&r) {
+                continue;
+            }
+            for (v, y) in row.iter().enumerate() {
+                let mask = if v + 1 == V { tail } else { 0xFFFF };
+                let at = r * t.ld + 16 * v;
+                let mut y = clamp(*y, t.pre);
+                if let Some(res) = t.residual {
+                    // SAFETY: unmasked lanes are this output row's pixels,
+                    // which the residual has too.
+                    y = _mm512_add_ps(y, unsafe {
+                        _mm512_maskz_loadu_ps(mask, res.wrapping_add(at))
+                    });
+                }
+                // SAFETY: as above, in the output.
+                unsafe { _mm512_mask_storeu_ps(t.out.wrapping_add(at), mask, clamp(y, t.post)) };
+            }
+        }
+    }
+}
+
+// Indexed loops over the accumulators on purpose: written with iterators
+// (and the epilogue inline), LLVM kept every accumulator in memory and the
+// tiles ran at a third of the speed.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Kind, Tile, PANEL};
+
+    const ROWS: usize = 4;
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; see [`super::Pointwise::image`].
+    pub(super) unsafe fn tile(t: &Tile) {
+        let Kind::Vectors { vecs, tail } = t.strip.kind else {
+            return;
+        };
+        // SAFETY: forwarded.
+        unsafe {
+            match vecs {
+                1 => tile_of::<1>(t, tail),
+                2 => tile_of::<2>(t, tail),
+                _ => tile_of::<3>(t, tail),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile_of<const V: usize>(t: &Tile, tail: usize) {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail as i32), lane);
+        let (k, ld) = (t.k, t.ld);
+        let mut acc = [[_mm256_setzero_ps(); V]; ROWS];
+        for r in 0..ROWS {
+            // SAFETY: the bias is padded to whole panels.
+            let b = _mm256_set1_ps(unsafe { *t.bias.add(r) });
+            for v in 0..V {
+                acc[r][v] = b;
+            }
+        }
+        let (mut x, mut w) = (t.x, t.w);
+        for _ in 0..k {
+            let mut xv = [_mm256_setzero_ps(); V];
+            for v in 0..V {
+                // SAFETY: unmasked lanes are pixels of this input row.
+                xv[v] = unsafe {
+                    if v + 1 == V {
+                        _mm256_maskload_ps(x.wrapping_add(8 * v), tail)
+                    } else {
+                        _mm256_loadu_ps(x.wrapping_add(8 * v))
+                    }
+                };
+            }
+            for r in 0..ROWS {
+                // SAFETY: as in the AVX-512 tile.
+                let b = _mm256_broadcast_ss(unsafe { &*w.wrapping_add(r) });
+                for v in 0..V {
+                    acc[r][v] = _mm256_fmadd_ps(b, xv[v], acc[r][v]);
+                }
+            }
+            x = x.wrapping_add(ld);
+            w = w.wrapping_add(PANEL);
+        }
+        store(t, &acc, tail);
+    }
+
+    /// The epilogue and the tile's only store.
+    #[target_feature(enable = "avx2,fma")]
+    fn store<const V: usize>(t: &Tile, acc: &[[__m256; V]; ROWS], tail: __m256i) {
+        let clamp = |y: __m256, c: Option<(f32, f32)>| match c {
+            Some((lo, hi)) => {
+                _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(lo)), _mm256_set1_ps(hi))
+            }
+            None => y,
+        };
+        for (r, row) in acc.iter().enumerate() {
+            if !t.store.contains(&r) {
+                continue;
+            }
+            for (v, y) in row.iter().enumerate() {
+                let mask = if v + 1 == V {
+                    tail
+                } else {
+                    _mm256_set1_epi32(-1)
+                };
+                let at = r * t.ld + 8 * v;
+                let mut y = clamp(*y, t.pre);
+                if let Some(res) = t.residual {
+                    // SAFETY: unmasked lanes are this output row's pixels,
+                    // which the residual has too.
+                    y = _mm256_add_ps(y, unsafe { _mm256_maskload_ps(res.wrapping_add(at), mask) });
+                }
+                // SAFETY: as above, in the output.
+                unsafe { _mm256_maskstore_ps(t.out.wrapping_add(at), mask, clamp(y, t.post)) };
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; see [`super::Pointwise::image`].
+    pub(super) unsafe fn columns(t: &Tile) {
+        // SAFETY: forwarded.
+        unsafe {
+            match t.strip.cols {
+                1 => columns_of::<1>(t),
+                2 => columns_of::<2>(t),
+                3 => columns_of::<3>(t),
+                4 => columns_of::<4>(t),
+                5 => columns_of::<5>(t),
+                6 => columns_of::<6>(t),
+                _ => columns_of::<7>(t),
+            }
+        }
+    }
+
+    /// A panel of 8 channels as one vector, by `C` pixels: each input
+    /// channel is one load of 8 weights and `C` broadcast pixels.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn columns_of<const C: usize>(t: &Tile) {
+        // SAFETY: the bias is padded to whole panels.
+        let mut acc = [unsafe { _mm256_loadu_ps(t.bias) }; C];
+        let (mut x, mut w) = (t.x, t.w);
+        for _ in 0..t.k {
+            // SAFETY: a panel holds PANEL weights per input channel, and
+            // the strip's C pixels are in this input row.
+            let wv = unsafe { _mm256_loadu_ps(w) };
+            for c in 0..C {
+                let xc = _mm256_broadcast_ss(unsafe { &*x.wrapping_add(c) });
+                acc[c] = _mm256_fmadd_ps(wv, xc, acc[c]);
+            }
+            x = x.wrapping_add(t.ld);
+            w = w.wrapping_add(PANEL);
+        }
+        store_columns(t, &acc);
+    }
+
+    /// The epilogue of [`columns_of`]: one channel at a time, since the
+    /// output rows are channels.
+    #[target_feature(enable = "avx2,fma")]
+    fn store_columns<const C: usize>(t: &Tile, acc: &[__m256; C]) {
+        let clamp = |v: f32, c: Option<(f32, f32)>| c.map_or(v, |(lo, hi)| v.max(lo).min(hi));
+        for (c, v) in acc.iter().enumerate() {
+            let mut lanes = [0f32; PANEL];
+            // SAFETY: a local array of 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *v) };
+            for r in t.store.clone() {
+                let at = r * t.ld + c;
+                let mut y = clamp(lanes[r], t.pre);
+                if let Some(res) = t.residual {
+                    // SAFETY: row r of the strip, inside the residual.
+                    y += unsafe { *res.wrapping_add(at) };
+                }
+                // SAFETY: row r of the strip, which this chunk owns.
+                unsafe { *t.out.wrapping_add(at) = clamp(y, t.post) };
+            }
+        }
+    }
+}
+
+/// Bitwise, so an operator equals itself even with NaN in its constants.
+impl PartialEq for Pointwise {
+    fn eq(&self, other: &Pointwise) -> bool {
+        self.dims == other.dims
+            && self.in_shape == other.in_shape
+            && self.out_shape == other.out_shape
+            && same_bits(&self.weights, &other.weights)
+            && same_bits(&self.bias, &other.bias)
+            && same_clamp(self.epilogue.pre, other.epilogue.pre)
+            && self.epilogue.residual == other.epilogue.residual
+            && same_clamp(self.epilogue.post, other.epilogue.post)
+    }
+}
+
+impl Eq for Pointwise {}
+
+impl Op for Pointwise {
+    fn name(&self) -> StaticName {
+        "Pointwise(onnx-lambda)".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{:?}, {:?}", self.dims, self.epilogue)])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Pointwise {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 1 + usize::from(self.epilogue.residual));
+        ensure!(
+            inputs[0].shape() == &*self.in_shape,
+            "pointwise input {:?} is not {:?}",
+            inputs[0].shape(),
+            self.in_shape
+        );
+        // SAFETY: `compute` writes every element (each tile stores all its
+        // rows' pixels, the last vector masked).
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.out_shape)? };
+        let src = inputs[0].try_as_plain_ram()?;
+        let residual = match inputs.get(1) {
+            Some(r) => {
+                ensure!(r.shape() == &*self.out_shape, "pointwise residual shape");
+                Some(r.try_as_plain_ram()?)
+            }
+            None => None,
+        };
+        let residual = residual.as_ref().map(|r| r.as_slice::<f32>()).transpose()?;
+        let mut dst = output.try_as_plain_ram_mut()?;
+        self.compute(src.as_slice::<f32>()?, residual, dst.as_slice_mut::<f32>()?)?;
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for Pointwise {
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(&*self.out_shape)))
+    }
+
+    fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let Dims {
+            images,
+            m,
+            k,
+            pixels,
+        } = self.dims;
+        Ok(tvec!((
+            Cost::FMA(f32::datum_type()),
+            (images * m * k * pixels).to_dim()
+        )))
+    }
+
+    as_op!();
+}
+
+/// Fewest pixels per plane worth a tile: below one vector (the classifier's
+/// matrix-vector product) tract's kernels are better.
+const MIN_PIXELS: usize = 16;
+
+/// Replaces every 1x1 convolution this module handles (see the module docs)
+/// in a decluttered graph, with the bias, clamps and residual `Add` after
+/// it. Returns how many it replaced; none on a CPU without AVX2 and FMA.
+pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
+    if Isa::of(Simd::detect()).is_err() {
+        return Ok(0);
+    }
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(einsum) = node.op_as::<EinSum>() else {
+            continue;
+        };
+        let Some(layer) = describe(model, node, einsum)? else {
+            continue;
+        };
+        let (bias, after_bias) = following_bias(model, id, &layer)?;
+        let (pre, after_pre) = following_clamp(model, after_bias)?;
+        let (residual, last) = match following_residual(model, after_pre)? {
+            Some((other, add)) => {
+                let (post, last) = following_clamp(model, add)?;
+                (Some((other, post)), last)
+            }
+            None => (None, after_pre),
+        };
+        let epilogue = Epilogue {
+            pre,
+            residual: residual.is_some(),
+            post: residual.and_then(|(_, post)| post),
+        };
+        let bias = bias.unwrap_or_else(|| vec![0.0; layer.dims.m]);
+        let shapes = (&layer.in_shape[..], &layer.out_shape[..]);
+        let op = Pointwise::new(layer.dims, shapes, &layer.weights, &bias, epilogue);
+        let mut patch = TypedModelPatch::new("onnx-lambda pointwise");
+        let mut taps = tvec![patch.tap_model(model, node.inputs[0])?];
+        if let Some((other, _)) = residual {
+            taps.push(patch.tap_model(model, other)?);
+        }
+        let wire = patch.wire_node(&node.name, op, &taps)?[0];
+        patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    model.compact()?;
+    Ok(replaced)
+}
+
+/// A 1x1 convolution as tract's declutter leaves it.
+struct Layer {
+    dims: Dims,
+    in_shape: TVec<usize>,
+    out_shape: TVec<usize>,
+    /// Position of the channel axis in the output.
+    channel_axis: usize,
+    /// `W[m][k]`, row-major.
+    weights: Vec<f32>,
+}
+
+/// The layer an `EinSum` computes, if it is `[images..., K, pixels...] x
+/// [M, K] -> [images..., M, pixels...]` with constant f32 weights (axes of
+/// size 1 before `K` may be dropped), else `None`.
+fn describe(model: &TypedModel, node: &TypedNode, einsum: &EinSum) -> TractResult<Option<Layer>> {
+    let facts = model.node_input_facts(node.id)?;
+    let out_fact = model.outlet_fact(OutletId::new(node.id, 0))?;
+    let (ins, outs) = einsum.axes.to_strs();
+    let (Some(konst), Some(in_shape), Some(out_shape)) = (
+        facts.get(1).and_then(|f| f.konst.clone()),
+        facts[0].shape.as_concrete(),
+        out_fact.shape.as_concrete(),
+    ) else {
+        return Ok(None);
+    };
+    if einsum.q_params.is_some()
+        || node.inputs.len() != 2
+        || einsum.operating_dt != f32::datum_type()
+        || facts[0].datum_type != f32::datum_type()
+        || konst.datum_type() != f32::datum_type()
+        || ins.len() != 2
+        || outs.len() != 1
+    {
+        return Ok(None);
+    }
+    let [a, b, o] = [&ins[0], &ins[1], &outs[0]].map(|s| s.chars().collect::<Vec<char>>());
+    let Some(axes) = matrix_axes(&a, &b, &o, in_shape) else {
+        return Ok(None);
+    };
+    let (k, m) = (in_shape[axes.k_in], out_shape[axes.m_out]);
+    let pixels: usize = in_shape[axes.k_in + 1..].iter().product();
+    let images: usize = in_shape[..axes.k_in].iter().product();
+    if konst.shape() != [m, k] && konst.shape() != [k, m] || pixels < MIN_PIXELS || m == 0 || k == 0
+    {
+        return Ok(None);
+    }
+    let view = konst.to_plain_array_view::<f32>()?;
+    let view = if axes.w_transposed {
+        view.reversed_axes()
+    } else {
+        view
+    };
+    if view.shape() != [m, k] {
+        return Ok(None);
+    }
+    Ok(Some(Layer {
+        dims: Dims {
+            images,
+            m,
+            k,
+            pixels,
+        },
+        in_shape: in_shape.into(),
+        out_shape: out_shape.into(),
+        channel_axis: axes.m_out,
+        weights: view.iter().copied().collect(),
+    }))
+}
+
+/// Where the product's axes are in an `EinSum`'s expression.
+struct MatrixAxes {
+    /// `K` in the activations.
+    k_in: usize,
+    /// `M` in the output.
+    m_out: usize,
+    /// The weights are `[K, M]` rather than `[M, K]`.
+    w_transposed: bool,
+}
+
+/// `a` (activations), `b` (weights) and `o` (output), one letter per axis:
+/// `a = P K S`, `b = M K` or `K M`, `o = P' M S`, where `S` (the pixels)
+/// is the same in both and `P'` is `P` less axes of size 1.
+fn matrix_axes(a: &[char], b: &[char], o: &[char], in_shape: &[usize]) -> Option<MatrixAxes> {
+    let once = |s: &[char]| s.iter().all(|c| s.iter().filter(|d| *d == c).count() == 1);
+    if b.len() != 2 || a.len() != in_shape.len() || !once(a) || !once(b) || !once(o) {
+        return None;
+    }
+    let kc = *b.iter().find(|c| a.contains(c) && !o.contains(c))?;
+    let mc = *b.iter().find(|c| o.contains(c) && !a.contains(c))?;
+    let k_in = a.iter().position(|&c| c == kc)?;
+    let m_out = o.iter().position(|&c| c == mc)?;
+    let kept: Vec<char> = a[..k_in]
+        .iter()
+        .copied()
+        .filter(|c| o.contains(c))
+        .collect();
+    let dropped_are_ones = a[..k_in]
+        .iter()
+        .zip(in_shape)
+        .all(|(c, &d)| o.contains(c) || d == 1);
+    (a[k_in + 1..] == o[m_out + 1..] && o[..m_out] == kept[..] && dropped_are_ones).then_some(
+        MatrixAxes {
+            k_in,
+            m_out,
+            w_transposed: b[0] == kc,
+        },
+    )
+}
+
+/// The per-channel constant `Add` right after node `id` (the bias), as one
+/// value per output channel, and the node the chain now ends at.
+fn following_bias(
+    model: &TypedModel,
+    id: usize,
+    layer: &Layer,
+) -> TractResult<(Option<Vec<f32>>, usize)> {
+    let none = (None, id);
+    let Some(next) = sole_successor(model, id) else {
+        return Ok(none);
+    };
+    let is_add = next
+        .op_as::<TypedBinOp>()
+        .is_some_and(|bin| bin.0.name() == "Add");
+    if !is_add || next.inputs.len() != 2 {
+        return Ok(none);
+    }
+    let other = next.inputs[usize::from(next.inputs[0].node == id)];
+    let konst = model.outlet_fact(other)?.konst.clone();
+    let out = model.outlet_fact(OutletId::new(next.id, 0))?;
+    let Some(konst) = konst.filter(|k| k.datum_type() == f32::datum_type()) else {
+        return Ok(none);
+    };
+    if out.shape.as_concrete() != Some(&layer.out_shape[..]) || konst.rank() > layer.out_shape.len()
+    {
+        return Ok(none);
+    }
+    // Aligned from the right, every axis but the channel's has size 1.
+    let offset = layer.out_shape.len() - konst.rank();
+    let per_channel = konst
+        .shape()
+        .iter()
+        .enumerate()
+        .all(|(i, &d)| d == 1 || (i + offset == layer.channel_axis && d == layer.dims.m));
+    let plain = konst.try_as_plain_ram()?;
+    let values = plain.as_slice::<f32>()?;
+    let bias = match values.len() {
+        _ if !per_channel => return Ok(none),
+        1 => vec![values[0]; layer.dims.m],
+        n if n == layer.dims.m => values.to_vec(),
+        _ => return Ok(none),
+    };
+    Ok((Some(bias), next.id))
+}
+
+/// The `Add` right after node `id` whose other operand is a computed tensor
+/// of the same shape (a residual connection): that operand and the `Add`.
+fn following_residual(model: &TypedModel, id: usize) -> TractResult<Option<(OutletId, usize)>> {
+    let Some(next) = sole_successor(model, id) else {
+        return Ok(None);
+    };
+    let is_add = next
+        .op_as::<TypedBinOp>()
+        .is_some_and(|bin| bin.0.name() == "Add");
+    if !is_add || next.inputs.len() != 2 || next.inputs[0] == next.inputs[1] {
+        return Ok(None);
+    }
+    let other = next.inputs[usize::from(next.inputs[0].node == id)];
+    let (mine, theirs, out) = (
+        model.outlet_fact(OutletId::new(id, 0))?,
+        model.outlet_fact(other)?,
+        model.outlet_fact(OutletId::new(next.id, 0))?,
+    );
+    let same = theirs.konst.is_none()
+        && theirs.datum_type == f32::datum_type()
+        && theirs.shape == mine.shape
+        && out.shape == mine.shape;
+    Ok(same.then_some((other, next.id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::axes::AxesMapping;
+    use tract_onnx::tract_core::ops::math;
+
+    fn noise(len: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed.max(1);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The definition, one output at a time.
+    fn reference(d: Dims, w: &[f32], b: &[f32], e: Epilogue, x: &[f32], res: &[f32]) -> Vec<f32> {
+        let clamp = |v: f32, c: Option<(f32, f32)>| c.map_or(v, |(lo, hi)| v.max(lo).min(hi));
+        let mut out = vec![0f32; d.images * d.m * d.pixels];
+        for i in 0..d.images {
+            for m in 0..d.m {
+                for p in 0..d.pixels {
+                    let mut acc = b[m];
+                    for k in 0..d.k {
+                        acc += w[m * d.k + k] * x[(i * d.k + k) * d.pixels + p];
+                    }
+                    let at = (i * d.m + m) * d.pixels + p;
+                    let mut v = clamp(acc, e.pre);
+                    if e.residual {
+                        v += res[at];
+                    }
+                    out[at] = clamp(v, e.post);
+                }
+            }
+        }
+        out
+    }
+
+    fn levels() -> Vec<Simd> {
+        Simd::available()
+            .into_iter()
+            .filter(|s| Isa::of(*s).is_ok())
+            .collect()
+    }
+
+    fn epilogues() -> [Epilogue; 4] {
+        [
+            Epilogue::default(),
+            Epilogue {
+                pre: Some((0.0, 6.0)),
+                ..Epilogue::default()
+            },
+            Epilogue {
+                residual: true,
+                ..Epilogue::default()
+            },
+            Epilogue {
+                pre: Some((-0.5, 0.5)),
+                residual: true,
+                post: Some((0.0, 1.0)),
+            },
+        ]
+    }
+
+    fn layer(d: Dims, e: Epilogue, seed: u32) -> (Pointwise, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (w, b) = (noise(d.m * d.k, seed), noise(d.m, seed + 1));
+        let in_shape = [d.images, d.k, d.pixels];
+        let out_shape = [d.images, d.m, d.pixels];
+        let op = Pointwise::new(d, (&in_shape, &out_shape), &w, &b, e);
+        (op, w, b, noise(d.images * d.k * d.pixels, seed + 2))
+    }
+
+    #[test]
+    fn matches_the_definition_on_odd_shapes_at_every_level() {
+        let mut cases = 0;
+        for (images, m, k, pixels) in [
+            (1, 1, 1, 1),
+            (2, 3, 5, 17),
+            (1, 8, 16, 47),
+            (1, 13, 7, 48),
+            (2, 17, 33, 49),
+            (1, 24, 3, 100),
+            (3, 9, 40, 101),
+            (1, 40, 12, 23),
+            (2, 20, 9, 7),
+        ] {
+            let d = Dims {
+                images,
+                m,
+                k,
+                pixels,
+            };
+            for e in epilogues() {
+                let (op, w, b, x) = layer(d, e, cases + 3);
+                let res = noise(images * m * pixels, cases + 5);
+                let want = reference(d, &w, &b, e, &x, &res);
+                for simd in levels() {
+                    let mut got = vec![f32::NAN; want.len()];
+                    let r = e.residual.then_some(&res[..]);
+                    op.compute_with(&x, r, &mut got, simd).unwrap();
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                            "{d:?} {e:?} {simd:?} at {i}: {a} vs {b}"
+                        );
+                    }
+                }
+                cases += 1;
+            }
+        }
+        assert!(!levels().is_empty() || !cfg!(target_arch = "x86_64") || cases == 0);
+    }
+
+    /// Two threads split the channels (whole panels when they can, single
+    /// rows when they cannot) and write exactly what one thread writes.
+    #[test]
+    fn threads_cover_every_channel_once() {
+        let pool = crate::model::Executor::multithread(2);
+        // Channels before pixels (13, 96) and after (24, 96 over 50 pixels).
+        for (m, pixels) in [(24, 150), (13, 150), (96, 150), (96, 50)] {
+            let d = Dims {
+                images: 3,
+                m,
+                k: 20,
+                pixels,
+            };
+            let e = epilogues()[3];
+            let (op, _, _, x) = layer(d, e, m as u32);
+            let res = noise(d.images * m * d.pixels, 9);
+            let mut one = vec![f32::NAN; res.len()];
+            op.compute(&x, Some(&res), &mut one).unwrap();
+            let mut two = vec![f32::NAN; res.len()];
+            tract_linalg::multithread::multithread_tract_scope(pool.clone(), || {
+                op.compute(&x, Some(&res), &mut two)
+            })
+            .unwrap();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&one), bits(&two), "m {m} pixels {pixels}");
+        }
+    }
+
+    /// A graph with every shape of chain the installer fuses, and some it
+    /// must not: the results are the same before and after.
+    fn chain(expr: (&str, &str), shape: [usize; 4], transposed: bool, shared: bool) -> TypedModel {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact(shape)).unwrap();
+        let skip = model
+            .add_source("skip", f32::fact([shape[0], 6, shape[2], shape[3]]))
+            .unwrap();
+        let w = noise(6 * shape[1], 7);
+        let w = if transposed {
+            Tensor::from_shape(&[shape[1], 6], &w).unwrap()
+        } else {
+            Tensor::from_shape(&[6, shape[1]], &w).unwrap()
+        };
+        let w = model.add_const("w", w).unwrap();
+        let axes = AxesMapping::from_strs(&[expr.0, expr.1], &["NOHW"]).unwrap();
+        let mut wire = model
+            .wire_node("mm", EinSum::new(axes, f32::datum_type()), &[x, w])
+            .unwrap()[0];
+        let b = Tensor::from_shape(&[1, 6, 1, 1], &noise(6, 8)).unwrap();
+        let b = model.add_const("b", b).unwrap();
+        wire = model.wire_node("bias", math::add(), &[wire, b]).unwrap()[0];
+        let lo = model.add_const("lo", tensor4(&[[[[0f32]]]])).unwrap();
+        wire = model.wire_node("max", math::max(), &[wire, lo]).unwrap()[0];
+        let hi = model.add_const("hi", tensor4(&[[[[0.5f32]]]])).unwrap();
+        wire = model.wire_node("min", math::min(), &[hi, wire]).unwrap()[0];
+        let mut outputs = vec![];
+        if shared {
+            outputs.push(wire);
+        }
+        wire = model
+            .wire_node("residual", math::add(), &[skip, wire])
+            .unwrap()[0];
+        outputs.push(wire);
+        model.select_output_outlets(&outputs).unwrap();
+        model
+    }
+
+    fn run(model: &TypedModel, shape: [usize; 4]) -> Vec<Vec<f32>> {
+        let x = Tensor::from_shape(&shape, &noise(shape.iter().product(), 3)).unwrap();
+        let skip_shape = [shape[0], 6, shape[2], shape[3]];
+        let skip = Tensor::from_shape(&skip_shape, &noise(skip_shape.iter().product(), 4)).unwrap();
+        let plan = model.clone().into_runnable().unwrap();
+        plan.run(tvec!(x.into(), skip.into()))
+            .unwrap()
+            .iter()
+            .map(|t| {
+                t.to_plain_array_view::<f32>()
+                    .unwrap()
+                    .iter()
+                    .copied()
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn install_fuses_bias_clamp_and_residual_and_keeps_the_results() {
+        if levels().is_empty() {
+            return;
+        }
+        for (expr, transposed) in [(("NIHW", "OI"), false), (("NIHW", "IO"), true)] {
+            for shared in [false, true] {
+                let shape = [2, 5, 4, 9];
+                let model = chain(expr, shape, transposed, shared);
+                let want = run(&model, shape);
+                let mut ours = model.clone();
+                assert_eq!(install(&mut ours).unwrap(), 1);
+                let ops: Vec<&Pointwise> = ours
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.op_as::<Pointwise>())
+                    .collect();
+                assert_eq!(ops[0].epilogue.pre, Some((0.0, 0.5)));
+                // The clamp's output is also a model output: the residual
+                // stays with tract.
+                assert_eq!(ops[0].epilogue.residual, !shared, "shared {shared}");
+                let got = run(&ours, shape);
+                for (g, w) in got.iter().zip(&want) {
+                    for (a, b) in g.iter().zip(w) {
+                        assert!((a - b).abs() < 1e-5, "{expr:?} shared {shared}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn leaves_what_it_cannot_run_to_tract() {
+        // Too few pixels (a classifier's matrix-vector product), and a
+        // product over the pixels rather than the channels.
+        for (shape, expr) in [
+            ([1, 5, 1, 3], ("NIHW", "OI")),
+            ([1, 5, 4, 9], ("NWHI", "OW")),
+        ] {
+            let mut model = TypedModel::default();
+            let x = model.add_source("x", f32::fact(shape)).unwrap();
+            let dim = if expr.0 == "NIHW" { shape[1] } else { shape[3] };
+            let w = Tensor::from_shape(&[6, dim], &noise(6 * dim, 1)).unwrap();
+            let w = model.add_const("w", w).unwrap();
+            let out = if expr.0 == "NIHW" { "NOHW" } else { "NIHO" };
+            let axes = AxesMapping::from_strs(&[expr.0, expr.1], &[out]).unwrap();
+            let y = model
+                .wire_node("mm", EinSum::new(axes, f32::datum_type()), &[x, w])
+                .unwrap();
+            model.select_output_outlets(&y).unwrap();
+            assert_eq!(install(&mut model).unwrap(), 0, "{shape:?} {expr:?}");
+        }
+    }
+
+    /// On the bundled MobileNetV2: every 1x1 convolution is ours, with the
+    /// ReLU6 of the 17 expansions and the 10 residual connections fused.
+    #[test]
+    fn takes_every_pointwise_layer_of_the_bundled_model() {
+        if levels().is_empty() {
+            return;
+        }
+        let path = crate::config::bundled_model_path();
+        let mut graph = tract_onnx::onnx().model_for_path(&path).unwrap();
+        graph
+            .set_input_fact(0, f32::fact([1, 3, 224, 224]).into())
+            .unwrap();
+        let mut model = graph.into_typed().unwrap().into_decluttered().unwrap();
+        assert_eq!(install(&mut model).unwrap(), 34);
+        let ops: Vec<&Pointwise> = model
+            .nodes
+            .iter()
+            .filter_map(|n| n.op_as::<Pointwise>())
+            .collect();
+        let count = |f: fn(&Epilogue) -> bool| ops.iter().filter(|op| f(&op.epilogue)).count();
+        assert_eq!(count(|e| e.pre == Some((0.0, 6.0))), 17);
+        assert_eq!(count(|e| e.residual), 10);
+        assert_eq!(count(|e| e.post.is_some()), 0);
+    }
+}
