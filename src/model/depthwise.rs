@@ -105,6 +105,20 @@ impl Depthwise {
         }
     }
 
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// One channel plane, with this thread's scratch: for an operator that
+    /// makes the planes itself (`fused.rs`).
+    pub(crate) fn plane_into(&self, c: usize, input: &[f32], out: &mut [f32]) {
+        let simd = Simd::detect();
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.resize(self.geometry.scratch_len(), 0.0);
+            self.plane(c, input, out, scratch, simd);
+        });
+    }
+
     /// The clamp applied to the input, if any.
     #[cfg(test)]
     pub(crate) fn input_clamp(&self) -> Option<(f32, f32)> {

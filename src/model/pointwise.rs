@@ -34,7 +34,7 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use super::own::{following_clamp, same_bits, same_clamp, sole_successor, Simd};
 
 /// Output channels interleaved in the packed weights (one AVX-512 tile).
-const PANEL: usize = 8;
+pub(crate) const PANEL: usize = 8;
 
 /// Most vectors of pixels one tile covers.
 const MAX_VECS: usize = 3;
@@ -118,6 +118,53 @@ impl Pointwise {
             bias: padded.into(),
             epilogue,
         }
+    }
+
+    pub(crate) fn dims(&self) -> Dims {
+        self.dims
+    }
+
+    pub(crate) fn in_shape(&self) -> &[usize] {
+        &self.in_shape
+    }
+
+    pub(crate) fn out_shape(&self) -> &[usize] {
+        &self.out_shape
+    }
+
+    pub(crate) fn has_residual(&self) -> bool {
+        self.epilogue.residual
+    }
+
+    /// Whether this CPU runs the operator (AVX2 and FMA).
+    pub(crate) fn available() -> TractResult<()> {
+        Isa::of(Simd::detect()).map(|_| ())
+    }
+
+    /// Output channels `channels` of one image, as `channels.len()` planes
+    /// in `out`, for an operator that consumes the planes as they come
+    /// (`fused.rs`). No residual: that would be the whole tensor's.
+    pub(crate) fn compute_channels(
+        &self,
+        x: &[f32],
+        channels: Range<usize>,
+        out: &mut [f32],
+    ) -> TractResult<()> {
+        let Dims { k, m, pixels, .. } = self.dims;
+        ensure!(!self.epilogue.residual && x.len() == k * pixels && channels.end <= m);
+        ensure!(
+            out.len() == channels.len() * pixels,
+            "pointwise channel planes"
+        );
+        let isa = Isa::of(Simd::detect())?;
+        let job = Image {
+            x,
+            residual: None,
+            // Rows before `channels.start` are never written.
+            out: out.as_mut_ptr().wrapping_sub(channels.start * pixels),
+        };
+        self.image(isa, &job, channels);
+        Ok(())
     }
 
     /// Computes `output` from `input` (and the residual, when the epilogue
@@ -702,7 +749,7 @@ const MIN_PIXELS: usize = 16;
 /// in a decluttered graph, with the bias, clamps and residual `Add` after
 /// it. Returns how many it replaced; none on a CPU without AVX2 and FMA.
 pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
-    if Isa::of(Simd::detect()).is_err() {
+    if Pointwise::available().is_err() {
         return Ok(0);
     }
     let mut replaced = 0;
