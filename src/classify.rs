@@ -21,9 +21,10 @@
 //! of its neighbours.
 //!
 //! A request with a single image instead runs its operators on all `threads`
-//! (tract's rayon executor, `multithread-mm`): on two cores that took the
-//! network from 7.5 to 5.8 ms (`onnx-lambda bench --batch-size 1` with and
-//! without `--threads 1`, AMD EPYC, README), which is the latency an HTTP
+//! (tract's rayon executor, `multithread-mm`; the project's operators split
+//! their channels over it): on two cores that took the network from 5.2-5.4
+//! to 3.4-3.5 ms (`onnx-lambda bench --batch-size 1` with and without
+//! `--threads 1`, AMD EPYC, README), which is the latency an HTTP
 //! caller sees. Lambda gives one vCPU per 1,769 MB, so either way the work
 //! scales with the memory setting.
 

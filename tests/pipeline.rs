@@ -475,3 +475,25 @@ fn preprocessing_matches_pillow_reference_tensor() {
     // One 8-bit step is 1/255/std ~ 0.0175 in normalised units.
     assert!(max < 0.02 && mean < 0.005, "max {max}, mean {mean}");
 }
+
+/// One image on two threads (the whole run inside the operator pool, each
+/// operator splitting its channels) scores as one thread does.
+#[test]
+fn one_image_on_two_threads_scores_as_on_one() {
+    let bytes = std::fs::read(data("images/chelsea.png")).unwrap();
+    let model = classifier().model().clone();
+    let one = Classifier::new(model.clone(), InputLimits::default()).with_threads(1);
+    let two = Classifier::new(model, InputLimits::default()).with_threads(2);
+    for _ in 0..3 {
+        let (a, b) = (
+            one.classify(&bytes, 5).unwrap(),
+            two.classify(&bytes, 5).unwrap(),
+        );
+        let pairs: Vec<_> = a.predictions.iter().zip(&b.predictions).collect();
+        assert_eq!(pairs.len(), 5);
+        for (x, y) in pairs {
+            assert_eq!(x.index, y.index);
+            assert!((x.probability - y.probability).abs() < 1e-5);
+        }
+    }
+}
