@@ -762,6 +762,8 @@ fn weights_chw(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::own::testing::bundled_decluttered;
+    use crate::model::own::testing::noise;
 
     /// The textbook definition, one output at a time.
     fn reference(op: &Depthwise, n: usize, input: &[f32]) -> Vec<f32> {
@@ -796,18 +798,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn noise(len: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.max(1);
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
     }
 
     #[test]
@@ -891,12 +881,7 @@ mod tests {
     /// convolution on the same random input.
     #[test]
     fn matches_tract_on_every_depthwise_layer_of_the_bundled_model() {
-        let path = crate::config::bundled_model_path();
-        let mut graph = tract_onnx::onnx().model_for_path(&path).unwrap();
-        graph
-            .set_input_fact(0, f32::fact([1, 3, 224, 224]).into())
-            .unwrap();
-        let model = graph.into_typed().unwrap().into_decluttered().unwrap();
+        let model = bundled_decluttered();
         let mut checked = 0;
         for node in &model.nodes {
             let Some(conv) = node.op_as::<Conv>() else {

@@ -205,18 +205,7 @@ mod tests {
     use super::super::depthwise::Geometry;
     use super::super::pointwise::{Dims, Epilogue};
     use super::*;
-
-    fn noise(len: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.max(1);
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::model::own::testing::noise;
 
     fn pair(m: usize, (h, w): (usize, usize), stride: usize) -> ExpandDepthwise {
         let (images, k) = (2, 5);

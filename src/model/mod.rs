@@ -501,6 +501,7 @@ fn infer_input(graph: &InferenceModel) -> InferredInput {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::own::testing::bundled_decluttered;
 
     #[test]
     fn labels_drop_wordnet_ids_only() {
@@ -532,12 +533,7 @@ mod tests {
     #[test]
     fn own_operators_take_every_relu6_of_the_bundled_model() {
         use tract_onnx::tract_core::ops::binary::TypedBinOp;
-        let path = crate::config::bundled_model_path();
-        let mut graph = tract_onnx::onnx().model_for_path(&path).unwrap();
-        graph
-            .set_input_fact(0, f32::fact([1, 3, 224, 224]).into())
-            .unwrap();
-        let mut model = graph.into_typed().unwrap().into_decluttered().unwrap();
+        let mut model = bundled_decluttered();
         install_own_operators(&mut model).unwrap();
         let ours = |name: &str| model.nodes.iter().filter(|n| n.op.name() == name).count();
         // 16 of the 17 depthwise layers follow an expansion; one of those

@@ -160,3 +160,33 @@ pub(crate) fn same_bits(a: &[f32], b: &[f32]) -> bool {
 pub(crate) fn same_clamp(a: Option<(f32, f32)>, b: Option<(f32, f32)>) -> bool {
     a.map(|(lo, hi)| (lo.to_bits(), hi.to_bits())) == b.map(|(lo, hi)| (lo.to_bits(), hi.to_bits()))
 }
+
+/// What the operators' tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use tract_onnx::prelude::*;
+
+    /// Deterministic values in [-1, 1) (xorshift), one stream per seed.
+    pub(crate) fn noise(len: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed.max(1);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The bundled MobileNetV2 at batch 1, as tract's declutter leaves it
+    /// (where the operators are installed).
+    pub(crate) fn bundled_decluttered() -> TypedModel {
+        let path = crate::config::bundled_model_path();
+        let mut graph = tract_onnx::onnx().model_for_path(&path).unwrap();
+        graph
+            .set_input_fact(0, f32::fact([1, 3, 224, 224]).into())
+            .unwrap();
+        graph.into_typed().unwrap().into_decluttered().unwrap()
+    }
+}

@@ -974,20 +974,10 @@ fn following_residual(model: &TypedModel, id: usize) -> TractResult<Option<(Outl
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::own::testing::bundled_decluttered;
+    use crate::model::own::testing::noise;
     use tract_onnx::tract_core::axes::AxesMapping;
     use tract_onnx::tract_core::ops::math;
-
-    fn noise(len: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.max(1);
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// The definition, one output at a time.
     fn reference(d: Dims, w: &[f32], b: &[f32], e: Epilogue, x: &[f32], res: &[f32]) -> Vec<f32> {
@@ -1232,12 +1222,7 @@ mod tests {
         if levels().is_empty() {
             return;
         }
-        let path = crate::config::bundled_model_path();
-        let mut graph = tract_onnx::onnx().model_for_path(&path).unwrap();
-        graph
-            .set_input_fact(0, f32::fact([1, 3, 224, 224]).into())
-            .unwrap();
-        let mut model = graph.into_typed().unwrap().into_decluttered().unwrap();
+        let mut model = bundled_decluttered();
         assert_eq!(install(&mut model).unwrap(), 34);
         let ops: Vec<&Pointwise> = model
             .nodes
