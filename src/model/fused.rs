@@ -17,11 +17,10 @@
 use std::cell::RefCell;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core;
 use tract_onnx::tract_core::internal::*;
 
 use super::depthwise::Depthwise;
-use super::own::sole_successor;
+use super::own::{par_planes, sole_successor};
 use super::pointwise::{Pointwise, PANEL};
 
 /// Smallest expanded tensor (per image) worth joining: one that cannot stay
@@ -63,40 +62,29 @@ impl ExpandDepthwise {
         if output.is_empty() {
             return Ok(());
         }
-        let unit = if dims.m.is_multiple_of(PANEL) {
-            PANEL
-        } else {
-            1
-        };
         let macs = dims.images * dims.m * (dims.k * in_plane + g.kernel * g.kernel * out_plane);
-        tract_core::tract_linalg::multithread::par_chunks_mut(
-            output,
-            unit * out_plane,
-            macs,
-            |first, chunk| {
-                let planes = first * unit..first * unit + chunk.len() / out_plane;
-                PLANES.with_borrow_mut(|scratch| {
-                    let mut p0 = planes.start;
-                    while p0 < planes.end {
-                        // Up to a panel of planes, within one image.
-                        let (image, c0) = (p0 / dims.m, p0 % dims.m);
-                        let end = planes.end.min(p0 + PANEL).min((image + 1) * dims.m);
-                        let channels = c0..c0 + (end - p0);
-                        scratch.resize(channels.len() * in_plane, 0.0);
-                        let x = &input[image * dims.k * in_plane..][..dims.k * in_plane];
-                        self.expand.compute_channels(x, channels.clone(), scratch)?;
-                        for (i, c) in channels.enumerate() {
-                            let at = (p0 + i - planes.start) * out_plane;
-                            let src = &scratch[i * in_plane..][..in_plane];
-                            self.depthwise
-                                .plane_into(c, src, &mut chunk[at..at + out_plane]);
-                        }
-                        p0 = end;
+        par_planes(output, (out_plane, dims.m, PANEL), macs, |planes, chunk| {
+            PLANES.with_borrow_mut(|scratch| {
+                let mut p0 = planes.start;
+                while p0 < planes.end {
+                    // Up to a panel of planes, within one image.
+                    let (image, c0) = (p0 / dims.m, p0 % dims.m);
+                    let end = planes.end.min(p0 + PANEL).min((image + 1) * dims.m);
+                    let channels = c0..c0 + (end - p0);
+                    scratch.resize(channels.len() * in_plane, 0.0);
+                    let x = &input[image * dims.k * in_plane..][..dims.k * in_plane];
+                    self.expand.compute_channels(x, channels.clone(), scratch)?;
+                    for (i, c) in channels.enumerate() {
+                        let at = (p0 + i - planes.start) * out_plane;
+                        let src = &scratch[i * in_plane..][..in_plane];
+                        self.depthwise
+                            .plane_into(c, src, &mut chunk[at..at + out_plane]);
                     }
-                    Ok(())
-                })
-            },
-        )
+                    p0 = end;
+                }
+                Ok(())
+            })
+        })
     }
 }
 

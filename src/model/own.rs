@@ -2,8 +2,11 @@
 //! share: the instruction set they run with, and how they find the
 //! operations after a node that they fuse in.
 
+use std::ops::Range;
+
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
 /// The instruction set an operator runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,10 +62,8 @@ pub(crate) fn following_clamp(
         let Some(value) = scalar_operand(model, next, last)? else {
             break;
         };
-        match bin.0.name() {
-            "Max" if lo == f32::NEG_INFINITY => lo = value,
-            "Min" if hi == f32::INFINITY => hi = value,
-            _ => break,
+        if !tighten(bin, value, (&mut lo, &mut hi)) {
+            break;
         }
         last = next.id;
     }
@@ -97,15 +98,44 @@ pub(crate) fn preceding_clamp(
         let Some(value) = scalar_operand(model, node, from.node)? else {
             break;
         };
-        match bin.0.name() {
-            "Max" if lo == f32::NEG_INFINITY => lo = value,
-            "Min" if hi == f32::INFINITY => hi = value,
-            _ => break,
+        if !tighten(bin, value, (&mut lo, &mut hi)) {
+            break;
         }
         source = from;
     }
     let clamp = (source != outlet && lo <= hi).then_some((lo, hi));
     Ok((clamp, if clamp.is_some() { source } else { outlet }))
+}
+
+/// Takes a `Max` (the lower bound) or a `Min` (the upper bound) into the
+/// clamp being built; false when it is neither or that bound is taken.
+fn tighten(bin: &TypedBinOp, value: f32, (lo, hi): (&mut f32, &mut f32)) -> bool {
+    match bin.0.name() {
+        "Max" if *lo == f32::NEG_INFINITY => *lo = value,
+        "Min" if *hi == f32::INFINITY => *hi = value,
+        _ => return false,
+    }
+    true
+}
+
+/// Splits `output` (planes of `plane` values, `channels` of them per image)
+/// over tract's executor: whole panels of `panel` planes when the channels
+/// come in panels, so no tile is computed twice, else single planes. `f`
+/// gets the chunk's planes (counted across images) and its values.
+pub(crate) fn par_planes(
+    output: &mut [f32],
+    (plane, channels, panel): (usize, usize, usize),
+    cost: usize,
+    f: impl Fn(Range<usize>, &mut [f32]) -> TractResult<()> + Sync + Send,
+) -> TractResult<()> {
+    let unit = if channels.is_multiple_of(panel) {
+        panel
+    } else {
+        1
+    };
+    par_chunks_mut(output, unit * plane, cost, |first, chunk| {
+        f(first * unit..first * unit + chunk.len() / plane, chunk)
+    })
 }
 
 /// The one node reading node `id`'s only output, unless that output is

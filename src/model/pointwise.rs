@@ -26,12 +26,11 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
-use super::own::{following_clamp, same_bits, same_clamp, sole_successor, Simd};
+use super::own::{following_clamp, par_planes, same_bits, same_clamp, sole_successor, Simd};
 
 /// Output channels interleaved in the packed weights (one AVX-512 tile).
 pub(crate) const PANEL: usize = 8;
@@ -203,32 +202,23 @@ impl Pointwise {
         if output.is_empty() {
             return Ok(());
         }
-        // Threads take whole panels of channels when the rows allow it, so
-        // no tile is computed twice.
-        let unit = if m.is_multiple_of(PANEL) { PANEL } else { 1 };
         let macs = images * m * k * pixels;
-        tract_core::tract_linalg::multithread::par_chunks_mut(
-            output,
-            unit * pixels,
-            macs,
-            |first, chunk| {
-                let rows = first * unit..first * unit + chunk.len() / pixels;
-                // The chunk's first row is global row `rows.start`; rows
-                // before it belong to other threads and are never written.
-                let base = chunk.as_mut_ptr().wrapping_sub(rows.start * pixels);
-                for image in rows.start / m..rows.end.div_ceil(m) {
-                    let own = rows.start.max(image * m) - image * m
-                        ..rows.end.min((image + 1) * m) - image * m;
-                    let job = Image {
-                        x: &input[image * k * pixels..][..k * pixels],
-                        residual: residual.map(|r| r[image * m * pixels..].as_ptr()),
-                        out: base.wrapping_add(image * m * pixels),
-                    };
-                    self.image(isa, &job, own);
-                }
-                Ok(())
-            },
-        )
+        par_planes(output, (pixels, m, PANEL), macs, |rows, chunk| {
+            // The chunk's first row is global row `rows.start`; rows
+            // before it belong to other threads and are never written.
+            let base = chunk.as_mut_ptr().wrapping_sub(rows.start * pixels);
+            for image in rows.start / m..rows.end.div_ceil(m) {
+                let own = rows.start.max(image * m) - image * m
+                    ..rows.end.min((image + 1) * m) - image * m;
+                let job = Image {
+                    x: &input[image * k * pixels..][..k * pixels],
+                    residual: residual.map(|r| r[image * m * pixels..].as_ptr()),
+                    out: base.wrapping_add(image * m * pixels),
+                };
+                self.image(isa, &job, own);
+            }
+            Ok(())
+        })
     }
 
     /// Channels `rows` of one image. When the weights outweigh the
