@@ -25,8 +25,9 @@
 //! their channels over it): on two cores that took the network from 5.2-5.4
 //! to 3.4-3.5 ms (`onnx-lambda bench --batch-size 1` with and without
 //! `--threads 1`, AMD EPYC, README), which is the latency an HTTP
-//! caller sees. Lambda gives one vCPU per 1,769 MB, so either way the work
-//! scales with the memory setting.
+//! caller sees. Concurrent single-image requests take turns on that pool
+//! (`model::OperatorPool` says why). Lambda gives one vCPU per 1,769 MB, so
+//! either way the work scales with the memory setting.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -37,7 +38,7 @@ use tract_onnx::prelude::Tensor;
 
 use crate::config::{Config, InputLimits};
 use crate::error::{panic_message, ClassifyError, ModelError};
-use crate::model::{Executor, Layout, Model};
+use crate::model::{Layout, Model, OperatorPool};
 use crate::preprocess::{self, Preprocessor};
 
 /// One class and its probability.
@@ -84,7 +85,7 @@ pub struct Classifier {
     limits: InputLimits,
     threads: usize,
     /// `threads` workers for one image's operators, made on first use.
-    pool: Arc<OnceLock<Executor>>,
+    pool: Arc<OnceLock<OperatorPool>>,
 }
 
 impl Classifier {
@@ -115,11 +116,8 @@ impl Classifier {
     }
 
     /// The executor for one image on all threads; `None` with one thread.
-    fn intra_op(&self) -> Option<&Executor> {
-        (self.threads > 1).then(|| {
-            self.pool
-                .get_or_init(|| Executor::multithread_with_name(self.threads, "onnx-lambda-op"))
-        })
+    fn intra_op(&self) -> Option<&OperatorPool> {
+        (self.threads > 1).then(|| self.pool.get_or_init(|| OperatorPool::new(self.threads)))
     }
 
     /// The shared model.
@@ -149,7 +147,7 @@ impl Classifier {
         &self,
         bytes: &[u8],
         top_k: usize,
-        executor: Option<&Executor>,
+        executor: Option<&OperatorPool>,
     ) -> Result<Classification, ClassifyError> {
         let (scores, mut timing) = self.scores_timed(bytes, executor)?;
         let started = Instant::now();
@@ -165,7 +163,7 @@ impl Classifier {
     fn scores_timed(
         &self,
         bytes: &[u8],
-        executor: Option<&Executor>,
+        executor: Option<&OperatorPool>,
     ) -> Result<(Vec<f32>, Timing), ClassifyError> {
         let started = Instant::now();
         let image = preprocess::decode_for(bytes, &self.limits, self.pre.min_decode_side())?;
@@ -199,7 +197,7 @@ impl Classifier {
 
     /// All threads inside one image when there is one image, else one
     /// image per thread (less synchronisation, same work).
-    fn executor_for(&self, images: usize) -> Option<&Executor> {
+    fn executor_for(&self, images: usize) -> Option<&OperatorPool> {
         if images == 1 {
             self.intra_op()
         } else {
@@ -323,7 +321,7 @@ impl Classifier {
     fn run_on(
         &self,
         input: Vec<f32>,
-        executor: Option<&Executor>,
+        executor: Option<&OperatorPool>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let m = self.model.manifest();
         let (b, h, w) = (

@@ -497,3 +497,39 @@ fn one_image_on_two_threads_scores_as_on_one() {
         }
     }
 }
+
+/// Regression: concurrent single-image requests share one operator pool.
+/// When each whole run was queued on the pool, a pool thread waiting inside
+/// one image's matrix product picked up another image's run and re-entered
+/// tract's per-thread scratch ("RefCell already borrowed", an `internal`
+/// error to the caller; CI, `s3_model`, 2026-11-28).
+#[test]
+fn concurrent_single_images_on_one_pool_all_score_alike() {
+    let bytes = std::fs::read(data("images/chelsea.png")).unwrap();
+    let model = classifier().model().clone();
+    let reference = Classifier::new(model.clone(), InputLimits::default())
+        .with_threads(1)
+        .classify(&bytes, 5)
+        .unwrap();
+    let shared = Classifier::new(model, InputLimits::default()).with_threads(2);
+    std::thread::scope(|scope| {
+        let callers: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..6)
+                        .map(|_| shared.classify(&bytes, 5))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for caller in callers {
+            for result in caller.join().unwrap() {
+                let got = result.unwrap_or_else(|e| panic!("concurrent run failed: {e}"));
+                for (x, y) in reference.predictions.iter().zip(&got.predictions) {
+                    assert_eq!(x.index, y.index);
+                    assert!((x.probability - y.probability).abs() < 1e-5);
+                }
+            }
+        }
+    });
+}

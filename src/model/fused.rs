@@ -233,7 +233,7 @@ mod tests {
         if super::super::pointwise::Pointwise::available().is_err() {
             return;
         }
-        let pool = crate::model::Executor::multithread(2);
+        let pool = crate::model::OperatorPool::new(2);
         for (m, hw, stride) in [
             (16, (9, 11), 1),
             (16, (12, 7), 2),
@@ -251,10 +251,7 @@ mod tests {
             let mut one = vec![f32::NAN; want.len()];
             op.compute(&x, &mut one).unwrap();
             let mut two = vec![f32::NAN; want.len()];
-            tract_linalg::multithread::multithread_tract_scope(pool.clone(), || {
-                op.compute(&x, &mut two)
-            })
-            .unwrap();
+            pool.run(|| op.compute(&x, &mut two)).unwrap();
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&one), bits(&want), "m {m} {hw:?} stride {stride}");
             assert_eq!(

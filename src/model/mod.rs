@@ -11,6 +11,7 @@ mod loader;
 pub mod manifest;
 mod own;
 mod pointwise;
+mod pool;
 mod profile;
 
 use std::path::Path;
@@ -36,7 +37,7 @@ const IMAGENET_SYNSET: &str = include_str!("../../models/synset.txt");
 type Plan = TypedRunnableModel;
 type RunState = TypedSimpleState;
 
-pub use tract_linalg::multithread::Executor;
+pub use pool::OperatorPool;
 
 /// Options that change how the graph is compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,11 +211,11 @@ impl Model {
     }
 
     /// [`Model::run`], with the operators splitting their work over
-    /// `executor`'s threads when one is given (one image, all cores).
+    /// `pool`'s threads when one is given (one image, all cores).
     pub fn run_on(
         &self,
         input: Tensor,
-        executor: Option<&Executor>,
+        pool: Option<&OperatorPool>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let fail = |e: anyhow::Error| ModelError::Inference(format!("{e:#}"));
         let pooled = self.states.lock().unwrap_or_else(|p| p.into_inner()).pop();
@@ -223,16 +224,8 @@ impl Model {
             None => self.plan.spawn().map_err(fail)?,
         };
         let inputs = tvec!(input.into());
-        let scoped = |e: &Executor, state: &mut RunState, inputs| {
-            tract_linalg::multithread::multithread_tract_scope(e.clone(), || state.run(inputs))
-        };
-        let outputs = match executor {
-            // The whole run on a thread of the pool: each operator's split
-            // then starts there instead of waking the pool and putting this
-            // thread to sleep, twice per operator (inference on two cores
-            // went from 5.0-5.2 to 3.4-3.5 ms, `bench --batch-size 1`, AMD EPYC).
-            Some(e @ Executor::MultiThread(pool)) => pool.install(|| scoped(e, &mut state, inputs)),
-            Some(e) => scoped(e, &mut state, inputs),
+        let outputs = match pool {
+            Some(pool) => pool.run(|| state.run(inputs)),
             None => state.run(inputs),
         };
         // A state whose run failed may hold half a turn: drop it.

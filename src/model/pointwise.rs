@@ -1071,7 +1071,7 @@ mod tests {
     /// rows when they cannot) and write exactly what one thread writes.
     #[test]
     fn threads_cover_every_channel_once() {
-        let pool = crate::model::Executor::multithread(2);
+        let pool = crate::model::OperatorPool::new(2);
         // Channels before pixels (13, 96) and after (24, 96 over 50 pixels).
         for (m, pixels) in [(24, 150), (13, 150), (96, 150), (96, 50)] {
             let d = Dims {
@@ -1086,10 +1086,7 @@ mod tests {
             let mut one = vec![f32::NAN; res.len()];
             op.compute(&x, Some(&res), &mut one).unwrap();
             let mut two = vec![f32::NAN; res.len()];
-            tract_linalg::multithread::multithread_tract_scope(pool.clone(), || {
-                op.compute(&x, Some(&res), &mut two)
-            })
-            .unwrap();
+            pool.run(|| op.compute(&x, Some(&res), &mut two)).unwrap();
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&one), bits(&two), "m {m} pixels {pixels}");
         }
