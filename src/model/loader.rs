@@ -175,7 +175,7 @@ impl ModelLoader {
         let bytes = fetched.bytes;
         let model = tokio::task::spawn_blocking(move || {
             Model::build(
-                &bytes,
+                bytes.into(),
                 verified,
                 &uri,
                 manifest.as_deref(),

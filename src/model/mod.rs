@@ -10,10 +10,12 @@ mod fused;
 mod loader;
 pub mod manifest;
 mod own;
+mod parse;
 mod pointwise;
 mod pool;
 mod profile;
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -129,13 +131,17 @@ impl Model {
         labels_text: Option<&str>,
         options: LoadOptions,
     ) -> Result<Model, ModelError> {
+        let onnx = Cow::Borrowed(onnx);
         Model::build(onnx, None, source, manifest_json, labels_text, options)
     }
 
     /// [`Model::from_bytes`], given the bytes' sha256 when the caller has
     /// already computed it (the loader does, to check `MODEL_SHA256`).
+    /// Owned bytes are dropped as soon as they are decoded, before tract
+    /// copies the weights out of the protobuf: at most two copies of the
+    /// weights are alive at once, not three.
     pub(crate) fn build(
-        onnx: &[u8],
+        onnx: Cow<'_, [u8]>,
         sha256: Option<String>,
         source: &str,
         manifest_json: Option<&[u8]>,
@@ -145,13 +151,15 @@ impl Model {
         let started = Instant::now();
         // The digest (about 10 ms for MobileNetV2's 14 MB) runs beside the
         // parse: it is on the cold-start path of every container.
-        let (graph, sha256) = std::thread::scope(|scope| {
-            let digest = scope.spawn(|| sha256.unwrap_or_else(|| hex_sha256(onnx)));
-            let graph = parse_graph(onnx, source);
-            (graph, digest.join())
+        let size_bytes = onnx.len();
+        let (proto, sha256) = std::thread::scope(|scope| {
+            let digest = scope.spawn(|| sha256.unwrap_or_else(|| hex_sha256(&onnx)));
+            let proto = parse::decode_proto(&onnx, source);
+            (proto, digest.join())
         });
-        let graph = graph?;
+        drop(onnx);
         let sha256 = sha256.map_err(|_| ModelError::Optimize("the sha256 thread failed".into()))?;
+        let graph = parse::parse_graph(proto?, source, size_bytes)?;
         let parse_ms = ms_since(started);
         let stem = Path::new(source)
             .file_stem()
@@ -172,7 +180,7 @@ impl Model {
             name: manifest.name.clone(),
             version: manifest.version.clone(),
             sha256,
-            size_bytes: onnx.len(),
+            size_bytes,
             source: source.to_string(),
         };
         Ok(Model {
@@ -341,28 +349,6 @@ pub fn labels_file_name(manifest_json: &[u8]) -> Result<Option<String>, ModelErr
             path: "manifest".into(),
             reason: e.to_string(),
         })
-}
-
-/// Parses the ONNX bytes into a graph with exactly one input.
-fn parse_graph(onnx: &[u8], source: &str) -> Result<InferenceModel, ModelError> {
-    let not_onnx = |reason: String| ModelError::NotOnnx {
-        source_name: source.to_string(),
-        size: onnx.len(),
-        reason,
-    };
-    if onnx.is_empty() {
-        return Err(not_onnx("the file is empty".into()));
-    }
-    let graph = tract_onnx::onnx()
-        .model_for_read(&mut &onnx[..])
-        .map_err(|e| not_onnx(format!("{e:#}")))?;
-    if graph.inputs.len() != 1 {
-        return Err(ModelError::Shape(format!(
-            "it has {} inputs; an image classifier has exactly one",
-            graph.inputs.len()
-        )));
-    }
-    Ok(graph)
 }
 
 /// Fixes the input to `batch` images of the manifest's size, optimises the
