@@ -110,10 +110,15 @@ impl Depthwise {
     }
 
     /// One channel plane, with this thread's scratch: for an operator that
-    /// makes the planes itself (`fused.rs`).
-    pub(crate) fn plane_into(&self, c: usize, input: &[f32], out: &mut [f32]) {
+    /// makes the planes itself (`fused.rs`). `first`: the first plane of a
+    /// run of this layer's planes on this thread (the scratch is zeroed;
+    /// the planes after it leave the padding zero).
+    pub(crate) fn plane_into(&self, c: usize, input: &[f32], out: &mut [f32], first: bool) {
         let simd = Simd::detect();
         SCRATCH.with_borrow_mut(|scratch| {
+            if first {
+                scratch.clear();
+            }
             scratch.resize(self.geometry.scratch_len(), 0.0);
             self.plane(c, input, out, scratch, simd);
         });
@@ -152,6 +157,9 @@ impl Depthwise {
             total * self.geometry.kernel * self.geometry.kernel,
             |first, chunk| {
                 SCRATCH.with_borrow_mut(|scratch| {
+                    // Zeroed once: every plane of this layer writes the
+                    // same positions of it, so the padding stays zero.
+                    scratch.clear();
                     scratch.resize(g.scratch_len(), 0.0);
                     for (i, out) in chunk.chunks_exact_mut(out_plane).enumerate() {
                         let plane = first + i;
@@ -165,7 +173,8 @@ impl Depthwise {
         )
     }
 
-    /// One channel plane: fill the phase scratch, then the rows.
+    /// One channel plane: fill the phase scratch (zero where this layer's
+    /// planes do not write), then the rows.
     fn plane(&self, c: usize, input: &[f32], out: &mut [f32], scratch: &mut [f32], simd: Simd) {
         let g = &self.geometry;
         fill_phases(g, input, scratch, self.input_clamp, simd);
@@ -250,7 +259,11 @@ impl Rows<'_> {
 
 /// Copies the plane into the scratch: padded row `r`, phase `p`, column
 /// `i` holds input `(r - pad_top, s * i + p - pad_left)`, zero outside;
-/// clamped on the way when the operator clamps its input.
+/// clamped on the way when the operator clamps its input. Every plane of a
+/// geometry writes the same positions, so the caller zeroes the scratch
+/// once for a run of planes and the zeros stay: a `memset` per padded row
+/// and plane was 15% of the depthwise time (`perf`; `profile`: depthwise
+/// layers 1.47-1.57 -> 1.30-1.38 ms).
 fn fill_phases(
     g: &Geometry,
     input: &[f32],
@@ -262,7 +275,6 @@ fn fill_phases(
     let (s, len) = (g.stride.1, g.phase_len());
     for r in 0..g.padded_rows() {
         let rows = &mut scratch[r * s * len..(r + 1) * s * len];
-        rows.fill(0.0);
         let Some(y) = r.checked_sub(g.pad.0).filter(|&y| y < h) else {
             continue;
         };

@@ -77,8 +77,9 @@ impl ExpandDepthwise {
                     for (i, c) in channels.enumerate() {
                         let at = (p0 + i - planes.start) * out_plane;
                         let src = &scratch[i * in_plane..][..in_plane];
+                        let first = p0 + i == planes.start;
                         self.depthwise
-                            .plane_into(c, src, &mut chunk[at..at + out_plane]);
+                            .plane_into(c, src, &mut chunk[at..at + out_plane], first);
                     }
                     p0 = end;
                 }
