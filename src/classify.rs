@@ -115,7 +115,7 @@ impl Classifier {
         self
     }
 
-    /// The executor for one image on all threads; `None` with one thread.
+    /// The pool for one image on all threads; `None` with one thread.
     fn intra_op(&self) -> Option<&OperatorPool> {
         (self.threads > 1).then(|| self.pool.get_or_init(|| OperatorPool::new(self.threads)))
     }
@@ -142,14 +142,14 @@ impl Classifier {
         self.classify_on(bytes, top_k, self.intra_op())
     }
 
-    /// [`Classifier::classify`] on `executor` (`None`: this thread only).
+    /// [`Classifier::classify`] on `pool` (`None`: this thread only).
     fn classify_on(
         &self,
         bytes: &[u8],
         top_k: usize,
-        executor: Option<&OperatorPool>,
+        pool: Option<&OperatorPool>,
     ) -> Result<Classification, ClassifyError> {
-        let (scores, mut timing) = self.scores_timed(bytes, executor)?;
+        let (scores, mut timing) = self.scores_timed(bytes, pool)?;
         let started = Instant::now();
         let predictions = self.top_k(&scores, top_k);
         timing.total += ms(started.elapsed());
@@ -163,7 +163,7 @@ impl Classifier {
     fn scores_timed(
         &self,
         bytes: &[u8],
-        executor: Option<&OperatorPool>,
+        pool: Option<&OperatorPool>,
     ) -> Result<(Vec<f32>, Timing), ClassifyError> {
         let started = Instant::now();
         let image = preprocess::decode_for(bytes, &self.limits, self.pre.min_decode_side())?;
@@ -173,7 +173,7 @@ impl Classifier {
         self.pre
             .preprocess_into(image, &mut input[..self.pre.image_len()]);
         let preprocessed = Instant::now();
-        let scores = self.run_on(input, executor)?.swap_remove(0);
+        let scores = self.run_on(input, pool)?.swap_remove(0);
         let done = Instant::now();
         Ok((
             scores,
@@ -189,15 +189,15 @@ impl Classifier {
     /// Raw model outputs (logits or probabilities, as the model gives them)
     /// for encoded images, one result per input, in parallel.
     pub fn scores_batch(&self, inputs: &[&[u8]]) -> Vec<Result<Vec<f32>, ClassifyError>> {
-        let executor = self.executor_for(inputs.len());
+        let pool = self.pool_for(inputs.len());
         parallel_map(inputs, self.threads, |bytes| {
-            contain(|| self.scores_timed(bytes, executor).map(|(s, _)| s))
+            contain(|| self.scores_timed(bytes, pool).map(|(s, _)| s))
         })
     }
 
     /// All threads inside one image when there is one image, else one
     /// image per thread (less synchronisation, same work).
-    fn executor_for(&self, images: usize) -> Option<&OperatorPool> {
+    fn pool_for(&self, images: usize) -> Option<&OperatorPool> {
         if images == 1 {
             self.intra_op()
         } else {
@@ -217,11 +217,11 @@ impl Classifier {
             )));
         }
         let images: Vec<&[f32]> = values.chunks_exact(len).collect();
-        let executor = self.executor_for(n);
+        let pool = self.pool_for(n);
         parallel_map(&images, self.threads, |image| {
             let mut input = vec![0f32; len * self.model.plan_batch()];
             input[..len].copy_from_slice(image);
-            self.run_on(input, executor).map(|mut s| s.swap_remove(0))
+            self.run_on(input, pool).map(|mut s| s.swap_remove(0))
         })
         .into_iter()
         .collect()
@@ -239,9 +239,9 @@ impl Classifier {
         top_k: usize,
     ) -> Vec<Result<Classification, ClassifyError>> {
         if self.model.plan_batch() == 1 {
-            let executor = self.executor_for(inputs.len());
+            let pool = self.pool_for(inputs.len());
             return parallel_map(inputs, self.threads, |bytes| {
-                contain(|| self.classify_on(bytes, top_k, executor))
+                contain(|| self.classify_on(bytes, top_k, pool))
             });
         }
         self.classify_fixed_batches(inputs, top_k)
@@ -321,7 +321,7 @@ impl Classifier {
     fn run_on(
         &self,
         input: Vec<f32>,
-        executor: Option<&OperatorPool>,
+        pool: Option<&OperatorPool>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let m = self.model.manifest();
         let (b, h, w) = (
@@ -335,7 +335,7 @@ impl Classifier {
         };
         let array = ndarray::Array4::from_shape_vec(shape, input)
             .map_err(|e| ModelError::Inference(format!("input has the wrong length: {e}")))?;
-        self.model.run_on(Tensor::from(array), executor)
+        self.model.run_on(Tensor::from(array), pool)
     }
 
     /// Softmax (unless the model outputs probabilities) and the `k` best
