@@ -217,20 +217,22 @@ def main():
         stages["inference"] += (t2 - t1) * 1000
         return (time.perf_counter() - t) * 1000
 
-    batches = [images[i : i + args.batch_size] for i in range(0, len(images), args.batch_size)]
-    for _ in range(args.warmup):
-        for b in batches:
-            for data in b:
-                classify(data)
+    def batches(passes):
+        # Full batches across passes, as `onnx-lambda bench` makes them.
+        flat = images * passes
+        return [flat[i : i + args.batch_size] for i in range(0, len(flat), args.batch_size)]
+
+    for b in batches(args.warmup):
+        for data in b:
+            classify(data)
     latencies, batch_latencies = [], []
     stages.update(preprocess=0.0, inference=0.0)
     cpu = cpu_seconds()
     wall = time.perf_counter()
-    for _ in range(args.iterations):
-        for b in batches:
-            t = time.perf_counter()
-            latencies += [classify(data) for data in b]
-            batch_latencies.append((time.perf_counter() - t) * 1000)
+    for b in batches(args.iterations):
+        t = time.perf_counter()
+        latencies += [classify(data) for data in b]
+        batch_latencies.append((time.perf_counter() - t) * 1000)
     wall = time.perf_counter() - wall
     cpu_ms_per_image = (cpu_seconds() - cpu) * 1000 / max(len(latencies), 1)
     threads = args.threads or os.cpu_count()

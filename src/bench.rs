@@ -160,6 +160,7 @@ pub fn run(
 ) -> BenchReport {
     let batch_size = options.batch_size.max(1);
     let inputs: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
+    let measured = passes(&inputs, options.iterations);
     let total = (options.warmup + options.iterations) * inputs.len();
     let bar = if options.progress {
         indicatif::ProgressBar::new(total as u64)
@@ -173,25 +174,23 @@ pub fn run(
     let mut errors = 0;
     let cpu_started = cpu_seconds();
     let started = Instant::now();
-    for _ in 0..options.iterations {
-        for chunk in inputs.chunks(batch_size) {
-            let t = Instant::now();
-            let results = classifier.classify_batch(chunk, 5);
-            batch_latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-            for r in results {
-                match r {
-                    Ok(c) => {
-                        latencies.push(c.timing_ms.total);
-                        stages.decode += c.timing_ms.decode;
-                        stages.preprocess += c.timing_ms.preprocess;
-                        stages.inference += c.timing_ms.inference;
-                        stages.total += c.timing_ms.total;
-                    }
-                    Err(_) => errors += 1,
+    for chunk in measured.chunks(batch_size) {
+        let t = Instant::now();
+        let results = classifier.classify_batch(chunk, 5);
+        batch_latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        for r in results {
+            match r {
+                Ok(c) => {
+                    latencies.push(c.timing_ms.total);
+                    stages.decode += c.timing_ms.decode;
+                    stages.preprocess += c.timing_ms.preprocess;
+                    stages.inference += c.timing_ms.inference;
+                    stages.total += c.timing_ms.total;
                 }
+                Err(_) => errors += 1,
             }
-            bar.inc(chunk.len() as u64);
         }
+        bar.inc(chunk.len() as u64);
     }
     let wall = started.elapsed().as_secs_f64();
     let cpu_ms_per_image = (cpu_seconds() - cpu_started) * 1000.0 / latencies.len().max(1) as f64;
@@ -237,12 +236,23 @@ fn warm_up(
     options: &BenchOptions,
     bar: &indicatif::ProgressBar,
 ) {
-    for _ in 0..options.warmup {
-        for chunk in inputs.chunks(options.batch_size.max(1)) {
-            let _ = classifier.classify_batch(chunk, 5);
-            bar.inc(chunk.len() as u64);
-        }
+    for chunk in passes(inputs, options.warmup).chunks(options.batch_size.max(1)) {
+        let _ = classifier.classify_batch(chunk, 5);
+        bar.inc(chunk.len() as u64);
     }
+}
+
+/// `passes` passes over `inputs` back to back, so that every batch but the
+/// last holds exactly `batch_size` images even when the set is smaller or
+/// not a multiple of it: 5 photos in batches of 10 are batches of 10, not
+/// of 5 (which left one of two threads idle for a fifth of each batch).
+fn passes<'a>(inputs: &[&'a [u8]], passes: usize) -> Vec<&'a [u8]> {
+    inputs
+        .iter()
+        .copied()
+        .cycle()
+        .take(inputs.len() * passes)
+        .collect()
 }
 
 /// User + system CPU time of this process so far, in seconds.
@@ -327,6 +337,18 @@ pub fn peak_rss_bytes() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_are_full_across_passes_over_a_small_set() {
+        let set: Vec<&[u8]> = vec![b"a", b"b", b"c", b"d", b"e"];
+        let all = passes(&set, 10);
+        let sizes: Vec<usize> = all.chunks(10).map(<[_]>::len).collect();
+        assert_eq!(sizes, [10; 5]);
+        assert_eq!(all[..7], [&b"a"[..], b"b", b"c", b"d", b"e", b"a", b"b"]);
+        let sizes: Vec<usize> = passes(&set[..3], 3).chunks(4).map(<[_]>::len).collect();
+        assert_eq!(sizes, [4, 4, 1]);
+        assert!(passes(&set, 0).is_empty());
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
