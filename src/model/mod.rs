@@ -5,6 +5,7 @@
 //! init phase) and shared by reference or `Arc`; [`Model::run`] takes `&self`
 //! and is safe to call from many threads at once.
 
+mod declutter;
 mod depthwise;
 mod fused;
 mod loader;
@@ -373,10 +374,8 @@ fn compile(
     let optimize = |e: anyhow::Error| ModelError::Optimize(format!("{e:#}"));
     let mut times = CompileTimes::default();
     let t = Instant::now();
-    let mut typed = graph
-        .into_typed()
-        .and_then(|m| m.into_decluttered())
-        .map_err(optimize)?;
+    let mut typed = graph.into_typed().map_err(optimize)?;
+    declutter::declutter(&mut typed).map_err(optimize)?;
     times.declutter_ms = ms_since(t);
     let t = Instant::now();
     if own_kernels {
