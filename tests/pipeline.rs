@@ -533,3 +533,68 @@ fn concurrent_single_images_on_one_pool_all_score_alike() {
         }
     });
 }
+
+/// A local model file is mapped rather than read (`model/loader.rs`): it
+/// gets every check an S3 object gets, and the same digest.
+#[tokio::test]
+async fn a_local_model_file_gets_the_checks_an_s3_object_gets() {
+    use onnx_lambda::{Config, LoadError, Location, ModelError, ModelLoader};
+    let dir = std::env::temp_dir().join(format!("onnx-lambda-local-model-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = std::fs::read(onnx_lambda::bundled_model_path()).unwrap();
+    let file = dir.join("m.onnx");
+    std::fs::write(&file, &bytes).unwrap();
+    let config = |path: &Path| Config {
+        model: Location::File(path.to_path_buf()),
+        ..Config::default()
+    };
+    let loader = ModelLoader::new(None);
+
+    let loaded = loader.load(&config(&file)).await.unwrap();
+    let digest = onnx_lambda::model::hex_sha256(&bytes);
+    assert_eq!(loaded.model.info().sha256, digest);
+    assert_eq!(loaded.model.info().size_bytes, bytes.len());
+
+    let pinned = Config {
+        model_sha256: Some(digest.clone()),
+        ..config(&file)
+    };
+    assert_eq!(
+        loader.load(&pinned).await.unwrap().model.info().sha256,
+        digest
+    );
+    let wrong = Config {
+        model_sha256: Some("0".repeat(64)),
+        ..config(&file)
+    };
+    match loader.load(&wrong).await.unwrap_err() {
+        LoadError::Checksum { actual, .. } => assert_eq!(actual, digest),
+        e => panic!("{e}"),
+    }
+
+    let capped = Config {
+        model_max_bytes: 1_000_000,
+        ..config(&file)
+    };
+    match loader.load(&capped).await.unwrap_err() {
+        LoadError::TooLarge { size, limit, .. } => {
+            assert_eq!((size, limit), (bytes.len() as u64, 1_000_000))
+        }
+        e => panic!("{e}"),
+    }
+
+    let empty = dir.join("empty.onnx");
+    std::fs::write(&empty, b"").unwrap();
+    let err = loader.load(&config(&empty)).await.unwrap_err();
+    assert!(
+        matches!(err, LoadError::Model(ModelError::NotOnnx { .. }))
+            && err.to_string().contains("empty"),
+        "{err}"
+    );
+    let err = loader
+        .load(&config(&dir.join("missing.onnx")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LoadError::File { .. }), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

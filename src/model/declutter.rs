@@ -78,9 +78,7 @@ mod tests {
             .wire_node("to_nchw", AxisOp::Move(3, 1), &[x])
             .unwrap();
         let zero = model.add_const("zero", rctensor4(&[[[[0f32]]]])).unwrap();
-        let y = model
-            .wire_node("relu", max(), &[x[0], zero])
-            .unwrap();
+        let y = model.wire_node("relu", max(), &[x[0], zero]).unwrap();
         let y = model.wire_node("to_nhwc", AxisOp::Move(1, 3), &y).unwrap();
         model.select_output_outlets(&y).unwrap();
         model

@@ -6,6 +6,7 @@
 //! Here every failure of the fetch is an error of its own, and bytes that are
 //! not an ONNX model fail as such, naming where they came from.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -155,12 +156,21 @@ impl ModelLoader {
     ) -> Result<Loaded, LoadError> {
         let uri = config.model.to_string();
         self.model_fetches.fetch_add(1, Ordering::SeqCst);
-        let fetched = self
-            .fetch("MODEL_URI", &config.model, config.model_max_bytes)
-            .await?;
+        let started = Instant::now();
+        let bytes = match &config.model {
+            Location::File(path) => {
+                ModelBytes::Mapped(map_file("MODEL_URI", path, config.model_max_bytes)?)
+            }
+            location => ModelBytes::Read(
+                self.fetch("MODEL_URI", location, config.model_max_bytes)
+                    .await?
+                    .bytes,
+            ),
+        };
+        let download = started.elapsed();
         let mut verified = None;
         if let Some(expected) = &config.model_sha256 {
-            let actual = hex_sha256(&fetched.bytes);
+            let actual = hex_sha256(bytes.as_slice());
             if &actual != expected {
                 return Err(LoadError::Checksum {
                     uri,
@@ -172,16 +182,21 @@ impl ModelLoader {
         }
         let (manifest, labels) = self.fetch_manifest_and_labels(config).await?;
         let manifest_used = manifest.is_some();
-        let bytes = fetched.bytes;
         let model = tokio::task::spawn_blocking(move || {
-            Model::build(
-                bytes.into(),
-                verified,
-                &uri,
-                manifest.as_deref(),
-                labels.as_deref(),
-                options,
-            )
+            let build = |onnx| {
+                Model::build(
+                    onnx,
+                    verified,
+                    &uri,
+                    manifest.as_deref(),
+                    labels.as_deref(),
+                    options,
+                )
+            };
+            match bytes {
+                ModelBytes::Read(bytes) => build(Cow::Owned(bytes)),
+                ModelBytes::Mapped(map) => build(Cow::Borrowed(&map[..])),
+            }
         })
         .await
         .map_err(|e| ModelError::Optimize(format!("the loading task failed: {e}")))??;
@@ -193,7 +208,7 @@ impl ModelLoader {
             model = %info.name,
             version = %info.version,
             manifest = manifest_used,
-            download_ms = fetched.elapsed.as_secs_f64() * 1000.0,
+            download_ms = download.as_secs_f64() * 1000.0,
             optimize_ms = model.optimize_time().as_secs_f64() * 1000.0,
             model_fetches = self.model_fetches(),
             "model loaded"
@@ -201,7 +216,7 @@ impl ModelLoader {
         Ok(Loaded {
             optimize: model.optimize_time(),
             model: Arc::new(model),
-            download: fetched.elapsed,
+            download,
             manifest_used,
         })
     }
@@ -291,13 +306,58 @@ impl LoadError {
     }
 }
 
+/// A model's bytes: read (from S3), or a local file's pages mapped.
+enum ModelBytes {
+    Read(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl ModelBytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            ModelBytes::Read(bytes) => bytes,
+            ModelBytes::Mapped(map) => map,
+        }
+    }
+}
+
 fn read_file(var: &'static str, path: &Path, max_bytes: u64) -> Result<Vec<u8>, LoadError> {
-    let io = |source| LoadError::File {
+    let io = file_error(var, path);
+    check_size(path, std::fs::metadata(path).map_err(io)?.len(), max_bytes)?;
+    std::fs::read(path).map_err(file_error(var, path))
+}
+
+/// Maps a local model file rather than reading it: the bytes are the page
+/// cache's own pages, prefaulted in one call, where reading copied them
+/// into 14 MB of fresh memory faulted in page by page. Process start to
+/// first prediction 61-62 -> 55-57 ms (`hyperfine -N -r 40 'onnx-lambda
+/// predict photo.jpg'`, two alternating runs, AMD EPYC Zen 5).
+fn map_file(var: &'static str, path: &Path, max_bytes: u64) -> Result<memmap2::Mmap, LoadError> {
+    let file = std::fs::File::open(path).map_err(file_error(var, path))?;
+    check_size(
+        path,
+        file.metadata().map_err(file_error(var, path))?.len(),
+        max_bytes,
+    )?;
+    // SAFETY: a private read-only mapping, alive only while the model is
+    // built (`load_with`). Truncating the file meanwhile would end the
+    // process with SIGBUS, as it would any program mapping it; deployments
+    // replace a model by writing a new file (new object, new inode).
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+        .map_err(file_error(var, path))?;
+    check_size(path, map.len() as u64, max_bytes)?;
+    Ok(map)
+}
+
+fn file_error<'p>(var: &'static str, path: &'p Path) -> impl Fn(std::io::Error) -> LoadError + 'p {
+    move |source| LoadError::File {
         var,
         path: path.display().to_string(),
         source,
-    };
-    let size = std::fs::metadata(path).map_err(io)?.len();
+    }
+}
+
+fn check_size(path: &Path, size: u64, max_bytes: u64) -> Result<(), LoadError> {
     if size > max_bytes {
         return Err(LoadError::TooLarge {
             uri: path.display().to_string(),
@@ -305,5 +365,5 @@ fn read_file(var: &'static str, path: &Path, max_bytes: u64) -> Result<Vec<u8>, 
             limit: max_bytes,
         });
     }
-    std::fs::read(path).map_err(io)
+    Ok(())
 }
