@@ -6,7 +6,6 @@
 //! Here every failure of the fetch is an error of its own, and bytes that are
 //! not an ONNX model fail as such, naming where they came from.
 
-use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -170,7 +169,7 @@ impl ModelLoader {
         let download = started.elapsed();
         let mut verified = None;
         if let Some(expected) = &config.model_sha256 {
-            let actual = hex_sha256(bytes.as_slice());
+            let actual = hex_sha256(bytes.as_ref());
             if &actual != expected {
                 return Err(LoadError::Checksum {
                     uri,
@@ -183,20 +182,14 @@ impl ModelLoader {
         let (manifest, labels) = self.fetch_manifest_and_labels(config).await?;
         let manifest_used = manifest.is_some();
         let model = tokio::task::spawn_blocking(move || {
-            let build = |onnx| {
-                Model::build(
-                    onnx,
-                    verified,
-                    &uri,
-                    manifest.as_deref(),
-                    labels.as_deref(),
-                    options,
-                )
-            };
-            match bytes {
-                ModelBytes::Read(bytes) => build(Cow::Owned(bytes)),
-                ModelBytes::Mapped(map) => build(Cow::Borrowed(&map[..])),
-            }
+            Model::build(
+                bytes,
+                verified,
+                &uri,
+                manifest.as_deref(),
+                labels.as_deref(),
+                options,
+            )
         })
         .await
         .map_err(|e| ModelError::Optimize(format!("the loading task failed: {e}")))??;
@@ -312,8 +305,8 @@ enum ModelBytes {
     Mapped(memmap2::Mmap),
 }
 
-impl ModelBytes {
-    fn as_slice(&self) -> &[u8] {
+impl AsRef<[u8]> for ModelBytes {
+    fn as_ref(&self) -> &[u8] {
         match self {
             ModelBytes::Read(bytes) => bytes,
             ModelBytes::Mapped(map) => map,

@@ -16,7 +16,6 @@ mod pointwise;
 mod pool;
 mod profile;
 
-use std::borrow::Cow;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -132,17 +131,16 @@ impl Model {
         labels_text: Option<&str>,
         options: LoadOptions,
     ) -> Result<Model, ModelError> {
-        let onnx = Cow::Borrowed(onnx);
         Model::build(onnx, None, source, manifest_json, labels_text, options)
     }
 
     /// [`Model::from_bytes`], given the bytes' sha256 when the caller has
     /// already computed it (the loader does, to check `MODEL_SHA256`).
-    /// Owned bytes are dropped as soon as they are decoded, before tract
-    /// copies the weights out of the protobuf: at most two copies of the
-    /// weights are alive at once, not three.
+    /// Owned bytes (or a mapped file) are dropped as soon as they are
+    /// decoded, before tract copies the weights out of the protobuf: at
+    /// most two copies of the weights are alive at once, not three.
     pub(crate) fn build(
-        onnx: Cow<'_, [u8]>,
+        onnx: impl AsRef<[u8]>,
         sha256: Option<String>,
         source: &str,
         manifest_json: Option<&[u8]>,
@@ -152,10 +150,11 @@ impl Model {
         let started = Instant::now();
         // The digest (about 10 ms for MobileNetV2's 14 MB) runs beside the
         // parse: it is on the cold-start path of every container.
-        let size_bytes = onnx.len();
+        let bytes = onnx.as_ref();
+        let size_bytes = bytes.len();
         let (proto, sha256) = std::thread::scope(|scope| {
-            let digest = scope.spawn(|| sha256.unwrap_or_else(|| hex_sha256(&onnx)));
-            let proto = parse::decode_proto(&onnx, source);
+            let digest = scope.spawn(|| sha256.unwrap_or_else(|| hex_sha256(bytes)));
+            let proto = parse::decode_proto(bytes, source);
             (proto, digest.join())
         });
         drop(onnx);
