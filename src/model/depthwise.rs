@@ -62,8 +62,15 @@ impl Geometry {
         (self.out_hw.0 - 1) * self.stride.0 + self.kernel
     }
 
-    fn scratch_len(&self) -> usize {
+    pub(super) fn scratch_len(&self) -> usize {
         self.padded_rows() * self.stride.1 * self.phase_len()
+    }
+
+    /// Where tap `(ky, kx)` of output row `y` starts in a plane's scratch.
+    #[inline(always)]
+    pub(super) fn tap(&self, y: usize, ky: usize, kx: usize) -> usize {
+        let row = y * self.stride.0 + ky;
+        ((row * self.stride.1) + kx % self.stride.1) * self.phase_len() + kx / self.stride.1
     }
 }
 
@@ -238,9 +245,7 @@ impl Rows<'_> {
     /// Where tap `(ky, kx)` of output row `y` starts in the scratch.
     #[inline(always)]
     fn tap(&self, y: usize, ky: usize, kx: usize) -> usize {
-        let g = self.g;
-        let row = y * g.stride.0 + ky;
-        ((row * g.stride.1) + kx % g.stride.1) * g.phase_len() + kx / g.stride.1
+        self.g.tap(y, ky, kx)
     }
 
     /// Where each of the `K * K` taps of output row `y` starts, in
@@ -264,7 +269,7 @@ impl Rows<'_> {
 /// once for a run of planes and the zeros stay: a `memset` per padded row
 /// and plane was 15% of the depthwise time (`perf`; `profile`: depthwise
 /// layers 1.35-1.50 -> 1.17-1.23 ms).
-fn fill_phases(
+pub(super) fn fill_phases(
     g: &Geometry,
     input: &[f32],
     scratch: &mut [f32],
@@ -681,18 +686,45 @@ fn describe(
     node: &TypedNode,
     conv: &Conv,
 ) -> TractResult<Option<(Geometry, Vec<f32>, Vec<f32>)>> {
+    let layer = conv_layer(model, node, conv, |group, channels, out| {
+        group == channels && out == channels && channels >= 2
+    })?;
+    Ok(layer.map(|l| (l.geometry, l.weights, l.bias)))
+}
+
+/// A convolution as our operators take it: `geometry.channels` are the
+/// input channels.
+pub(super) struct ConvLayer {
+    pub(super) geometry: Geometry,
+    pub(super) out_channels: usize,
+    /// `[out][in / group][ky][kx]`.
+    pub(super) weights: Vec<f32>,
+    pub(super) bias: Vec<f32>,
+}
+
+/// The layer a tract `Conv` computes, if it is an f32 NCHW (or CHW)
+/// convolution with a square 3x3 or 5x5 kernel, no dilation, constant
+/// weights and bias, a fixed input shape, and groups, input and output
+/// channels that `accepts`; else `None`.
+pub(super) fn conv_layer(
+    model: &TypedModel,
+    node: &TypedNode,
+    conv: &Conv,
+    accepts: impl Fn(usize, usize, usize) -> bool,
+) -> TractResult<Option<ConvLayer>> {
     let spec = &conv.pool_spec;
     let input = model.outlet_fact(node.inputs[0])?;
     let channels = spec.input_channels;
+    let out_channels = spec.output_channels;
     let square = spec.kernel_shape.len() == 2
         && spec.kernel_shape[0] == spec.kernel_shape[1]
         && matches!(spec.kernel_shape[0], 3 | 5);
     if conv.q_params.is_some()
         || input.datum_type != f32::datum_type()
         || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
-        || conv.group != channels
-        || spec.output_channels != channels
-        || channels < 2
+        || !accepts(conv.group, channels, out_channels)
+        || conv.group == 0
+        || !channels.is_multiple_of(conv.group)
         || !square
         || spec.dilations().iter().any(|&d| d != 1)
         || node.inputs.len() != 3
@@ -735,24 +767,30 @@ fn describe(
     {
         return Ok(None);
     }
-    let Some(weights) = weights_chw(&kernel, conv.kernel_fmt, channels, k)? else {
+    let shape = [out_channels, channels / conv.group, k, k];
+    let Some(weights) = weights_oihw(&kernel, conv.kernel_fmt, shape)? else {
         return Ok(None);
     };
     let bias = bias.cast_to::<f32>()?;
     let bias = match bias.try_as_plain_ram()?.as_slice::<f32>()? {
-        b if b.len() == channels => b.to_vec(),
-        [b] => vec![*b; channels],
+        b if b.len() == out_channels => b.to_vec(),
+        [b] => vec![*b; out_channels],
         _ => return Ok(None),
     };
-    Ok(Some((geometry, weights, bias)))
+    Ok(Some(ConvLayer {
+        geometry,
+        out_channels,
+        weights,
+        bias,
+    }))
 }
 
-/// The kernel as `[channel][ky][kx]`, whatever its stored format.
-fn weights_chw(
+/// The kernel as `[out][in][ky][kx]`, whatever its stored format, if it
+/// has `shape`.
+fn weights_oihw(
     kernel: &Tensor,
     format: KernelFormat,
-    channels: usize,
-    k: usize,
+    shape: [usize; 4],
 ) -> TractResult<Option<Vec<f32>>> {
     let kernel = kernel.cast_to::<f32>()?;
     let view = kernel.to_plain_array_view::<f32>()?;
@@ -765,7 +803,7 @@ fn weights_chw(
         KernelFormat::HWIO => view.permuted_axes(&[3, 2, 0, 1][..]),
         KernelFormat::OHWI => view.permuted_axes(&[0, 3, 1, 2][..]),
     };
-    if oihw.shape() != [channels, 1, k, k] {
+    if oihw.shape() != shape {
         return Ok(None);
     }
     Ok(Some(oihw.iter().copied().collect()))

@@ -15,6 +15,7 @@ mod parse;
 mod pointwise;
 mod pool;
 mod profile;
+mod stem;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -408,11 +409,12 @@ fn compile(
     Ok((plan, total / batch, times))
 }
 
-/// Puts the project's own operators in place of tract's. Pointwise first:
-/// it takes the ReLU6 after each expansion into its store, and the
-/// depthwise layers then take what clamps are left before them; last,
+/// Puts the project's own operators in place of tract's. The stem and
+/// pointwise first: they take the ReLU6 after them into their stores, and
+/// the depthwise layers then take what clamps are left before them; last,
 /// each expansion is joined with the depthwise layer it feeds.
 fn install_own_operators(model: &mut TypedModel) -> TractResult<()> {
+    stem::install(model)?;
     pointwise::install(model)?;
     depthwise::install(model)?;
     fused::install(model)?;
@@ -504,9 +506,10 @@ mod tests {
     }
 
     /// On the bundled MobileNetV2, every ReLU6 ends up inside one of the
-    /// project's operators: after each expansion in its pointwise store
-    /// (where the CPU runs pointwise.rs), before the first depthwise layer
-    /// in that layer's input, after every depthwise layer in its store.
+    /// project's operators: after the first convolution in the stem's
+    /// store, after each expansion in its pointwise store (where the CPU
+    /// runs pointwise.rs, else in the next depthwise layer's input), after
+    /// every depthwise layer in its store.
     #[test]
     fn own_operators_take_every_relu6_of_the_bundled_model() {
         use tract_onnx::tract_core::ops::binary::TypedBinOp;
@@ -522,6 +525,7 @@ mod tests {
             "{pointwise} {joined}"
         );
         assert_eq!(ours("Depthwise(onnx-lambda)") + joined, 17);
+        assert_eq!(ours("Stem(onnx-lambda)"), 1);
         let inputs_clamped = model
             .nodes
             .iter()
@@ -534,9 +538,9 @@ mod tests {
             .filter(|n| n.op_as::<TypedBinOp>().is_some_and(|b| b.0.name() == "Max"))
             .count();
         if pointwise == 34 {
-            assert_eq!((inputs_clamped, clamps_left), (1, 0));
+            assert_eq!((inputs_clamped, clamps_left), (0, 0));
         } else {
-            assert_eq!((inputs_clamped, clamps_left), (17, 0));
+            assert_eq!((inputs_clamped, clamps_left), (16, 0));
         }
     }
 }

@@ -1,0 +1,583 @@
+//! Our own convolution for layers with few input channels: a CNN's stem
+//! (MobileNetV2's first layer, 3 -> 32 channels, 3x3, stride 2).
+//!
+//! Why: tract runs it as a padding copy, an im2col and a packed matrix
+//! product, 0.5 ms per image at 24 GMAC/s (`onnx-lambda profile
+//! --by-node`): 9% of inference for 4% of the arithmetic.
+//!
+//! How: each input channel goes into the depthwise operator's phase
+//! scratch (`depthwise.rs`: zero-padded, split by stride, so every tap is a
+//! contiguous run). Then, per vector of output pixels, a register tile of
+//! 16 output channels (8 with AVX2): each of the `C * K * K` taps is one
+//! load of pixels and 16 FMAs with broadcast weights, and bias and the
+//! ReLU6 that follows are applied before the only store.
+//!
+//! [`install`] takes every f32 NCHW convolution with one group and at most
+//! [`MAX_INPUT_CHANNELS`] input channels that `depthwise::conv_layer`
+//! describes; anything else stays with tract.
+
+use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::Conv;
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+use super::depthwise::{conv_layer, fill_phases, Geometry};
+use super::own::{following_clamp, par_planes, same_bits, same_clamp, Simd};
+
+/// Most input channels taken: past a few, the taps outgrow the registers'
+/// reuse and tract's matrix product is the better tool.
+const MAX_INPUT_CHANNELS: usize = 4;
+
+/// Output channels interleaved in the packed weights (one AVX-512 tile).
+const BLOCK: usize = 16;
+
+/// Convolution with bias and an optional clamp, on f32 NCHW tensors.
+#[derive(Debug, Clone)]
+pub(crate) struct Stem {
+    /// `channels` are the input channels.
+    geometry: Geometry,
+    out_channels: usize,
+    /// Blocks of [`BLOCK`] output channels: block `b`, tap `t` (input
+    /// channel, ky, kx), lane `o` holds the weight of output channel
+    /// `b * BLOCK + o`; missing channels are zero.
+    weights: Arc<[f32]>,
+    /// Bias, zero-padded to whole blocks.
+    bias: Arc<[f32]>,
+    clamp: Option<(f32, f32)>,
+    /// Whether the tensors have a leading image axis (NCHW, not CHW).
+    batched: bool,
+}
+
+impl Stem {
+    /// `weights` is `[out][in][ky][kx]`; `bias` has `out_channels` values.
+    pub(crate) fn new(
+        geometry: Geometry,
+        out_channels: usize,
+        weights: &[f32],
+        bias: &[f32],
+        clamp: Option<(f32, f32)>,
+        batched: bool,
+    ) -> Stem {
+        let taps = geometry.channels * geometry.kernel * geometry.kernel;
+        assert_eq!(weights.len(), out_channels * taps, "weights");
+        assert_eq!(bias.len(), out_channels, "bias");
+        let blocks = out_channels.div_ceil(BLOCK);
+        let mut packed = vec![0f32; blocks * taps * BLOCK];
+        for (o, w) in weights.chunks_exact(taps).enumerate() {
+            for (t, v) in w.iter().enumerate() {
+                packed[(o / BLOCK * taps + t) * BLOCK + o % BLOCK] = *v;
+            }
+        }
+        let mut padded = bias.to_vec();
+        padded.resize(blocks * BLOCK, 0.0);
+        Stem {
+            geometry,
+            out_channels,
+            weights: packed.into(),
+            bias: padded.into(),
+            clamp,
+            batched,
+        }
+    }
+
+    fn taps(&self) -> usize {
+        self.geometry.channels * self.geometry.kernel * self.geometry.kernel
+    }
+
+    /// Computes `output` (`n` images) from `input`, both NCHW, splitting
+    /// the output channels across tract's executor when one is installed.
+    pub(crate) fn compute(&self, input: &[f32], output: &mut [f32]) -> TractResult<()> {
+        self.compute_with(input, output, Simd::detect())
+    }
+
+    /// [`Stem::compute`] with the given instruction set.
+    fn compute_with(&self, input: &[f32], output: &mut [f32], simd: Simd) -> TractResult<()> {
+        let g = self.geometry;
+        let in_image = g.channels * g.in_hw.0 * g.in_hw.1;
+        let plane = g.out_hw.0 * g.out_hw.1;
+        let m = self.out_channels;
+        ensure!(in_image > 0 && plane > 0, "empty convolution");
+        ensure!(
+            input.len().is_multiple_of(in_image)
+                && output.len() == input.len() / in_image * m * plane,
+            "convolution sizes"
+        );
+        let cost = output.len() * self.taps();
+        par_planes(output, (plane, m, BLOCK), cost, |rows, chunk| {
+            // Global plane `rows.start` is the chunk's first; planes
+            // before it belong to other threads and are never written.
+            let base = chunk.as_mut_ptr().wrapping_sub(rows.start * plane);
+            SCRATCH.with_borrow_mut(|scratch| {
+                scratch.clear();
+                scratch.resize(g.channels * g.scratch_len(), 0.0);
+                for image in rows.start / m..rows.end.div_ceil(m) {
+                    let x = &input[image * in_image..][..in_image];
+                    let len = g.scratch_len();
+                    for (c, phases) in scratch.chunks_exact_mut(len).enumerate() {
+                        let src = &x[c * g.in_hw.0 * g.in_hw.1..][..g.in_hw.0 * g.in_hw.1];
+                        fill_phases(&g, src, phases, None, simd);
+                    }
+                    let own = rows.start.max(image * m) - image * m
+                        ..rows.end.min((image + 1) * m) - image * m;
+                    let out = base.wrapping_add(image * m * plane);
+                    self.image(simd, scratch, own, out);
+                }
+            });
+            Ok(())
+        })
+    }
+
+    /// Output channels `channels` of one image from its phase scratch.
+    fn image(&self, simd: Simd, scratch: &[f32], channels: Range<usize>, out: *mut f32) {
+        let g = &self.geometry;
+        let taps = self.taps();
+        let (k, len) = (g.kernel, g.scratch_len());
+        for b in channels.start / BLOCK..channels.end.div_ceil(BLOCK) {
+            let first = b * BLOCK;
+            let store = channels.start.max(first) - first..channels.end.min(first + BLOCK) - first;
+            for y in 0..g.out_hw.0 {
+                let mut offsets = [0usize; MAX_INPUT_CHANNELS * 25];
+                for c in 0..g.channels {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            offsets[(c * k + ky) * k + kx] = c * len + g.tap(y, ky, kx);
+                        }
+                    }
+                }
+                let row = Row {
+                    scratch,
+                    offsets: &offsets[..taps],
+                    w: &self.weights[b * taps * BLOCK..][..taps * BLOCK],
+                    bias: &self.bias[first..first + BLOCK],
+                    clamp: self.clamp,
+                    width: g.out_hw.1,
+                    plane: g.out_hw.0 * g.out_hw.1,
+                    out: out.wrapping_add(first * g.out_hw.0 * g.out_hw.1 + y * g.out_hw.1),
+                    store: store.clone(),
+                };
+                // SAFETY: levels other than Portable come from
+                // Simd::detect() (or the tests' Simd::available()), which
+                // checked the CPU; `row` writes only channels `store` of
+                // this block, which this chunk owns, at row `y`.
+                match simd {
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx512 => unsafe { avx512::row(&row) },
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx2 => unsafe { avx2::row(&row) },
+                    _ => unsafe { portable_row(&row) },
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread phase scratch for every input channel of one image.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One output row of one block of output channels.
+struct Row<'a> {
+    scratch: &'a [f32],
+    /// Where each tap of this row starts in the scratch.
+    offsets: &'a [usize],
+    /// `[tap][BLOCK]`.
+    w: &'a [f32],
+    bias: &'a [f32],
+    clamp: Option<(f32, f32)>,
+    width: usize,
+    /// Values per output channel plane.
+    plane: usize,
+    /// The block's first channel at this row's first pixel.
+    out: *mut f32,
+    /// Which of the block's channels to store.
+    store: Range<usize>,
+}
+
+/// # Safety
+/// `row.out` must be valid for writes at the row's pixels of channels
+/// `row.store`.
+unsafe fn portable_row(row: &Row<'_>) {
+    let mut acc = vec![0f32; row.width];
+    for o in row.store.clone() {
+        acc.fill(row.bias[o]);
+        for (t, &start) in row.offsets.iter().enumerate() {
+            let w = row.w[t * BLOCK + o];
+            for (a, x) in acc.iter_mut().zip(&row.scratch[start..start + row.width]) {
+                *a += w * x;
+            }
+        }
+        for (x, a) in acc.iter().enumerate() {
+            let v = row.clamp.map_or(*a, |(lo, hi)| a.max(lo).min(hi));
+            // SAFETY: forwarded.
+            unsafe { *row.out.wrapping_add(o * row.plane + x) = v };
+        }
+    }
+}
+
+// Indexed loops over the accumulators on purpose, as in pointwise.rs:
+// they keep every accumulator in a register.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Row, BLOCK};
+
+    /// 16 pixels by 16 output channels a step, the last step masked.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; see [`super::portable_row`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn row(row: &Row<'_>) {
+        let (lo, hi) = row.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        let base = row.scratch.as_ptr();
+        let mut x = 0;
+        while x < row.width {
+            let n = (row.width - x).min(16);
+            let mask: __mmask16 = if n == 16 { 0xFFFF } else { (1 << n) - 1 };
+            let mut acc = [_mm512_setzero_ps(); BLOCK];
+            for o in 0..BLOCK {
+                acc[o] = _mm512_set1_ps(row.bias[o]);
+            }
+            for (t, &start) in row.offsets.iter().enumerate() {
+                // SAFETY: masked to the row's pixels, which are inside
+                // this phase row of the scratch (Geometry::phase_len).
+                let v = unsafe { _mm512_maskz_loadu_ps(mask, base.add(start + x)) };
+                let w = &row.w[t * BLOCK..][..BLOCK];
+                for o in 0..BLOCK {
+                    acc[o] = _mm512_fmadd_ps(v, _mm512_set1_ps(w[o]), acc[o]);
+                }
+            }
+            // Every channel, then skip: a loop over `store` indexed the
+            // accumulators by a variable and kept them on the stack.
+            for o in 0..BLOCK {
+                if !row.store.contains(&o) {
+                    continue;
+                }
+                let v = _mm512_min_ps(_mm512_max_ps(acc[o], lo), hi);
+                // SAFETY: channel o of the block, this row's pixels x..x+n.
+                unsafe { _mm512_mask_storeu_ps(row.out.add(o * row.plane + x), mask, v) };
+            }
+            x += 16;
+        }
+    }
+}
+
+// Indexed loops over the accumulators on purpose, as in pointwise.rs:
+// they keep every accumulator in a register.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Row, BLOCK};
+
+    /// 8 pixels by 8 output channels a step (two halves of a block).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; see [`super::portable_row`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn row(row: &Row<'_>) {
+        let (lo, hi) = row.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        let base = row.scratch.as_ptr();
+        for half in 0..BLOCK / 8 {
+            let lanes = half * 8..half * 8 + 8;
+            if lanes.end <= row.store.start || row.store.end <= lanes.start {
+                continue;
+            }
+            let mut x = 0;
+            while x < row.width {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for o in 0..8 {
+                    acc[o] = _mm256_set1_ps(row.bias[lanes.start + o]);
+                }
+                for (t, &start) in row.offsets.iter().enumerate() {
+                    // SAFETY: x < width, and a phase row holds the width
+                    // rounded up to 8 plus the kernel (Geometry::phase_len).
+                    let v = unsafe { _mm256_loadu_ps(base.add(start + x)) };
+                    let w = &row.w[t * BLOCK + lanes.start..][..8];
+                    for o in 0..8 {
+                        acc[o] = _mm256_fmadd_ps(v, _mm256_set1_ps(w[o]), acc[o]);
+                    }
+                }
+                let n = (row.width - x).min(8);
+                for o in 0..8 {
+                    let channel = lanes.start + o;
+                    if !row.store.contains(&channel) {
+                        continue;
+                    }
+                    let v = _mm256_min_ps(_mm256_max_ps(acc[o], lo), hi);
+                    let mut tmp = [0f32; 8];
+                    // SAFETY: a local array of 8 floats.
+                    unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), v) };
+                    for (i, value) in tmp.iter().enumerate().take(n) {
+                        // SAFETY: channel `channel`, pixel x + i < width.
+                        unsafe { *row.out.add(channel * row.plane + x + i) = *value };
+                    }
+                }
+                x += 8;
+            }
+        }
+    }
+}
+
+/// Bitwise, so an operator equals itself even with NaN in its constants.
+impl PartialEq for Stem {
+    fn eq(&self, other: &Stem) -> bool {
+        self.geometry == other.geometry
+            && self.out_channels == other.out_channels
+            && self.batched == other.batched
+            && same_clamp(self.clamp, other.clamp)
+            && same_bits(&self.weights, &other.weights)
+            && same_bits(&self.bias, &other.bias)
+    }
+}
+
+impl Eq for Stem {}
+
+impl Op for Stem {
+    fn name(&self) -> StaticName {
+        "Stem(onnx-lambda)".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{:?} -> {} channels, clamp {:?}",
+            self.geometry, self.out_channels, self.clamp
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Stem {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = &inputs[0];
+        let shape = input.shape();
+        let g = self.geometry;
+        let chw = &shape[shape.len().saturating_sub(3)..];
+        ensure!(
+            shape.len() == 3 + usize::from(self.batched)
+                && chw == [g.channels, g.in_hw.0, g.in_hw.1],
+            "convolution input {shape:?} does not match {g:?}"
+        );
+        let mut out_shape: TVec<usize> = shape[..shape.len() - 3].into();
+        out_shape.extend([self.out_channels, g.out_hw.0, g.out_hw.1]);
+        // SAFETY: `compute` writes every pixel of every output channel
+        // (each block's rows in full, the last vector masked or copied).
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
+        let src = input.try_as_plain_ram()?;
+        let mut dst = output.try_as_plain_ram_mut()?;
+        self.compute(src.as_slice::<f32>()?, dst.as_slice_mut::<f32>()?)?;
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for Stem {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let g = self.geometry;
+        let mut shape: TVec<TDim> = inputs[0]
+            .shape
+            .iter()
+            .take(usize::from(self.batched))
+            .cloned()
+            .collect();
+        shape.extend([self.out_channels, g.out_hw.0, g.out_hw.1].map(|d| d.to_dim()));
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let g = self.geometry;
+        let per_image = self.out_channels * g.out_hw.0 * g.out_hw.1 * self.taps();
+        let images = if self.batched {
+            inputs[0].shape[0].clone()
+        } else {
+            1.to_dim()
+        };
+        Ok(tvec!((Cost::FMA(f32::datum_type()), images * per_image)))
+    }
+
+    as_op!();
+}
+
+/// Replaces every convolution this module handles (see the module docs)
+/// in a decluttered graph, with the clamp after it when there is one.
+/// Returns how many it replaced.
+pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(conv) = node.op_as::<Conv>() else {
+            continue;
+        };
+        let Some(layer) = conv_layer(model, node, conv, |group, channels, _| {
+            group == 1 && channels <= MAX_INPUT_CHANNELS
+        })?
+        else {
+            continue;
+        };
+        let (clamp, last) = following_clamp(model, id)?;
+        let batched = conv.pool_spec.data_format == DataFormat::NCHW;
+        let op = Stem::new(
+            layer.geometry,
+            layer.out_channels,
+            &layer.weights,
+            &layer.bias,
+            clamp,
+            batched,
+        );
+        let mut patch = TypedModelPatch::new("onnx-lambda stem");
+        let x = patch.tap_model(model, node.inputs[0])?;
+        let wire = patch.wire_node(&node.name, op, &[x])?[0];
+        patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    model.compact()?;
+    Ok(replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::own::testing::{bundled_decluttered, noise};
+
+    /// The textbook definition, one output at a time.
+    fn reference(op: &Stem, weights: &[f32], bias: &[f32], n: usize, input: &[f32]) -> Vec<f32> {
+        let g = op.geometry;
+        let (c, (h, w), (ho, wo), k) = (g.channels, g.in_hw, g.out_hw, g.kernel);
+        let m = op.out_channels;
+        let mut out = vec![0f32; n * m * ho * wo];
+        for i in 0..n {
+            for o in 0..m {
+                for y in 0..ho {
+                    for x in 0..wo {
+                        let mut acc = bias[o];
+                        for ci in 0..c {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (y * g.stride.0 + ky) as isize - g.pad.0 as isize;
+                                    let ix = (x * g.stride.1 + kx) as isize - g.pad.1 as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let v =
+                                        input[((i * c + ci) * h + iy as usize) * w + ix as usize];
+                                    acc += weights[((o * c + ci) * k + ky) * k + kx] * v;
+                                }
+                            }
+                        }
+                        let acc = op.clamp.map_or(acc, |(lo, hi)| acc.max(lo).min(hi));
+                        out[((i * m + o) * ho + y) * wo + x] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_definition_on_odd_shapes_strides_and_pads() {
+        // (images, in, out, h, w, kernel, stride, pad)
+        for (case, (n, c, m, h, w, k, s, p)) in (0u32..).zip([
+            (1, 3, 32, 15, 15, 3, 2, 1),
+            (2, 1, 5, 9, 20, 3, 1, 1),
+            (1, 4, 17, 8, 37, 5, 2, 2),
+            (1, 2, 16, 7, 16, 3, 1, 0),
+            (1, 3, 3, 33, 35, 3, 2, 0),
+        ]) {
+            let out_hw = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+            let g = Geometry {
+                channels: c,
+                in_hw: (h, w),
+                out_hw,
+                kernel: k,
+                stride: (s, s),
+                pad: (p, p),
+            };
+            let weights = noise(m * c * k * k, case + 1);
+            let bias = noise(m, case + 2);
+            let input = noise(n * c * h * w, case + 3);
+            for clamp in [None, Some((0.0, 0.5))] {
+                let op = Stem::new(g, m, &weights, &bias, clamp, true);
+                let want = reference(&op, &weights, &bias, n, &input);
+                for simd in Simd::available() {
+                    let mut got = vec![f32::NAN; want.len()];
+                    op.compute_with(&input, &mut got, simd).unwrap();
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                            "{g:?} -> {m} {clamp:?} {simd:?} at {i}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Two threads split the output channels, partial blocks included.
+    #[test]
+    fn threads_write_what_one_thread_writes() {
+        let g = Geometry {
+            channels: 3,
+            in_hw: (40, 40),
+            out_hw: (20, 20),
+            kernel: 3,
+            stride: (2, 2),
+            pad: (1, 1),
+        };
+        let m = 40;
+        let op = Stem::new(
+            g,
+            m,
+            &noise(m * 27, 7),
+            &noise(m, 8),
+            Some((0.0, 6.0)),
+            true,
+        );
+        let input = noise(2 * 3 * 40 * 40, 9);
+        let mut one = vec![f32::NAN; 2 * m * 400];
+        op.compute(&input, &mut one).unwrap();
+        let mut two = vec![f32::NAN; one.len()];
+        crate::model::OperatorPool::new(2)
+            .run(|| op.compute(&input, &mut two))
+            .unwrap();
+        assert!(same_bits(&one, &two));
+    }
+
+    #[test]
+    fn takes_the_stem_of_the_bundled_model_and_matches_tract() {
+        let model = bundled_decluttered();
+        let mut ours = model.clone();
+        assert_eq!(install(&mut ours).unwrap(), 1);
+        let input = Tensor::from_shape(&[1, 3, 224, 224], &noise(3 * 224 * 224, 11)).unwrap();
+        let run = |m: TypedModel| {
+            let out = m
+                .into_optimized()
+                .unwrap()
+                .into_runnable()
+                .unwrap()
+                .run(tvec![input.clone().into()])
+                .unwrap();
+            out[0]
+                .to_plain_array_view::<f32>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect::<Vec<f32>>()
+        };
+        let (want, got) = (run(model), run(ours));
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+}
