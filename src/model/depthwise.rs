@@ -595,52 +595,85 @@ impl EvalOp for Depthwise {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = &inputs[0];
-        let shape = input.shape();
         let g = self.geometry;
-        let chw = &shape[shape.len().saturating_sub(3)..];
-        ensure!(
-            shape.len() == 3 + usize::from(self.batched)
-                && chw == [g.channels, g.in_hw.0, g.in_hw.1],
-            "depthwise input {shape:?} does not match {g:?}"
-        );
-        let mut out_shape: TVec<usize> = shape[..shape.len() - 3].into();
-        out_shape.extend([g.channels, g.out_hw.0, g.out_hw.1]);
-        // SAFETY: `compute` writes every element of every output plane
-        // (each row in full, the last vector through a bounded copy).
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
-        let src = input.try_as_plain_ram()?;
-        let mut dst = output.try_as_plain_ram_mut()?;
-        self.compute(src.as_slice::<f32>()?, dst.as_slice_mut::<f32>()?)?;
-        Ok(tvec!(output.into_tvalue()))
+        conv_eval(&inputs[0], &g, g.channels, self.batched, |src, dst| {
+            self.compute(src, dst)
+        })
     }
 }
 
 impl TypedOp for Depthwise {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let g = self.geometry;
-        let mut shape: TVec<TDim> = inputs[0]
-            .shape
-            .iter()
-            .take(usize::from(self.batched))
-            .cloned()
-            .collect();
-        shape.extend([g.channels, g.out_hw.0, g.out_hw.1].map(|d| d.to_dim()));
-        Ok(tvec!(f32::fact(shape)))
+        conv_output_facts(inputs, &self.geometry, self.geometry.channels, self.batched)
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
         let g = self.geometry;
         let per_image = g.channels * g.out_hw.0 * g.out_hw.1 * g.kernel * g.kernel;
-        let images = if self.batched {
-            inputs[0].shape[0].clone()
-        } else {
-            1.to_dim()
-        };
-        Ok(tvec!((Cost::FMA(f32::datum_type()), images * per_image)))
+        conv_cost(inputs, self.batched, per_image)
     }
 
     as_op!();
+}
+
+/// `eval` of a convolution operator on `[images,] C, H, W` f32 input:
+/// checks the shape against `g`, and runs `compute` from the input's
+/// values into an output of `out_channels` planes. `compute` must write
+/// every output value (the output is not initialised).
+pub(super) fn conv_eval(
+    input: &TValue,
+    g: &Geometry,
+    out_channels: usize,
+    batched: bool,
+    compute: impl FnOnce(&[f32], &mut [f32]) -> TractResult<()>,
+) -> TractResult<TVec<TValue>> {
+    let shape = input.shape();
+    let chw = &shape[shape.len().saturating_sub(3)..];
+    ensure!(
+        shape.len() == 3 + usize::from(batched) && chw == [g.channels, g.in_hw.0, g.in_hw.1],
+        "convolution input {shape:?} does not match {g:?}"
+    );
+    let mut out_shape: TVec<usize> = shape[..shape.len() - 3].into();
+    out_shape.extend([out_channels, g.out_hw.0, g.out_hw.1]);
+    // SAFETY: the caller's `compute` writes every element (both operators
+    // write each row in full, the last vector masked or through a bounded
+    // copy; their tests fill the output with NaN first to prove it).
+    let mut output = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
+    let src = input.try_as_plain_ram()?;
+    let mut dst = output.try_as_plain_ram_mut()?;
+    compute(src.as_slice::<f32>()?, dst.as_slice_mut::<f32>()?)?;
+    Ok(tvec!(output.into_tvalue()))
+}
+
+/// `output_facts` of a convolution operator: `[images,] out_channels, H, W`.
+pub(super) fn conv_output_facts(
+    inputs: &[&TypedFact],
+    g: &Geometry,
+    out_channels: usize,
+    batched: bool,
+) -> TractResult<TVec<TypedFact>> {
+    let mut shape: TVec<TDim> = inputs[0]
+        .shape
+        .iter()
+        .take(usize::from(batched))
+        .cloned()
+        .collect();
+    shape.extend([out_channels, g.out_hw.0, g.out_hw.1].map(|d| d.to_dim()));
+    Ok(tvec!(f32::fact(shape)))
+}
+
+/// `cost` of a convolution operator: `per_image` multiply-adds an image.
+pub(super) fn conv_cost(
+    inputs: &[&TypedFact],
+    batched: bool,
+    per_image: usize,
+) -> TractResult<TVec<(Cost, TDim)>> {
+    let images = if batched {
+        inputs[0].shape[0].clone()
+    } else {
+        1.to_dim()
+    };
+    Ok(tvec!((Cost::FMA(f32::datum_type()), images * per_image)))
 }
 
 /// Replaces every depthwise convolution this module handles (see the module

@@ -25,7 +25,9 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::depthwise::{conv_layer, fill_phases, Geometry};
+use super::depthwise::{
+    conv_cost, conv_eval, conv_layer, conv_output_facts, fill_phases, Geometry,
+};
 use super::own::{following_clamp, par_planes, same_bits, same_clamp, Simd};
 
 /// Most input channels taken: past a few, the taps outgrow the registers'
@@ -361,49 +363,25 @@ impl EvalOp for Stem {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = &inputs[0];
-        let shape = input.shape();
-        let g = self.geometry;
-        let chw = &shape[shape.len().saturating_sub(3)..];
-        ensure!(
-            shape.len() == 3 + usize::from(self.batched)
-                && chw == [g.channels, g.in_hw.0, g.in_hw.1],
-            "convolution input {shape:?} does not match {g:?}"
-        );
-        let mut out_shape: TVec<usize> = shape[..shape.len() - 3].into();
-        out_shape.extend([self.out_channels, g.out_hw.0, g.out_hw.1]);
-        // SAFETY: `compute` writes every pixel of every output channel
-        // (each block's rows in full, the last vector masked or copied).
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
-        let src = input.try_as_plain_ram()?;
-        let mut dst = output.try_as_plain_ram_mut()?;
-        self.compute(src.as_slice::<f32>()?, dst.as_slice_mut::<f32>()?)?;
-        Ok(tvec!(output.into_tvalue()))
+        conv_eval(
+            &inputs[0],
+            &self.geometry,
+            self.out_channels,
+            self.batched,
+            |src, dst| self.compute(src, dst),
+        )
     }
 }
 
 impl TypedOp for Stem {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let g = self.geometry;
-        let mut shape: TVec<TDim> = inputs[0]
-            .shape
-            .iter()
-            .take(usize::from(self.batched))
-            .cloned()
-            .collect();
-        shape.extend([self.out_channels, g.out_hw.0, g.out_hw.1].map(|d| d.to_dim()));
-        Ok(tvec!(f32::fact(shape)))
+        conv_output_facts(inputs, &self.geometry, self.out_channels, self.batched)
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
         let g = self.geometry;
         let per_image = self.out_channels * g.out_hw.0 * g.out_hw.1 * self.taps();
-        let images = if self.batched {
-            inputs[0].shape[0].clone()
-        } else {
-            1.to_dim()
-        };
-        Ok(tvec!((Cost::FMA(f32::datum_type()), images * per_image)))
+        conv_cost(inputs, self.batched, per_image)
     }
 
     as_op!();
