@@ -316,8 +316,8 @@ impl AsRef<[u8]> for ModelBytes {
 
 fn read_file(var: &'static str, path: &Path, max_bytes: u64) -> Result<Vec<u8>, LoadError> {
     let io = file_error(var, path);
-    check_size(path, std::fs::metadata(path).map_err(io)?.len(), max_bytes)?;
-    std::fs::read(path).map_err(file_error(var, path))
+    check_size(path, std::fs::metadata(path).map_err(&io)?.len(), max_bytes)?;
+    std::fs::read(path).map_err(io)
 }
 
 /// Maps a local model file rather than reading it: the bytes are the page
@@ -326,18 +326,14 @@ fn read_file(var: &'static str, path: &Path, max_bytes: u64) -> Result<Vec<u8>, 
 /// first prediction 61-62 -> 55-57 ms (`hyperfine -N -r 40 'onnx-lambda
 /// predict photo.jpg'`, two alternating runs, AMD EPYC Zen 5).
 fn map_file(var: &'static str, path: &Path, max_bytes: u64) -> Result<memmap2::Mmap, LoadError> {
-    let file = std::fs::File::open(path).map_err(file_error(var, path))?;
-    check_size(
-        path,
-        file.metadata().map_err(file_error(var, path))?.len(),
-        max_bytes,
-    )?;
+    let io = file_error(var, path);
+    let file = std::fs::File::open(path).map_err(&io)?;
+    check_size(path, file.metadata().map_err(&io)?.len(), max_bytes)?;
     // SAFETY: a private read-only mapping, alive only while the model is
     // built (`load_with`). Truncating the file meanwhile would end the
     // process with SIGBUS, as it would any program mapping it; deployments
     // replace a model by writing a new file (new object, new inode).
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
-        .map_err(file_error(var, path))?;
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(io)?;
     check_size(path, map.len() as u64, max_bytes)?;
     Ok(map)
 }
