@@ -30,6 +30,9 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::own::{following_clamp, preceding_clamp, same_bits, same_clamp, Simd};
 
+#[cfg(target_arch = "x86_64")]
+mod blocked;
+
 /// Output columns per vector step; the scratch rows are padded to it.
 const LANES: usize = 8;
 
@@ -157,6 +160,12 @@ impl Depthwise {
         let out_plane = g.out_hw.0 * g.out_hw.1;
         ensure!(in_plane > 0 && out_plane > 0, "empty depthwise plane");
         ensure!(input.len() / in_plane == output.len() / out_plane);
+        #[cfg(target_arch = "x86_64")]
+        if simd == Simd::Avx512 && blocked::pays(&g) {
+            // SAFETY: Avx512 comes from Simd::detect() (or the tests'
+            // Simd::available()), which checked the CPU has AVX-512F.
+            return unsafe { blocked::compute(self, input, output) };
+        }
         let total = output.len();
         tract_core::tract_linalg::multithread::par_chunks_mut(
             output,
@@ -849,7 +858,7 @@ mod tests {
     use crate::model::own::testing::noise;
 
     /// The textbook definition, one output at a time.
-    fn reference(op: &Depthwise, n: usize, input: &[f32]) -> Vec<f32> {
+    pub(super) fn reference(op: &Depthwise, n: usize, input: &[f32]) -> Vec<f32> {
         let g = op.geometry;
         let (h, w) = g.in_hw;
         let (ho, wo) = g.out_hw;
