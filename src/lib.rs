@@ -45,4 +45,4 @@ pub use config::{bundled_model_path, Config, ConfigError, InputLimits};
 pub use error::{ClassifyError, ErrorBody, ErrorCode, InputError, ModelError};
 pub use inputs::{FetchError, InputFetcher};
 pub use location::{parse_allowlist, AllowedPrefix, Location};
-pub use model::{LoadError, LoadOptions, Model, ModelInfo, ModelLoader};
+pub use model::{LoadError, LoadOptions, Model, ModelInfo, ModelLoader, OperatorPool};

@@ -129,6 +129,10 @@ pub struct ProfileArgs {
     /// One row per node instead of per operator kind.
     #[arg(long)]
     pub by_node: bool,
+    /// Cores the image's operators split over, as for a single request
+    /// (`bench --batch-size 1`).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub split: usize,
 }
 
 #[derive(Args)]

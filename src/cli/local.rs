@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use onnx_lambda::bench::{self, BenchOptions, BenchReport, LambdaPricing, Percentiles};
-use onnx_lambda::{Classifier, Config, ErrorBody, InputError, LoadOptions, ModelLoader};
+use onnx_lambda::{
+    Classifier, Config, ErrorBody, InputError, LoadOptions, ModelLoader, OperatorPool,
+};
 use serde_json::json;
 
 use super::args::{BenchArgs, Overrides, PredictArgs, ProfileArgs};
@@ -148,7 +150,10 @@ pub async fn profile(overrides: &Overrides, args: ProfileArgs) -> anyhow::Result
     let model = classifier.model();
     let input = model.example_input();
     let compile = model.compile_times();
-    let rows = tokio::task::block_in_place(|| model.profile(input, args.rounds, args.by_node))?;
+    let pool = (args.split > 1).then(|| OperatorPool::new(args.split));
+    let rows = tokio::task::block_in_place(|| {
+        model.profile(input, args.rounds, args.by_node, pool.as_ref())
+    })?;
     let machine = bench::machine();
     if args.json {
         println!(

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core;
 
-use super::Model;
+use super::{Model, OperatorPool};
 use crate::error::ModelError;
 
 /// Time and arithmetic of all the nodes of one operator kind.
@@ -43,29 +43,37 @@ impl OpProfile {
 impl Model {
     /// Runs `input` through the plan `rounds` times (after one unmeasured
     /// run) timing every node, and returns one row per operator kind (or
-    /// per node), slowest first.
+    /// per node), slowest first. With `pool`, the operators split over its
+    /// threads as they do for a single request.
     pub fn profile(
         &self,
         input: Tensor,
         rounds: usize,
         by_node: bool,
+        pool: Option<&OperatorPool>,
     ) -> Result<Vec<OpProfile>, ModelError> {
         let fail = |e: anyhow::Error| ModelError::Inference(format!("{e:#}"));
         let model = self.plan.model();
         let mut state = self.plan.spawn().map_err(fail)?;
         let mut nanos = vec![0u128; model.nodes.len()];
         let input: TValue = input.into();
-        state.run(tvec!(input.clone())).map_err(fail)?;
-        for _ in 0..rounds.max(1) {
-            state
-                .run_plan_with_eval(tvec!(input.clone()), |ctx, op_state, node, inputs| {
+        let mut timed = || -> TractResult<()> {
+            state.run(tvec!(input.clone()))?;
+            for _ in 0..rounds.max(1) {
+                state.run_plan_with_eval(tvec!(input.clone()), |ctx, op_state, node, inputs| {
                     let started = Instant::now();
                     let out = tract_core::plan::eval(ctx, op_state, node, inputs);
                     nanos[node.id] += started.elapsed().as_nanos();
                     out
-                })
-                .map_err(fail)?;
+                })?;
+            }
+            Ok(())
+        };
+        match pool {
+            Some(pool) => pool.run(timed),
+            None => timed(),
         }
+        .map_err(fail)?;
         let mut kinds: BTreeMap<String, OpProfile> = BTreeMap::new();
         for node in &model.nodes {
             if node.op_is::<tract_core::ops::konst::Const>() || node.inputs.is_empty() {
