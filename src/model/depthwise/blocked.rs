@@ -39,10 +39,25 @@ pub(super) fn pays(g: &Geometry) -> bool {
 }
 
 thread_local! {
-    /// Per-thread padded input block, output block and the layer's
-    /// [`Positions`], reused across blocks, layers and runs.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Positions)> =
-        const { RefCell::new((Vec::new(), Vec::new(), Positions::new())) };
+    /// Per-thread padded input block, output block and [`Positions`],
+    /// reused across blocks, layers and runs, and the geometry they were
+    /// last set up for (consecutive layers often share one).
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch {
+            padded: Vec::new(),
+            result: Vec::new(),
+            positions: Positions::new(),
+            geometry: None,
+        })
+    };
+}
+
+/// See [`SCRATCH`].
+struct Scratch {
+    padded: Vec<f32>,
+    result: Vec<f32>,
+    positions: Positions,
+    geometry: Option<Geometry>,
 }
 
 /// A vector-aligned run of `len` floats inside `buf` (grown as needed):
@@ -90,20 +105,36 @@ impl Positions {
     fn fill(&mut self, g: &Geometry, layout: &Layout) {
         let (h, w) = g.in_hw;
         self.inputs.clear();
-        self.inputs.extend((0..h * w).map(|p| {
-            let (y, x) = (p / w + g.pad.0, p % w + g.pad.1);
-            if y < layout.rows && x < layout.cols {
-                (y * layout.cols + x) * BLOCK
-            } else {
-                usize::MAX
+        for y in g.pad.0..g.pad.0 + h {
+            for x in g.pad.1..g.pad.1 + w {
+                self.inputs.push(if y < layout.rows && x < layout.cols {
+                    (y * layout.cols + x) * BLOCK
+                } else {
+                    usize::MAX
+                });
             }
-        }));
-        let (ho, wo) = g.out_hw;
+        }
         self.outputs.clear();
-        self.outputs.extend((0..ho * wo).map(|p| {
-            let (y, x) = (p / wo, p % wo);
-            (y * g.stride.0 * layout.cols + x * g.stride.1) * BLOCK
-        }));
+        for y in 0..g.out_hw.0 {
+            for x in 0..g.out_hw.1 {
+                self.outputs
+                    .push((y * g.stride.0 * layout.cols + x * g.stride.1) * BLOCK);
+            }
+        }
+    }
+}
+
+/// Zeroes the padding of the padded block: every position no input pixel
+/// lands on. The rest is written by every block.
+fn zero_border(g: &Geometry, layout: &Layout, padded: &mut [f32]) {
+    let rows = g.pad.0..g.pad.0 + g.in_hw.0;
+    let cols = g.pad.1..g.pad.1 + g.in_hw.1;
+    for (r, row) in padded.chunks_exact_mut(layout.cols * BLOCK).enumerate() {
+        for (c, v) in row.chunks_exact_mut(BLOCK).enumerate() {
+            if !rows.contains(&r) || !cols.contains(&c) {
+                v.fill(0.0);
+            }
+        }
     }
 }
 
@@ -121,29 +152,32 @@ pub(super) unsafe fn compute(op: &Depthwise, input: &[f32], output: &mut [f32]) 
         (out_plane, g.channels, BLOCK),
         cost,
         |planes, chunk| {
-            SCRATCH.with_borrow_mut(|(padded, result, positions)| {
-                // Zeroed once: every block writes the same positions, so the
-                // padding stays zero.
-                padded.clear();
+            SCRATCH.with_borrow_mut(|scratch| {
+                let Scratch {
+                    padded,
+                    result,
+                    positions,
+                    geometry,
+                } = scratch;
                 let padded = aligned(padded, layout.rows * layout.cols * BLOCK);
                 let result = aligned(result, out_plane * BLOCK);
-                positions.fill(&g, &layout);
+                if *geometry != Some(g) {
+                    // Once per layer shape and thread: every block writes the
+                    // same positions, so the padding stays zero.
+                    positions.fill(&g, &layout);
+                    zero_border(&g, &layout, padded);
+                    *geometry = Some(g);
+                }
                 let mut start = planes.start;
                 while start < planes.end {
                     let block = start..(start + BLOCK).min(planes.end);
+                    let ins = &input[block.start * in_plane..block.end * in_plane];
                     let out = &mut chunk[(start - planes.start) * out_plane..];
                     // SAFETY: the caller checked the CPU has AVX-512F.
                     unsafe {
-                        let ins = &input[block.start * in_plane..block.end * in_plane];
                         transpose_in(op, &positions.inputs, ins, padded);
-                        convolve(
-                            op,
-                            &layout,
-                            block.clone(),
-                            padded,
-                            &positions.outputs,
-                            result,
-                        );
+                        let outputs = &positions.outputs;
+                        convolve(op, &layout, block.clone(), padded, outputs, result);
                         transpose_out(out_plane, block.len(), result, out);
                     }
                     start = block.end;
