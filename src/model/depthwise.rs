@@ -20,7 +20,6 @@
 //! weights. Anything else stays with tract.
 
 use std::cell::RefCell;
-use std::ops::Range;
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
@@ -62,17 +61,12 @@ impl Geometry {
     }
 
     /// Padded input rows the output needs.
-    pub(super) fn padded_rows(&self) -> usize {
+    fn padded_rows(&self) -> usize {
         (self.out_hw.0 - 1) * self.stride.0 + self.kernel
     }
 
     pub(super) fn scratch_len(&self) -> usize {
-        self.padded_rows() * self.padded_row_len()
-    }
-
-    /// Scratch values per padded row (all its phases).
-    pub(super) fn padded_row_len(&self) -> usize {
-        self.stride.1 * self.phase_len()
+        self.padded_rows() * self.stride.1 * self.phase_len()
     }
 
     /// Where tap `(ky, kx)` of output row `y` starts in a plane's scratch.
@@ -291,24 +285,10 @@ pub(super) fn fill_phases(
     clamp: Option<(f32, f32)>,
     simd: Simd,
 ) {
-    fill_phase_rows(g, input, scratch, clamp, simd, 0..g.padded_rows());
-}
-
-/// [`fill_phases`] for padded rows `padded` only, into `scratch` starting at
-/// row `padded.start` (so that threads can fill rows of one plane each).
-pub(super) fn fill_phase_rows(
-    g: &Geometry,
-    input: &[f32],
-    scratch: &mut [f32],
-    clamp: Option<(f32, f32)>,
-    simd: Simd,
-    padded: Range<usize>,
-) {
     let (h, w) = g.in_hw;
     let (s, len) = (g.stride.1, g.phase_len());
-    for r in padded.clone() {
-        let at = r - padded.start;
-        let rows = &mut scratch[at * s * len..(at + 1) * s * len];
+    for r in 0..g.padded_rows() {
+        let rows = &mut scratch[r * s * len..(r + 1) * s * len];
         let Some(y) = r.checked_sub(g.pad.0).filter(|&y| y < h) else {
             continue;
         };

@@ -26,9 +26,9 @@ use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::depthwise::{
-    conv_cost, conv_eval, conv_layer, conv_output_facts, fill_phase_rows, Geometry,
+    conv_cost, conv_eval, conv_layer, conv_output_facts, fill_phases, Geometry,
 };
-use super::own::{following_clamp, par_ranges, same_bits, same_clamp, SharedOut, Simd};
+use super::own::{following_clamp, par_planes, same_bits, same_clamp, Simd};
 
 /// Most input channels taken: past a few, the taps outgrow the registers'
 /// reuse and tract's matrix product is the better tool.
@@ -108,55 +108,40 @@ impl Stem {
                 && output.len() == input.len() / in_image * m * plane,
             "convolution sizes"
         );
-        // Per image: the images run one after the other.
-        let cost = m * plane * self.taps();
-        let out = SharedOut::new(output);
-        SCRATCH.with_borrow_mut(|scratch| {
-            scratch.clear();
-            scratch.resize(g.channels * g.scratch_len(), 0.0);
-            for (image, x) in input.chunks_exact(in_image).enumerate() {
-                // The phases, then the output rows, each split across the
-                // executor by rows. Splitting the 2 blocks of 16 channels
-                // instead had each thread fill all phases, and two cores
-                // gained nothing (`profile --split 2`).
-                let (len, row, plane_in) =
-                    (g.scratch_len(), g.padded_row_len(), g.in_hw.0 * g.in_hw.1);
-                let phases = SharedOut::new(scratch);
-                par_ranges(g.padded_rows(), in_image, |rows| {
-                    for c in 0..g.channels {
-                        // SAFETY: padded rows `rows` of channel c's phases,
-                        // inside the scratch and written by this thread only.
-                        let mine = unsafe {
-                            let at = phases.ptr().add(c * len + rows.start * row);
-                            std::slice::from_raw_parts_mut(at, rows.len() * row)
-                        };
-                        let src = &x[c * plane_in..][..plane_in];
-                        fill_phase_rows(&g, src, mine, None, simd, rows.clone());
+        let cost = output.len() * self.taps();
+        par_planes(output, (plane, m, BLOCK), cost, |rows, chunk| {
+            // Global plane `rows.start` is the chunk's first; planes
+            // before it belong to other threads and are never written.
+            let base = chunk.as_mut_ptr().wrapping_sub(rows.start * plane);
+            SCRATCH.with_borrow_mut(|scratch| {
+                scratch.clear();
+                scratch.resize(g.channels * g.scratch_len(), 0.0);
+                for image in rows.start / m..rows.end.div_ceil(m) {
+                    let x = &input[image * in_image..][..in_image];
+                    let len = g.scratch_len();
+                    for (c, phases) in scratch.chunks_exact_mut(len).enumerate() {
+                        let src = &x[c * g.in_hw.0 * g.in_hw.1..][..g.in_hw.0 * g.in_hw.1];
+                        fill_phases(&g, src, phases, None, simd);
                     }
-                    Ok(())
-                })?;
-                let scratch = &*scratch;
-                par_ranges(g.out_hw.0, cost, |rows| {
-                    let out = out.ptr().wrapping_add(image * m * plane);
-                    self.image(simd, scratch, rows, out);
-                    Ok(())
-                })?;
-            }
+                    let own = rows.start.max(image * m) - image * m
+                        ..rows.end.min((image + 1) * m) - image * m;
+                    let out = base.wrapping_add(image * m * plane);
+                    self.image(simd, scratch, own, out);
+                }
+            });
             Ok(())
         })
     }
 
-    /// Output rows `rows` of every channel of one image from its phase
-    /// scratch.
-    fn image(&self, simd: Simd, scratch: &[f32], rows: Range<usize>, out: *mut f32) {
+    /// Output channels `channels` of one image from its phase scratch.
+    fn image(&self, simd: Simd, scratch: &[f32], channels: Range<usize>, out: *mut f32) {
         let g = &self.geometry;
         let taps = self.taps();
         let (k, len) = (g.kernel, g.scratch_len());
-        let channels = self.out_channels;
-        for b in 0..channels.div_ceil(BLOCK) {
+        for b in channels.start / BLOCK..channels.end.div_ceil(BLOCK) {
             let first = b * BLOCK;
-            let store = 0..(channels - first).min(BLOCK);
-            for y in rows.clone() {
+            let store = channels.start.max(first) - first..channels.end.min(first + BLOCK) - first;
+            for y in 0..g.out_hw.0 {
                 let mut offsets = [0usize; MAX_INPUT_CHANNELS * 25];
                 for c in 0..g.channels {
                     for ky in 0..k {
@@ -179,7 +164,7 @@ impl Stem {
                 // SAFETY: levels other than Portable come from
                 // Simd::detect() (or the tests' Simd::available()), which
                 // checked the CPU; `row` writes only channels `store` of
-                // this block at row `y`, which this thread owns.
+                // this block, which this chunk owns, at row `y`.
                 match simd {
                     #[cfg(target_arch = "x86_64")]
                     Simd::Avx512 => unsafe { avx512::row(&row) },
