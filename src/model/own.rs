@@ -138,45 +138,6 @@ pub(crate) fn par_planes(
     })
 }
 
-/// Runs `f` over `0..n`, split into ranges across tract's executor (all of
-/// it inline when none is installed or `cost`, in multiply-adds, is under
-/// tract's threshold): for operators whose threads write disjoint parts of
-/// one output through a [`SharedOut`].
-pub(crate) fn par_ranges(
-    n: usize,
-    cost: usize,
-    f: impl Fn(Range<usize>) -> TractResult<()> + Sync + Send,
-) -> TractResult<()> {
-    // A slice of `()` to hand out: tract splits slices, and this one
-    // allocates nothing.
-    let mut units = vec![(); n];
-    par_chunks_mut(&mut units, 1, cost, |first, chunk| {
-        f(first..first + chunk.len())
-    })
-}
-
-/// An output that several threads write, each its own disjoint part, through
-/// raw pointers (rows of every channel plane, or strips of pixels: not
-/// contiguous chunks a slice split could hand out).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SharedOut(*mut f32);
-
-// SAFETY: the operators that share one give each thread disjoint elements
-// to write and read none of them.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    pub(crate) fn new(out: &mut [f32]) -> SharedOut {
-        SharedOut(out.as_mut_ptr())
-    }
-
-    /// The output's first element.
-    pub(crate) fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// The one node reading node `id`'s only output, unless that output is
 /// also a model output.
 pub(crate) fn sole_successor(model: &TypedModel, id: usize) -> Option<&TypedNode> {

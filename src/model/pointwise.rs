@@ -30,9 +30,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
-use super::own::{
-    following_clamp, par_planes, par_ranges, same_bits, same_clamp, sole_successor, SharedOut, Simd,
-};
+use super::own::{following_clamp, par_planes, same_bits, same_clamp, sole_successor, Simd};
 
 /// Output channels interleaved in the packed weights (one AVX-512 tile).
 pub(crate) const PANEL: usize = 8;
@@ -205,9 +203,6 @@ impl Pointwise {
             return Ok(());
         }
         let macs = images * m * k * pixels;
-        if images == 1 && m < pixels && strips(pixels, isa).count() >= MIN_SPLIT_STRIPS {
-            return self.split_strips(isa, input, residual, output);
-        }
         par_planes(output, (pixels, m, PANEL), macs, |rows, chunk| {
             // The chunk's first row is global row `rows.start`; rows
             // before it belong to other threads and are never written.
@@ -221,36 +216,6 @@ impl Pointwise {
                     out: base.wrapping_add(image * m * pixels),
                 };
                 self.image(isa, &job, own);
-            }
-            Ok(())
-        })
-    }
-
-    /// One image, its strips of pixels split across tract's executor, each
-    /// thread computing every channel of its strips. For layers with more
-    /// pixels than channels: split by channels, every thread read all of
-    /// the activations, and the 24-channel layers had 3 panels to share
-    /// between threads (`profile --split 2`: 56x56 layers 1.0-1.4x on two
-    /// cores).
-    fn split_strips(
-        &self,
-        isa: Isa,
-        input: &[f32],
-        residual: Option<&[f32]>,
-        output: &mut [f32],
-    ) -> TractResult<()> {
-        let Dims { m, k, pixels, .. } = self.dims;
-        let out = SharedOut::new(output);
-        let count = strips(pixels, isa).count();
-        par_ranges(count, m * k * pixels, |range| {
-            let job = Image {
-                x: input,
-                residual: residual.map(<[f32]>::as_ptr),
-                out: out.ptr(),
-            };
-            for strip in strips(pixels, isa).skip(range.start).take(range.len()) {
-                // Every channel of this thread's own strips.
-                self.strip(isa, &job, strip, 0..m);
             }
             Ok(())
         })
@@ -316,11 +281,6 @@ impl Pointwise {
 /// 7 FMAs per input channel where a masked vector tile costs 8 (AVX-512;
 /// 2 tiles of 4 with AVX2), so 49 pixels cost 48 + 1 rather than 64.
 const COLUMN_TAIL: usize = 8;
-
-/// Fewest strips of pixels for which a layer is split by strips rather
-/// than by channels: 8 gives each of 2 cores 4 strips, so the last strip
-/// to finish leaves the other core idle for at most an eighth.
-const MIN_SPLIT_STRIPS: usize = 8;
 
 /// A run of pixels that one kind of tile covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1122,9 +1082,6 @@ mod tests {
             (1, 8, 11, 18),
             (1, 5, 9, 19),
             (1, 9, 13, 22),
-            // Split by strips of pixels (more pixels than channels, at
-            // least MIN_SPLIT_STRIPS strips), with a column tail.
-            (1, 19, 10, 8 * 48 + 5),
         ] {
             let d = Dims {
                 images,
@@ -1154,23 +1111,14 @@ mod tests {
     }
 
     /// Two threads split the channels (whole panels when they can, single
-    /// rows when they cannot), or one image's strips of pixels, and write
-    /// exactly what one thread writes.
+    /// rows when they cannot) and write exactly what one thread writes.
     #[test]
     fn threads_cover_every_channel_once() {
         let pool = crate::model::OperatorPool::new(2);
-        // Channels before pixels (13, 96) and after (24, 96 over 50
-        // pixels); one image in strips (24 and 13 over 1000 pixels).
-        for (images, m, pixels) in [
-            (3, 24, 150),
-            (3, 13, 150),
-            (3, 96, 150),
-            (3, 96, 50),
-            (1, 24, 1000),
-            (1, 13, 1003),
-        ] {
+        // Channels before pixels (13, 96) and after (24, 96 over 50 pixels).
+        for (m, pixels) in [(24, 150), (13, 150), (96, 150), (96, 50)] {
             let d = Dims {
-                images,
+                images: 3,
                 m,
                 k: 20,
                 pixels,

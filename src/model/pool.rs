@@ -17,9 +17,7 @@
 
 use std::sync::Mutex;
 
-use tract_onnx::tract_core::tract_linalg::multithread::{
-    multithread_tract_scope, set_threading_mac_threshold, Executor,
-};
+use tract_onnx::tract_core::tract_linalg::multithread::{multithread_tract_scope, Executor};
 
 /// A rayon pool for tract's operators and the project's own, with a turn
 /// that lets one run in at a time.
@@ -37,16 +35,8 @@ impl std::fmt::Debug for OperatorPool {
 }
 
 impl OperatorPool {
-    /// Multiply-adds from which tract splits a matrix-vector product over
-    /// the pool. Its default (2^21) kept an ImageNet classifier (1,000 x
-    /// 1,280 = 1.3 M) on one core, 63 panels being one short of its other
-    /// gate: 0.15 ms of a 3 ms inference (`profile --split 2`).
-    const GEMV_SPLIT_MACS: usize = 1 << 19;
-
     /// `threads` workers, named `onnx-lambda-op-N` (at least 1).
     pub fn new(threads: usize) -> OperatorPool {
-        // Process-wide in tract; it only matters where a pool runs.
-        set_threading_mac_threshold(Self::GEMV_SPLIT_MACS);
         OperatorPool {
             executor: Executor::multithread_with_name(threads.max(1), "onnx-lambda-op"),
             turn: Mutex::new(()),
