@@ -11,8 +11,11 @@
 //! scratch, split into `stride` phases (phase `p` holds padded columns
 //! `p, p + s, p + 2s, ...`), so every kernel tap reads a contiguous run of
 //! the scratch whatever the stride. The row loop then is loads and FMAs
-//! only, 8 outputs at a time with AVX2+FMA (runtime detection), a portable
-//! loop elsewhere (which the compiler vectorises for NEON or SSE).
+//! only, 16 outputs at a time with AVX-512, 8 with AVX2+FMA (runtime
+//! detection), a portable loop elsewhere (which the compiler vectorises for
+//! NEON or SSE). With AVX-512, outputs of 28x28 or smaller, where that
+//! loop is mostly per-plane overhead, go 16 channels at a time instead
+//! ([`blocked`]).
 //!
 //! [`install`] swaps the operator in on the decluttered graph, before
 //! tract's optimiser runs, for every f32 NCHW convolution whose groups equal
