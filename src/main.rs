@@ -64,8 +64,8 @@ fn main() -> ExitCode {
 }
 
 /// glibc gives every thread that contends for the heap an arena of its
-/// own, up to 8 per core, and each keeps what its thread freed: with a new
-/// scoped thread per batch, RSS grows with the number of arenas. Two are
+/// own, up to 8 per core, and each keeps what its thread freed: RSS grows
+/// with the number of arenas (it did when batches ran on new threads). Two are
 /// enough for this workload (scripts/load_hostile.py, README), unless
 /// `MALLOC_ARENA_MAX` says otherwise. Servers also trim at idle
 /// (`memory.rs`).

@@ -177,6 +177,7 @@ impl Model {
             compile(graph, &manifest, batch, options.own_kernels)?;
         compile_times.parse_ms = parse_ms;
         let labels = resolve_labels(labels_text, &manifest, classes)?;
+        crate::memory::release_now();
         let info = ModelInfo {
             name: manifest.name.clone(),
             version: manifest.version.clone(),
