@@ -398,6 +398,69 @@ mod tests {
         Preprocessor::new(&Manifest::imagenet_defaults("t"))
     }
 
+    /// Names of this process's threads right now.
+    fn thread_names() -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .map(|dir| {
+                dir.flatten()
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                    .map(|n| n.trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Regression: `jpeg-decoder` without its `rayon` feature started a
+    /// thread per colour component for every decode wider than 128 pixels
+    /// ("worker thread for component N") and sent it each row through a
+    /// channel. A scaled decode on one of our pool's workers must start
+    /// none.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_scaled_jpeg_decode_starts_no_threads_of_its_own() {
+        let (w, h) = (1600u32, 1200u32);
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
+        });
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
+            .encode_image(&img)
+            .unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let seen = std::thread::scope(|scope| {
+            let watcher = scope.spawn(|| {
+                let mut seen = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    seen.extend(
+                        thread_names()
+                            .into_iter()
+                            .filter(|n| n.starts_with("worker thread")),
+                    );
+                }
+                seen
+            });
+            let pool = crate::model::OperatorPool::new(1);
+            for _ in 0..10 {
+                let image = pool
+                    .run(|| decode_for(&jpeg, &InputLimits::default(), 256))
+                    .unwrap();
+                assert_eq!(
+                    (image.width(), image.height()),
+                    (400, 300),
+                    "decoded at 1/4"
+                );
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            watcher.join().unwrap()
+        });
+        let names: std::collections::BTreeSet<_> = seen.iter().collect();
+        assert!(
+            seen.is_empty(),
+            "the decoder started threads, seen {} times: {names:?}",
+            seen.len()
+        );
+    }
+
     #[test]
     fn crop_box_matches_resize_then_center_crop() {
         // 640x480 -> 341x256 (341.33 rounded) -> crop at (117 // 2, 32 // 2) = (58, 16).

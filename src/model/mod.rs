@@ -215,18 +215,9 @@ impl Model {
 
     /// Runs the network on a preprocessed batch laid out as the manifest
     /// says, `plan_batch()` images long, and returns one score vector per
-    /// image. Single-threaded: the caller runs one image per core.
+    /// image. On the calling thread; its operators split their work over an
+    /// [`OperatorPool`] when the caller is one of its workers.
     pub fn run(&self, input: Tensor) -> Result<Vec<Vec<f32>>, ModelError> {
-        self.run_on(input, None)
-    }
-
-    /// [`Model::run`], with the operators splitting their work over
-    /// `pool`'s threads when one is given (one image, all cores).
-    pub fn run_on(
-        &self,
-        input: Tensor,
-        pool: Option<&OperatorPool>,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let fail = |e: anyhow::Error| ModelError::Inference(format!("{e:#}"));
         let pooled = self.states.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut state = match pooled {
@@ -234,10 +225,7 @@ impl Model {
             None => self.plan.spawn().map_err(fail)?,
         };
         let inputs = tvec!(input.into());
-        let outputs = match pool {
-            Some(pool) => pool.run(|| state.run(inputs)),
-            None => state.run(inputs),
-        };
+        let outputs = state.run(inputs);
         // A state whose run failed may hold half a turn: drop it.
         let outputs = outputs.map_err(fail)?;
         self.states
