@@ -23,7 +23,7 @@
 //! batches of 10 on two cores went 250-257 -> 261-277 images/s
 //! (`bench --batch-size 10`, 4 alternating runs, AMD EPYC).
 //!
-//! Decoding runs there too, with one thread as with many: the JPEG
+//! A batch decodes there too, with one thread as with many: the JPEG
 //! decoder's row tasks go to the pool it runs on. Before, each large JPEG
 //! started three threads of its own and woke them row by row: with that
 //! gone, batches of 10 went 245-254 -> 262-265 images/s and a 12-megapixel
@@ -82,6 +82,15 @@ pub struct Classification {
     pub timing_ms: Timing,
 }
 
+/// Where an image's network runs once the image is decoded.
+#[derive(Debug, Clone, Copy)]
+enum Network {
+    /// On this thread, already one of the pool's workers (a batch).
+    Here,
+    /// Handed to the pool for its turn.
+    OnPool,
+}
+
 /// Classifies encoded images with a shared [`Model`].
 ///
 /// Cheap to clone (the model is behind an `Arc`); safe to share between
@@ -123,9 +132,10 @@ impl Classifier {
         self
     }
 
-    /// The `threads` workers every image runs on, one thread included:
-    /// the JPEG decoder's row tasks go to the pool it runs on, so with no
-    /// pool of ours they started rayon's global one, a thread per core.
+    /// The `threads` workers every network runs on, one thread included.
+    /// A batch decodes there too, and the JPEG decoder's row tasks stay on
+    /// the worker's pool; a single image decodes on the caller's thread
+    /// (large JPEGs' rows on rayon's global pool).
     fn pool(&self) -> &OperatorPool {
         self.pool.get_or_init(|| OperatorPool::new(self.threads))
     }
@@ -149,13 +159,17 @@ impl Classifier {
     /// `top_k` most probable classes.
     /// A single image's operators use all the threads.
     pub fn classify(&self, bytes: &[u8], top_k: usize) -> Result<Classification, ClassifyError> {
-        self.pool().run(|| self.classify_here(bytes, top_k))
+        self.classify_at(bytes, top_k, Network::OnPool)
     }
 
-    /// [`Classifier::classify`] on this thread, which is one of the pool's
-    /// (see [`Classifier::map`]).
-    fn classify_here(&self, bytes: &[u8], top_k: usize) -> Result<Classification, ClassifyError> {
-        let (scores, mut timing) = self.scores_timed(bytes)?;
+    /// [`Classifier::classify`], with the network run where `network` says.
+    fn classify_at(
+        &self,
+        bytes: &[u8],
+        top_k: usize,
+        network: Network,
+    ) -> Result<Classification, ClassifyError> {
+        let (scores, mut timing) = self.scores_timed(bytes, network)?;
         let started = Instant::now();
         let predictions = self.top_k(&scores, top_k);
         timing.total += ms(started.elapsed());
@@ -166,7 +180,11 @@ impl Classifier {
     }
 
     /// The raw model output for one encoded image, and where the time went.
-    fn scores_timed(&self, bytes: &[u8]) -> Result<(Vec<f32>, Timing), ClassifyError> {
+    fn scores_timed(
+        &self,
+        bytes: &[u8],
+        network: Network,
+    ) -> Result<(Vec<f32>, Timing), ClassifyError> {
         let started = Instant::now();
         let image = preprocess::decode_for(bytes, &self.limits, self.pre.min_decode_side())?;
         let decoded = Instant::now();
@@ -175,7 +193,11 @@ impl Classifier {
         self.pre
             .preprocess_into(image, &mut input[..self.pre.image_len()]);
         let preprocessed = Instant::now();
-        let scores = self.run(input)?.swap_remove(0);
+        let scores = match network {
+            Network::Here => self.run(input),
+            Network::OnPool => self.pool().run(|| self.run(input)),
+        }?
+        .swap_remove(0);
         let done = Instant::now();
         Ok((
             scores,
@@ -191,9 +213,19 @@ impl Classifier {
     /// Raw model outputs (logits or probabilities, as the model gives them)
     /// for encoded images, one result per input, in parallel.
     pub fn scores_batch(&self, inputs: &[&[u8]]) -> Vec<Result<Vec<f32>, ClassifyError>> {
-        self.map(inputs, |bytes| {
-            contain(|| self.scores_timed(bytes).map(|(s, _)| s))
+        self.each(inputs, |bytes, network| {
+            contain(|| self.scores_timed(bytes, network).map(|(s, _)| s))
         })
+    }
+
+    /// `f` on each input: a single one on this thread, its network on the
+    /// pool (so that concurrent requests decode while another's network
+    /// runs: the pool takes one at a time); several one per pool worker.
+    fn each<R: Send>(&self, inputs: &[&[u8]], f: impl Fn(&[u8], Network) -> R + Sync) -> Vec<R> {
+        match inputs {
+            [one] => vec![f(one, Network::OnPool)],
+            _ => self.map(inputs, |bytes| f(bytes, Network::Here)),
+        }
     }
 
     /// Maps `f` over `items`, one item per thread, on the operator pool:
@@ -237,7 +269,9 @@ impl Classifier {
         top_k: usize,
     ) -> Vec<Result<Classification, ClassifyError>> {
         if self.model.plan_batch() == 1 {
-            return self.map(inputs, |bytes| contain(|| self.classify_here(bytes, top_k)));
+            return self.each(inputs, |bytes, network| {
+                contain(|| self.classify_at(bytes, top_k, network))
+            });
         }
         self.classify_fixed_batches(inputs, top_k)
     }
