@@ -23,8 +23,8 @@
 //! batches of 10 on two cores went 250-257 -> 261-277 images/s
 //! (`bench --batch-size 10`, 4 alternating runs, AMD EPYC).
 //!
-//! A batch decodes there too, with one thread as with many: the JPEG
-//! decoder's row tasks go to the pool it runs on. Before, each large JPEG
+//! A batch decodes there too, and the JPEG decoder's row tasks go to the
+//! pool it runs on. Before, each large JPEG
 //! started three threads of its own and woke them row by row: with that
 //! gone, batches of 10 went 245-254 -> 262-265 images/s and a 12-megapixel
 //! photo's CPU time 22.8-24.8 -> 20.3-20.6 ms (3 alternating runs).
@@ -132,12 +132,14 @@ impl Classifier {
         self
     }
 
-    /// The `threads` workers every network runs on, one thread included.
-    /// A batch decodes there too, and the JPEG decoder's row tasks stay on
-    /// the worker's pool; a single image decodes on the caller's thread
-    /// (large JPEGs' rows on rayon's global pool).
-    fn pool(&self) -> &OperatorPool {
-        self.pool.get_or_init(|| OperatorPool::new(self.threads))
+    /// The `threads` workers images run on; `None` with one thread, where
+    /// the caller's thread does it all: a one-worker pool measured 5%
+    /// slower inference (`bench --threads 1`, 9 alternating runs, AMD EPYC;
+    /// the cause not found). A batch decodes on the pool's workers, where
+    /// the JPEG decoder's row tasks stay; anywhere else they go to rayon's
+    /// global pool.
+    fn pool(&self) -> Option<&OperatorPool> {
+        (self.threads > 1).then(|| self.pool.get_or_init(|| OperatorPool::new(self.threads)))
     }
 
     /// The shared model.
@@ -193,9 +195,9 @@ impl Classifier {
         self.pre
             .preprocess_into(image, &mut input[..self.pre.image_len()]);
         let preprocessed = Instant::now();
-        let scores = match network {
-            Network::Here => self.run(input),
-            Network::OnPool => self.pool().run(|| self.run(input)),
+        let scores = match (network, self.pool()) {
+            (Network::OnPool, Some(pool)) => pool.run(|| self.run(input)),
+            _ => self.run(input),
         }?
         .swap_remove(0);
         let done = Instant::now();
@@ -231,9 +233,13 @@ impl Classifier {
     /// Maps `f` over `items`, one item per thread, on the operator pool:
     /// `f` runs on a worker, with the network's operators (and the JPEG
     /// decoder's rows) splitting over the pool (see `OperatorPool::map`).
-    /// With one item, that is all threads inside the one image.
+    /// With one item, that is all threads inside the one image; with one
+    /// thread, this thread.
     fn map<T: Sync, R: Send>(&self, items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-        self.pool().map(items, f)
+        match self.pool() {
+            Some(pool) => pool.map(items, f),
+            None => items.iter().map(f).collect(),
+        }
     }
 
     /// Raw model outputs for `n` already-preprocessed images laid out back
