@@ -82,15 +82,6 @@ pub struct Classification {
     pub timing_ms: Timing,
 }
 
-/// Where an image's network runs once the image is decoded.
-#[derive(Debug, Clone, Copy)]
-enum Network {
-    /// On this thread, already one of the pool's workers (a batch).
-    Here,
-    /// Handed to the pool for its turn.
-    OnPool,
-}
-
 /// Classifies encoded images with a shared [`Model`].
 ///
 /// Cheap to clone (the model is behind an `Arc`); safe to share between
@@ -132,12 +123,14 @@ impl Classifier {
         self
     }
 
-    /// The `threads` workers images run on; `None` with one thread, where
-    /// the caller's thread does it all: a one-worker pool measured 5%
-    /// slower inference (`bench --threads 1`, 9 alternating runs, AMD EPYC;
-    /// the cause not found). A batch decodes on the pool's workers, where
-    /// the JPEG decoder's row tasks stay; anywhere else they go to rayon's
-    /// global pool.
+    /// The `threads` workers images run on, decode included (the JPEG
+    /// decoder's row tasks stay on the pool it runs on); `None` with one
+    /// thread, where the caller's thread does it all: a one-worker pool
+    /// measured 5% slower inference (`bench --threads 1`, 9 alternating
+    /// runs, AMD EPYC; the cause not found). A single image decoded on the
+    /// caller's thread sent its rows to rayon's global pool, whose threads
+    /// then slowed the inference on two cores 3.0-3.1 -> 3.25 ms
+    /// (`bench --batch-size 1`, 3 alternating runs).
     fn pool(&self) -> Option<&OperatorPool> {
         (self.threads > 1).then(|| self.pool.get_or_init(|| OperatorPool::new(self.threads)))
     }
@@ -161,17 +154,16 @@ impl Classifier {
     /// `top_k` most probable classes.
     /// A single image's operators use all the threads.
     pub fn classify(&self, bytes: &[u8], top_k: usize) -> Result<Classification, ClassifyError> {
-        self.classify_at(bytes, top_k, Network::OnPool)
+        match self.pool() {
+            Some(pool) => pool.run(|| self.classify_here(bytes, top_k)),
+            None => self.classify_here(bytes, top_k),
+        }
     }
 
-    /// [`Classifier::classify`], with the network run where `network` says.
-    fn classify_at(
-        &self,
-        bytes: &[u8],
-        top_k: usize,
-        network: Network,
-    ) -> Result<Classification, ClassifyError> {
-        let (scores, mut timing) = self.scores_timed(bytes, network)?;
+    /// [`Classifier::classify`] on this thread (a pool worker, or the only
+    /// thread).
+    fn classify_here(&self, bytes: &[u8], top_k: usize) -> Result<Classification, ClassifyError> {
+        let (scores, mut timing) = self.scores_timed(bytes)?;
         let started = Instant::now();
         let predictions = self.top_k(&scores, top_k);
         timing.total += ms(started.elapsed());
@@ -182,11 +174,7 @@ impl Classifier {
     }
 
     /// The raw model output for one encoded image, and where the time went.
-    fn scores_timed(
-        &self,
-        bytes: &[u8],
-        network: Network,
-    ) -> Result<(Vec<f32>, Timing), ClassifyError> {
+    fn scores_timed(&self, bytes: &[u8]) -> Result<(Vec<f32>, Timing), ClassifyError> {
         let started = Instant::now();
         let image = preprocess::decode_for(bytes, &self.limits, self.pre.min_decode_side())?;
         let decoded = Instant::now();
@@ -195,11 +183,7 @@ impl Classifier {
         self.pre
             .preprocess_into(image, &mut input[..self.pre.image_len()]);
         let preprocessed = Instant::now();
-        let scores = match (network, self.pool()) {
-            (Network::OnPool, Some(pool)) => pool.run(|| self.run(input)),
-            _ => self.run(input),
-        }?
-        .swap_remove(0);
+        let scores = self.run(input)?.swap_remove(0);
         let done = Instant::now();
         Ok((
             scores,
@@ -215,19 +199,9 @@ impl Classifier {
     /// Raw model outputs (logits or probabilities, as the model gives them)
     /// for encoded images, one result per input, in parallel.
     pub fn scores_batch(&self, inputs: &[&[u8]]) -> Vec<Result<Vec<f32>, ClassifyError>> {
-        self.each(inputs, |bytes, network| {
-            contain(|| self.scores_timed(bytes, network).map(|(s, _)| s))
+        self.map(inputs, |bytes| {
+            contain(|| self.scores_timed(bytes).map(|(s, _)| s))
         })
-    }
-
-    /// `f` on each input: a single one on this thread, its network on the
-    /// pool (so that concurrent requests decode while another's network
-    /// runs: the pool takes one at a time); several one per pool worker.
-    fn each<R: Send>(&self, inputs: &[&[u8]], f: impl Fn(&[u8], Network) -> R + Sync) -> Vec<R> {
-        match inputs {
-            [one] => vec![f(one, Network::OnPool)],
-            _ => self.map(inputs, |bytes| f(bytes, Network::Here)),
-        }
     }
 
     /// Maps `f` over `items`, one item per thread, on the operator pool:
@@ -275,9 +249,7 @@ impl Classifier {
         top_k: usize,
     ) -> Vec<Result<Classification, ClassifyError>> {
         if self.model.plan_batch() == 1 {
-            return self.each(inputs, |bytes, network| {
-                contain(|| self.classify_at(bytes, top_k, network))
-            });
+            return self.map(inputs, |bytes| contain(|| self.classify_here(bytes, top_k)));
         }
         self.classify_fixed_batches(inputs, top_k)
     }
