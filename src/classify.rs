@@ -24,10 +24,10 @@
 //! (`bench --batch-size 10`, 4 alternating runs, AMD EPYC).
 //!
 //! A batch decodes there too, and the JPEG decoder's row tasks go to the
-//! pool it runs on. Before, each large JPEG
-//! started three threads of its own and woke them row by row: with that
-//! gone, batches of 10 went 245-254 -> 262-265 images/s and a 12-megapixel
-//! photo's CPU time 22.8-24.8 -> 20.3-20.6 ms (3 alternating runs).
+//! pool it runs on. Before, each large JPEG started three threads of its
+//! own and woke them row by row: with that gone, batches of 10 went
+//! 245-254 -> 262-265 images/s and a 12-megapixel photo's CPU time
+//! 22.8-24.8 -> 20.3-20.6 ms (3 alternating runs).
 //!
 //! A request with a single image instead runs its operators on all `threads`
 //! (tract's rayon executor, `multithread-mm`; the project's operators split

@@ -462,8 +462,8 @@ mod avx2 {
         m
     }
 
-    /// 8 outputs per step, [`ROWS`] output rows at once (that many FMA
-    /// chains in flight); the last partial step of a row goes through a
+    /// 8 outputs per step, [`ROWS`] output rows at once sharing their
+    /// input rows' loads; the last partial step of a row goes through a
     /// small buffer.
     ///
     /// # Safety
@@ -614,11 +614,9 @@ mod avx512 {
         src.len().div_ceil(2)
     }
 
-    /// 16 outputs per step, [`ROWS`](super::ROWS) output rows at once (so
-    /// that many FMA chains are in flight: one chain of `K * K` dependent
-    /// FMAs per step ran at 20 GMAC/s on 56x56 and 112x112 planes); the
-    /// last step of a row is masked (loads and store), so no lane reads or
-    /// writes past the row.
+    /// 16 outputs per step, [`ROWS`](super::ROWS) output rows at once
+    /// sharing their input rows' loads; the last step of a row is masked
+    /// (loads and store), so no lane reads or writes past the row.
     ///
     /// # Safety
     /// The CPU must have AVX-512F.
