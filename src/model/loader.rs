@@ -17,7 +17,7 @@ use crate::aws::s3::{self, ObjectRef, S3Error};
 use crate::config::Config;
 use crate::error::ModelError;
 use crate::location::Location;
-use crate::model::{hex_sha256, labels_file_name, LoadOptions, Model};
+use crate::model::{hex_sha256, labels_file_name, LoadOptions, Model, OnnxBytes};
 
 /// Why the model could not be fetched or built.
 #[derive(Debug, Error)]
@@ -158,9 +158,9 @@ impl ModelLoader {
         let started = Instant::now();
         let bytes = match &config.model {
             Location::File(path) => {
-                ModelBytes::Mapped(map_file("MODEL_URI", path, config.model_max_bytes)?)
+                OnnxBytes::Mapped(map_file("MODEL_URI", path, config.model_max_bytes)?)
             }
-            location => ModelBytes::Read(
+            location => OnnxBytes::Owned(
                 self.fetch("MODEL_URI", location, config.model_max_bytes)
                     .await?
                     .bytes,
@@ -169,7 +169,7 @@ impl ModelLoader {
         let download = started.elapsed();
         let mut verified = None;
         if let Some(expected) = &config.model_sha256 {
-            let actual = hex_sha256(bytes.as_ref());
+            let actual = hex_sha256(bytes.as_slice());
             if &actual != expected {
                 return Err(LoadError::Checksum {
                     uri,
@@ -300,20 +300,6 @@ impl LoadError {
 }
 
 /// A model's bytes: read (from S3), or a local file's pages mapped.
-enum ModelBytes {
-    Read(Vec<u8>),
-    Mapped(memmap2::Mmap),
-}
-
-impl AsRef<[u8]> for ModelBytes {
-    fn as_ref(&self) -> &[u8] {
-        match self {
-            ModelBytes::Read(bytes) => bytes,
-            ModelBytes::Mapped(map) => map,
-        }
-    }
-}
-
 fn read_file(var: &'static str, path: &Path, max_bytes: u64) -> Result<Vec<u8>, LoadError> {
     let io = file_error(var, path);
     check_size(path, std::fs::metadata(path).map_err(&io)?.len(), max_bytes)?;

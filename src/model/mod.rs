@@ -94,6 +94,32 @@ pub struct CompileTimes {
     pub plan_ms: f64,
 }
 
+/// A model's ONNX bytes as the caller holds them.
+pub(crate) enum OnnxBytes<'a> {
+    /// The caller keeps them.
+    Borrowed(&'a [u8]),
+    /// Read into memory (an S3 download).
+    Owned(Vec<u8>),
+    /// A private read-only mapping of a model file: its pages can be given
+    /// back to the kernel as soon as they are decoded (they read back from
+    /// the file), which the heap's cannot.
+    Mapped(memmap2::Mmap),
+}
+
+impl OnnxBytes<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            OnnxBytes::Borrowed(bytes) => bytes,
+            OnnxBytes::Owned(bytes) => bytes,
+            OnnxBytes::Mapped(map) => map,
+        }
+    }
+
+    fn file_backed(&self) -> bool {
+        matches!(self, OnnxBytes::Mapped(_))
+    }
+}
+
 /// A loaded, optimised classifier.
 pub struct Model {
     plan: Arc<Plan>,
@@ -132,16 +158,23 @@ impl Model {
         labels_text: Option<&str>,
         options: LoadOptions,
     ) -> Result<Model, ModelError> {
-        Model::build(onnx, None, source, manifest_json, labels_text, options)
+        Model::build(
+            OnnxBytes::Borrowed(onnx),
+            None,
+            source,
+            manifest_json,
+            labels_text,
+            options,
+        )
     }
 
     /// [`Model::from_bytes`], given the bytes' sha256 when the caller has
     /// already computed it (the loader does, to check `MODEL_SHA256`).
     /// Owned bytes (or a mapped file) are dropped as soon as they are
-    /// decoded, before tract copies the weights out of the protobuf: at
-    /// most two copies of the weights are alive at once, not three.
+    /// decoded, before tract copies the weights out of the protobuf (see
+    /// `parse.rs` for how the copies are kept from piling up).
     pub(crate) fn build(
-        onnx: impl AsRef<[u8]>,
+        onnx: OnnxBytes<'_>,
         sha256: Option<String>,
         source: &str,
         manifest_json: Option<&[u8]>,
@@ -151,11 +184,12 @@ impl Model {
         let started = Instant::now();
         // The digest (about 10 ms for MobileNetV2's 14 MB) runs beside the
         // parse: it is on the cold-start path of every container.
-        let bytes = onnx.as_ref();
+        let (bytes, file_backed) = (onnx.as_slice(), onnx.file_backed());
         let size_bytes = bytes.len();
         let (proto, sha256) = std::thread::scope(|scope| {
-            let digest = scope.spawn(|| sha256.unwrap_or_else(|| hex_sha256(bytes)));
-            let proto = parse::decode_proto(bytes, source);
+            let digest =
+                scope.spawn(|| sha256.unwrap_or_else(|| parse::sha256(bytes, file_backed)));
+            let proto = parse::decode_proto(bytes, source, file_backed);
             (proto, digest.join())
         });
         drop(onnx);
