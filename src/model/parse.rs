@@ -180,18 +180,31 @@ impl Detached {
 }
 
 impl ModelDataResolver for Detached {
+    /// Only the locations [`Detached::from`] wrote ("." in "/") are
+    /// served: a tensor of a subgraph naming a real file is refused, not
+    /// read.
     fn read_bytes_from_path(
         &self,
         buf: &mut Vec<u8>,
-        _path: &Path,
+        path: &Path,
         offset: usize,
-        _length: Option<usize>,
+        length: Option<usize>,
     ) -> TractResult<()> {
+        ensure!(
+            path == Path::new("/"),
+            "tensor data in an external file ({path:?}) is not supported: \
+             save the model with its weights inside the .onnx file"
+        );
         let mut table = self.0.lock().map_err(|_| format_err!("poisoned"))?;
-        *buf = table
+        let bytes = table
             .get_mut(offset)
             .and_then(Option::take)
             .ok_or_else(|| format_err!("initializer {offset} was asked for twice"))?;
+        ensure!(
+            length.is_none_or(|l| l == bytes.len()),
+            "initializer {offset}: wrong length"
+        );
+        *buf = bytes;
         Ok(())
     }
 }
@@ -318,5 +331,32 @@ mod tests {
         assert!(detached
             .read_bytes_from_path(&mut buf, Path::new("/"), 7, None)
             .is_err());
+    }
+
+    /// A subgraph's tensor that names a real file (which tract resolves
+    /// under "/") is refused without reading it.
+    #[test]
+    fn a_real_file_is_never_read() {
+        let mut proto = ModelProto {
+            graph: Some(GraphProto {
+                initializer: vec![TensorProto {
+                    raw_data: vec![1, 2, 3, 4],
+                    ..TensorProto::default()
+                }],
+                ..GraphProto::default()
+            }),
+            ..ModelProto::default()
+        };
+        let detached = Detached::from(&mut proto).unwrap();
+        let mut buf = Vec::new();
+        let err = detached
+            .read_bytes_from_path(&mut buf, Path::new("/etc/hostname"), 0, Some(4))
+            .unwrap_err();
+        assert!(err.to_string().contains("not supported"), "{err}");
+        assert!(buf.is_empty());
+        detached
+            .read_bytes_from_path(&mut buf, Path::new("/"), 0, Some(4))
+            .unwrap();
+        assert_eq!(buf, [1, 2, 3, 4]);
     }
 }
