@@ -14,10 +14,11 @@
 //!
 //! The load's peak heap went from 29 to 20 MB (`valgrind --tool=massif`
 //! on `predict`), the cold process's peak RSS from 54.2 to 53.0 MiB (six
-//! alternating runs): the peak is now in tract's compile stages, whose
-//! heap is 15-20 MB live but grows to about 30 MB resident (glibc keeps
-//! what each rewrite frees). An S3 download is heap, not a file mapping,
-//! so its pages stay until the decode ends.
+//! alternating runs). The load's own peak is now in tract's compile
+//! stages, whose heap is 15-20 MB live but about 25 MiB resident (glibc
+//! keeps what each rewrite frees), and the process's comes later, at the
+//! first prediction (README, "Memory while loading"). An S3 download is
+//! heap, not a file mapping, so its pages stay until the decode ends.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
