@@ -299,7 +299,6 @@ impl LoadError {
     }
 }
 
-/// A model's bytes: read (from S3), or a local file's pages mapped.
 fn read_file(var: &'static str, path: &Path, max_bytes: u64) -> Result<Vec<u8>, LoadError> {
     let io = file_error(var, path);
     check_size(path, std::fs::metadata(path).map_err(&io)?.len(), max_bytes)?;

@@ -338,7 +338,11 @@ fn ms_since(t: Instant) -> f64 {
 
 /// Lower-case hex sha256.
 pub fn hex_sha256(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
+    hex(&Sha256::digest(bytes))
+}
+
+/// A digest in lower-case hex, as `MODEL_SHA256` and the logs spell it.
+fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 

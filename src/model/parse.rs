@@ -68,11 +68,7 @@ pub(super) fn sha256(onnx: &[u8], file_backed: bool) -> String {
             unsafe { crate::memory::release_file_pages(part) };
         }
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    super::hex(&hasher.finalize())
 }
 
 /// The bytes being decoded, as prost reads them.
@@ -306,9 +302,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn each_initializer_is_served_once() {
-        let mut proto = ModelProto {
+    fn one_initializer_of_four_bytes() -> ModelProto {
+        ModelProto {
             graph: Some(GraphProto {
                 initializer: vec![TensorProto {
                     raw_data: vec![1, 2, 3, 4],
@@ -317,7 +312,12 @@ mod tests {
                 ..GraphProto::default()
             }),
             ..ModelProto::default()
-        };
+        }
+    }
+
+    #[test]
+    fn each_initializer_is_served_once() {
+        let mut proto = one_initializer_of_four_bytes();
         let detached = Detached::from(&mut proto).unwrap();
         let init = &proto.graph.as_ref().unwrap().initializer[0];
         assert!(init.raw_data.is_empty());
@@ -338,16 +338,7 @@ mod tests {
     /// under "/") is refused without reading it.
     #[test]
     fn a_real_file_is_never_read() {
-        let mut proto = ModelProto {
-            graph: Some(GraphProto {
-                initializer: vec![TensorProto {
-                    raw_data: vec![1, 2, 3, 4],
-                    ..TensorProto::default()
-                }],
-                ..GraphProto::default()
-            }),
-            ..ModelProto::default()
-        };
+        let mut proto = one_initializer_of_four_bytes();
         let detached = Detached::from(&mut proto).unwrap();
         let mut buf = Vec::new();
         let err = detached
