@@ -8,6 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::classify::Classifier;
+use crate::model::Simd;
 
 /// Lambda's list prices (us-east-1, aws.amazon.com/lambda/pricing), per
 /// GB-second of billed duration. `scripts/bench_onnxruntime.py` uses the same.
@@ -277,17 +278,21 @@ pub struct Machine {
     pub flags: Vec<String>,
     /// Cores this process may use.
     pub cores: usize,
+    /// The instruction set the project's own operators run with: the best
+    /// the CPU has, unless `--simd` lowered it.
+    pub simd: &'static str,
 }
 
 impl std::fmt::Display for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}, {} cores, {} {}",
+            "{}, {} cores, {} {}; own operators: {}",
             self.cpu,
             self.cores,
             std::env::consts::ARCH,
-            self.flags.join(" ")
+            self.flags.join(" "),
+            self.simd
         )
     }
 }
@@ -319,6 +324,7 @@ pub fn machine() -> Machine {
             .map(|f| f.to_string())
             .collect(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        simd: Simd::detect().name(),
     }
 }
 

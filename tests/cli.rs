@@ -193,6 +193,34 @@ fn profile_times_every_operator_kind_including_ours() {
     assert!(!ops.iter().any(|o| o["op"] == "Depthwise(onnx-lambda)"));
 }
 
+/// `--simd` lowers the instruction set of the project's operators for the
+/// whole run, and says so: portable takes our 1x1 convolutions out of the
+/// plan (they need AVX2), avx2 keeps them on an AVX2 machine.
+#[test]
+fn simd_lowers_what_our_operators_run_and_is_reported() {
+    let profile = |level: &str| {
+        let r = json_of(bin().args(["profile", "--rounds", "1", "--json", "--simd", level]));
+        let ops = r["ops"].as_array().unwrap().clone();
+        let nodes = |name: &str| {
+            ops.iter()
+                .find(|o| o["op"] == name)
+                .map_or(0, |o| o["nodes"].as_u64().unwrap())
+        };
+        let ours = nodes("Pointwise(onnx-lambda)") + nodes("ExpandDepthwise(onnx-lambda)");
+        (r["machine"]["simd"].as_str().unwrap().to_string(), ours)
+    };
+    assert_eq!(profile("portable"), ("portable".to_string(), 0));
+    let best = json_of(bin().args(["profile", "--rounds", "1", "--json"]));
+    let best = best["machine"]["simd"].as_str().unwrap().to_string();
+    if best != "portable" {
+        assert_eq!(profile("avx2"), ("avx2".to_string(), 34));
+    }
+    let out = bin().args(["profile", "--simd", "sse9"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected portable, avx2 or avx512"), "{err}");
+}
+
 #[test]
 fn a_bad_model_path_fails_with_a_clear_message() {
     let out = bin()

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use onnx_lambda::config::SETTINGS;
+use onnx_lambda::model::Simd;
 
 #[derive(Parser)]
 #[command(
@@ -96,6 +97,11 @@ pub struct BenchArgs {
     /// Use tract's operators only, not the project's own (for comparison).
     #[arg(long)]
     pub tract_kernels: bool,
+    /// Highest instruction set the project's operators use: portable,
+    /// avx2 or avx512 (default: the best this CPU has). Lower it to
+    /// measure here the path a machine without AVX-512 runs.
+    #[arg(long, value_parser = Simd::parse)]
+    pub simd: Option<Simd>,
     /// Lambda architecture for the cost estimate: x86_64 or arm64.
     #[arg(long, default_value = "x86_64", value_parser = ["x86_64", "arm64"])]
     pub arch: String,
@@ -126,6 +132,11 @@ pub struct ProfileArgs {
     /// Use tract's operators only, not the project's own (for comparison).
     #[arg(long)]
     pub tract_kernels: bool,
+    /// Highest instruction set the project's operators use: portable,
+    /// avx2 or avx512 (default: the best this CPU has). Lower it to
+    /// measure here the path a machine without AVX-512 runs.
+    #[arg(long, value_parser = Simd::parse)]
+    pub simd: Option<Simd>,
     /// One row per node instead of per operator kind.
     #[arg(long)]
     pub by_node: bool,

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use onnx_lambda::bench::{self, BenchOptions, BenchReport, LambdaPricing, Percentiles};
+use onnx_lambda::model::Simd;
 use onnx_lambda::{
     Classifier, Config, ErrorBody, InputError, LoadOptions, ModelLoader, OperatorPool,
 };
@@ -108,6 +109,9 @@ fn read_image(file: &Path, limit: u64) -> Result<Vec<u8>, ErrorBody> {
 /// `bench`: the offline batch benchmark.
 pub async fn bench(overrides: &Overrides, args: BenchArgs) -> anyhow::Result<ExitCode> {
     let config = configure(overrides, None)?;
+    if let Some(level) = args.simd {
+        Simd::limit(level);
+    }
     let options = LoadOptions {
         plan_batch: args.plan_batch,
         own_kernels: !args.tract_kernels,
@@ -142,6 +146,9 @@ pub async fn bench(overrides: &Overrides, args: BenchArgs) -> anyhow::Result<Exi
 /// input, with the machine it ran on.
 pub async fn profile(overrides: &Overrides, args: ProfileArgs) -> anyhow::Result<ExitCode> {
     let config = configure(overrides, None)?;
+    if let Some(level) = args.simd {
+        Simd::limit(level);
+    }
     let options = LoadOptions {
         own_kernels: !args.tract_kernels,
         ..LoadOptions::default()

@@ -40,6 +40,7 @@ const IMAGENET_SYNSET: &str = include_str!("../../models/synset.txt");
 type Plan = TypedRunnableModel;
 type RunState = TypedSimpleState;
 
+pub use own::Simd;
 pub use pool::OperatorPool;
 
 /// Options that change how the graph is compiled.

@@ -3,14 +3,15 @@
 //! operations after a node that they fuse in.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
 /// The instruction set an operator runs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Simd {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Simd {
     /// Plain Rust, vectorised by the compiler (SSE2, NEON).
     Portable,
     /// AVX2 + FMA: 8 outputs a step.
@@ -20,10 +21,44 @@ pub(crate) enum Simd {
     Avx512,
 }
 
+/// The highest level [`Simd::detect`] returns, as `Simd as u8`: lowered
+/// by [`Simd::limit`] only.
+static LIMIT: AtomicU8 = AtomicU8::new(Simd::Avx512 as u8);
+
 impl Simd {
-    /// The best level this CPU has.
+    /// The best level this CPU has, up to the process's [`Simd::limit`].
     pub(crate) fn detect() -> Simd {
-        Simd::available().last().copied().unwrap_or(Simd::Portable)
+        let limit = LIMIT.load(Ordering::Relaxed);
+        let levels = Simd::available().into_iter();
+        levels
+            .rev()
+            .find(|&l| l as u8 <= limit)
+            .unwrap_or(Simd::Portable)
+    }
+
+    /// Runs the project's operators at most at `level` from now on, for the
+    /// whole process: so that `bench --simd avx2` and `profile --simd avx2`
+    /// measure on an AVX-512 machine the path an AVX2-only one runs (the
+    /// session machines change between the two kinds).
+    pub fn limit(level: Simd) {
+        LIMIT.store(level as u8, Ordering::Relaxed);
+    }
+
+    /// The level named `name` (`portable`, `avx2`, `avx512`), for `--simd`.
+    pub fn parse(name: &str) -> Result<Simd, String> {
+        [Simd::Portable, Simd::Avx2, Simd::Avx512]
+            .into_iter()
+            .find(|l| l.name() == name)
+            .ok_or_else(|| format!("{name:?}: expected portable, avx2 or avx512"))
+    }
+
+    /// The level's name, as `--simd` takes it and reports print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Portable => "portable",
+            Simd::Avx2 => "avx2",
+            Simd::Avx512 => "avx512",
+        }
     }
 
     /// Every level this CPU can run, portable first.
