@@ -98,6 +98,9 @@ pub(crate) struct Depthwise {
     /// `[channel][ky][kx]`.
     weights: Arc<[f32]>,
     bias: Arc<[f32]>,
+    /// The weights `[ky][kx][channel]`, then the bias: a block of channels
+    /// reads each tap's lanes (`blocked.rs`) as one contiguous run.
+    by_tap: Arc<[f32]>,
     /// Output clamp; `None` leaves the values alone (and NaN stays NaN).
     clamp: Option<(f32, f32)>,
     /// Clamp of the input (a ReLU6 before the layer, fused so it is not a
@@ -118,8 +121,13 @@ impl Depthwise {
         let taps = geometry.kernel * geometry.kernel;
         assert_eq!(weights.len(), geometry.channels * taps, "weights");
         assert_eq!(bias.len(), geometry.channels, "bias");
+        let by_tap = (0..taps)
+            .flat_map(|t| weights.iter().skip(t).step_by(taps).copied())
+            .chain(bias.iter().copied())
+            .collect();
         Depthwise {
             geometry,
+            by_tap,
             weights: weights.into(),
             bias: bias.into(),
             clamp,
@@ -173,11 +181,17 @@ impl Depthwise {
         let out_plane = g.out_hw.0 * g.out_hw.1;
         ensure!(in_plane > 0 && out_plane > 0, "empty depthwise plane");
         ensure!(input.len() / in_plane == output.len() / out_plane);
+        // SAFETY (both arms): the level comes from Simd::detect() (or the
+        // tests' Simd::available()), which checked the CPU has it.
         #[cfg(target_arch = "x86_64")]
-        if simd == Simd::Avx512 && blocked::pays(&g) {
-            // SAFETY: Avx512 comes from Simd::detect() (or the tests'
-            // Simd::available()), which checked the CPU has AVX-512F.
-            return unsafe { blocked::compute(self, input, output) };
+        match simd {
+            Simd::Avx512 if blocked::pays::<blocked::Avx512>(&g) => {
+                return unsafe { blocked::compute::<blocked::Avx512>(self, input, output) };
+            }
+            Simd::Avx2 if blocked::pays::<blocked::Avx2>(&g) => {
+                return unsafe { blocked::compute::<blocked::Avx2>(self, input, output) };
+            }
+            _ => {}
         }
         let total = output.len();
         tract_core::tract_linalg::multithread::par_chunks_mut(

@@ -1,4 +1,5 @@
-//! Depthwise convolution on small planes, 16 channels at a time (AVX-512).
+//! Depthwise convolution on small planes, one vector of channels at a
+//! time: 16 with AVX-512 (`avx512.rs`), 8 with AVX2 (`avx2.rs`).
 //!
 //! Why: on a 7x7 or 14x14 plane the per-plane work of the row loop (fill
 //! the phase scratch, then one short, masked vector per output row and
@@ -6,15 +7,14 @@
 //! at 5-6 GMAC/s and its stride-2 14x14 layer at 3, against 19 on 56x56
 //! (`onnx-lambda profile --by-node`).
 //!
-//! How: a block of 16 channel planes is transposed, 16x16 in registers,
-//! into a zero-padded scratch holding one vector of the 16 channels per
-//! pixel (the channel-blocked layout ONNX Runtime computes in). Every
-//! output pixel is then `K * K` full-width loads and FMAs with the 16
-//! channels' weights held in registers, whatever the stride, 8 pixels at
-//! once so the FMA chains overlap; the results are transposed back into
-//! the 16 NCHW planes. Channels that do not fill a block take masked lanes.
+//! How: a block of channel planes (one vector's lanes) is transposed in
+//! registers into a zero-padded scratch holding one vector of the block's
+//! channels per pixel (the channel-blocked layout ONNX Runtime computes
+//! in). Every output pixel is then `K * K` full-width loads and FMAs with
+//! the channels' weights, whatever the stride, several pixels at once so
+//! the FMA chains overlap; the results are transposed back into the NCHW
+//! planes. Channels that do not fill a block take masked lanes.
 
-use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
 
@@ -23,31 +23,72 @@ use tract_onnx::prelude::*;
 use super::{Depthwise, Geometry};
 use crate::model::own::par_planes;
 
-/// Channels per block: one AVX-512 vector.
-const BLOCK: usize = 16;
+mod avx2;
+mod avx512;
 
-/// Largest output plane (pixels) the blocked path takes. On MobileNetV2
-/// (`profile --by-node`, AMD EPYC Zen 5, both paths on every layer) it won
-/// on every layer with a 28x28 output or smaller, tied at 56x56 and lost
-/// at 112x112 (0.19 -> 0.26 ms), where the two transposes cost more than
-/// the row loop's per-plane work and the scratch outgrows L2.
-const MAX_OUT_PIXELS: usize = 28 * 28;
+pub(super) use avx2::Avx2;
+pub(super) use avx512::Avx512;
 
-/// Whether `g` goes through the blocked path on an AVX-512 CPU.
-pub(super) fn pays(g: &Geometry) -> bool {
-    g.out_hw.0 * g.out_hw.1 <= MAX_OUT_PIXELS
+/// One instruction set's half of the blocked path: the vector width and
+/// the three vector loops. Everything else (layout, positions, scratch,
+/// the split over threads) is shared.
+pub(super) trait Lanes {
+    /// Channels per block: the lanes of one vector.
+    const BLOCK: usize;
+
+    /// Largest output plane (pixels) this instruction set's blocked path
+    /// takes; larger planes go through the row loop (measured per set, see
+    /// each implementation).
+    const MAX_OUT_PIXELS: usize;
+
+    /// The block's input planes (`ins`, up to `BLOCK` of them, NCHW) into
+    /// `padded`: pixel `i` to the vector at `positions[i]` (skipped when
+    /// `usize::MAX`), clamped when the operator clamps its input; missing
+    /// channels are zero lanes.
+    ///
+    /// # Safety
+    /// The CPU has the instruction set; `positions` come from
+    /// [`Positions::fill`] with this `BLOCK` for `padded`'s layout.
+    unsafe fn transpose_in(op: &Depthwise, positions: &[usize], ins: &[f32], padded: &mut [f32]);
+
+    /// Every output pixel of the block (`planes`, counted across images)
+    /// from `padded` into `result` (one vector per pixel): bias, taps,
+    /// clamp.
+    ///
+    /// # Safety
+    /// As for `transpose_in`; `offsets` are [`Positions`]'s outputs.
+    unsafe fn convolve(
+        op: &Depthwise,
+        taps: &[usize; 25],
+        planes: Range<usize>,
+        padded: &[f32],
+        offsets: &[usize],
+        result: &mut [f32],
+    );
+
+    /// `result` (one vector per output pixel) back into the block's
+    /// `channels` NCHW output planes at the start of `out`.
+    ///
+    /// # Safety
+    /// The CPU has the instruction set; `result` holds `plane` vectors.
+    unsafe fn transpose_out(plane: usize, channels: usize, result: &[f32], out: &mut [f32]);
+}
+
+/// Whether `g` goes through the blocked path with `L`.
+pub(super) fn pays<L: Lanes>(g: &Geometry) -> bool {
+    g.out_hw.0 * g.out_hw.1 <= L::MAX_OUT_PIXELS
 }
 
 thread_local! {
     /// Per-thread padded input block, output block and [`Positions`],
-    /// reused across blocks, layers and runs, and the geometry they were
-    /// last set up for (consecutive layers often share one).
+    /// reused across blocks, layers and runs, and the geometry and block
+    /// size they were last set up for (consecutive layers often share one).
     static SCRATCH: RefCell<Scratch> = const {
         RefCell::new(Scratch {
             padded: Vec::new(),
             result: Vec::new(),
             positions: Positions::new(),
-            geometry: None,
+            set_up: None,
         })
     };
 }
@@ -57,14 +98,15 @@ struct Scratch {
     padded: Vec<f32>,
     result: Vec<f32>,
     positions: Positions,
-    geometry: Option<Geometry>,
+    set_up: Option<(Geometry, usize)>,
 }
 
-/// A vector-aligned run of `len` floats inside `buf` (grown as needed):
-/// unaligned 64-byte loads straddle two cache lines each.
+/// A 64-byte aligned run of `len` floats inside `buf` (grown as needed):
+/// unaligned vector loads straddle two cache lines.
 fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    buf.resize(len + BLOCK, 0.0);
-    let skip = buf.as_ptr().align_offset(64).min(BLOCK);
+    const SLACK: usize = 16;
+    buf.resize(len + SLACK, 0.0);
+    let skip = buf.as_ptr().align_offset(64).min(SLACK);
     &mut buf[skip..skip + len]
 }
 
@@ -81,6 +123,18 @@ impl Layout {
             rows: (g.out_hw.0 - 1) * g.stride.0 + g.kernel,
             cols: (g.out_hw.1 - 1) * g.stride.1 + g.kernel,
         }
+    }
+
+    /// Offset of each tap from an output pixel's top-left input, in
+    /// `ky * K + kx` order (the weights' order), for vectors of `block`.
+    fn taps(&self, kernel: usize, block: usize) -> [usize; 25] {
+        let mut taps = [0; 25];
+        for ky in 0..kernel {
+            for kx in 0..kernel {
+                taps[ky * kernel + kx] = (ky * self.cols + kx) * block;
+            }
+        }
+        taps
     }
 }
 
@@ -102,13 +156,13 @@ impl Positions {
         }
     }
 
-    fn fill(&mut self, g: &Geometry, layout: &Layout) {
+    fn fill(&mut self, g: &Geometry, layout: &Layout, block: usize) {
         let (h, w) = g.in_hw;
         self.inputs.clear();
         for y in g.pad.0..g.pad.0 + h {
             for x in g.pad.1..g.pad.1 + w {
                 self.inputs.push(if y < layout.rows && x < layout.cols {
-                    (y * layout.cols + x) * BLOCK
+                    (y * layout.cols + x) * block
                 } else {
                     usize::MAX
                 });
@@ -118,7 +172,7 @@ impl Positions {
         for y in 0..g.out_hw.0 {
             for x in 0..g.out_hw.1 {
                 self.outputs
-                    .push((y * g.stride.0 * layout.cols + x * g.stride.1) * BLOCK);
+                    .push((y * g.stride.0 * layout.cols + x * g.stride.1) * block);
             }
         }
     }
@@ -126,11 +180,11 @@ impl Positions {
 
 /// Zeroes the padding of the padded block: every position no input pixel
 /// lands on. The rest is written by every block.
-fn zero_border(g: &Geometry, layout: &Layout, padded: &mut [f32]) {
+fn zero_border(g: &Geometry, layout: &Layout, block: usize, padded: &mut [f32]) {
     let rows = g.pad.0..g.pad.0 + g.in_hw.0;
     let cols = g.pad.1..g.pad.1 + g.in_hw.1;
-    for (r, row) in padded.chunks_exact_mut(layout.cols * BLOCK).enumerate() {
-        for (c, v) in row.chunks_exact_mut(BLOCK).enumerate() {
+    for (r, row) in padded.chunks_exact_mut(layout.cols * block).enumerate() {
+        for (c, v) in row.chunks_exact_mut(block).enumerate() {
             if !rows.contains(&r) || !cols.contains(&c) {
                 v.fill(0.0);
             }
@@ -138,18 +192,41 @@ fn zero_border(g: &Geometry, layout: &Layout, padded: &mut [f32]) {
     }
 }
 
-/// [`Depthwise::compute`] through channel blocks.
+/// Per lane of a block of `planes` (counted across images: a block may
+/// run across the end of one image into the next), tap `t`'s weight, or
+/// the bias for `t == K * K`; zero for lanes past the block.
+fn lane_values(op: &Depthwise, planes: Range<usize>, t: usize) -> [f32; 16] {
+    let channels = op.geometry.channels;
+    let row = &op.by_tap[t * channels..(t + 1) * channels];
+    let (first, n) = (planes.start % channels, planes.len());
+    let mut lane = [0f32; 16];
+    if first + n <= channels {
+        lane[..n].copy_from_slice(&row[first..first + n]);
+    } else {
+        for (i, p) in planes.enumerate() {
+            lane[i] = row[p % channels];
+        }
+    }
+    lane
+}
+
+/// [`Depthwise::compute`] through channel blocks of `L::BLOCK`.
 ///
 /// # Safety
-/// The CPU must have AVX-512F.
-pub(super) unsafe fn compute(op: &Depthwise, input: &[f32], output: &mut [f32]) -> TractResult<()> {
+/// The CPU must have `L`'s instruction set.
+pub(super) unsafe fn compute<L: Lanes>(
+    op: &Depthwise,
+    input: &[f32],
+    output: &mut [f32],
+) -> TractResult<()> {
     let g = op.geometry;
     let (in_plane, out_plane) = (g.in_hw.0 * g.in_hw.1, g.out_hw.0 * g.out_hw.1);
     let layout = Layout::of(&g);
+    let taps = layout.taps(g.kernel, L::BLOCK);
     let cost = output.len() * g.kernel * g.kernel;
     par_planes(
         output,
-        (out_plane, g.channels, BLOCK),
+        (out_plane, g.channels, L::BLOCK),
         cost,
         |planes, chunk| {
             SCRATCH.with_borrow_mut(|scratch| {
@@ -157,28 +234,29 @@ pub(super) unsafe fn compute(op: &Depthwise, input: &[f32], output: &mut [f32]) 
                     padded,
                     result,
                     positions,
-                    geometry,
+                    set_up,
                 } = scratch;
-                let padded = aligned(padded, layout.rows * layout.cols * BLOCK);
-                let result = aligned(result, out_plane * BLOCK);
-                if *geometry != Some(g) {
+                let padded = aligned(padded, layout.rows * layout.cols * L::BLOCK);
+                let result = aligned(result, out_plane * L::BLOCK);
+                if *set_up != Some((g, L::BLOCK)) {
                     // Once per layer shape and thread: every block writes the
                     // same positions, so the padding stays zero.
-                    positions.fill(&g, &layout);
-                    zero_border(&g, &layout, padded);
-                    *geometry = Some(g);
+                    positions.fill(&g, &layout, L::BLOCK);
+                    zero_border(&g, &layout, L::BLOCK, padded);
+                    *set_up = Some((g, L::BLOCK));
                 }
                 let mut start = planes.start;
                 while start < planes.end {
-                    let block = start..(start + BLOCK).min(planes.end);
+                    let block = start..(start + L::BLOCK).min(planes.end);
                     let ins = &input[block.start * in_plane..block.end * in_plane];
                     let out = &mut chunk[(start - planes.start) * out_plane..];
-                    // SAFETY: the caller checked the CPU has AVX-512F.
+                    // SAFETY: the caller checked the CPU has L's instruction
+                    // set; the positions were filled for this layout and block.
                     unsafe {
-                        transpose_in(op, &positions.inputs, ins, padded);
+                        L::transpose_in(op, &positions.inputs, ins, padded);
                         let outputs = &positions.outputs;
-                        convolve(op, &layout, block.clone(), padded, outputs, result);
-                        transpose_out(out_plane, block.len(), result, out);
+                        L::convolve(op, &taps, block.clone(), padded, outputs, result);
+                        L::transpose_out(out_plane, block.len(), result, out);
                     }
                     start = block.end;
                 }
@@ -188,210 +266,6 @@ pub(super) unsafe fn compute(op: &Depthwise, input: &[f32], output: &mut [f32]) 
     )
 }
 
-/// The mask of the first `n` lanes (all for `n >= 16`).
-fn mask(n: usize) -> __mmask16 {
-    if n >= BLOCK {
-        0xFFFF
-    } else {
-        (1u16 << n) - 1
-    }
-}
-
-/// Transposes 16 vectors as a 16x16 matrix: lane `j` of row `i` becomes
-/// lane `i` of row `j`. Three rounds of in-lane unpacks, then 128-bit lane
-/// shuffles: 64 shuffles for 256 values.
-#[target_feature(enable = "avx512f")]
-fn transpose(r: &mut [__m512; 16]) {
-    let mut t = [_mm512_setzero_ps(); 16];
-    for i in 0..8 {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    // In each 128-bit lane L, r[4g + j] gets rows 4g..4g+4 of column 4L + j.
-    let pd = _mm512_castps_pd;
-    for g in 0..4 {
-        let (a0, a1, b0, b1) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
-        r[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a0), pd(b0)));
-        r[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a0), pd(b0)));
-        r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a1), pd(b1)));
-        r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a1), pd(b1)));
-    }
-    // Column 4L + j is lane L of r[j], r[4 + j], r[8 + j], r[12 + j]: a
-    // 4x4 transpose of 128-bit lanes.
-    for j in 0..4 {
-        let (a, b, c, d) = (r[j], r[4 + j], r[8 + j], r[12 + j]);
-        let p = _mm512_shuffle_f32x4::<0x44>(a, b);
-        let q = _mm512_shuffle_f32x4::<0xEE>(a, b);
-        let s = _mm512_shuffle_f32x4::<0x44>(c, d);
-        let u = _mm512_shuffle_f32x4::<0xEE>(c, d);
-        t[j] = _mm512_shuffle_f32x4::<0x88>(p, s);
-        t[4 + j] = _mm512_shuffle_f32x4::<0xDD>(p, s);
-        t[8 + j] = _mm512_shuffle_f32x4::<0x88>(q, u);
-        t[12 + j] = _mm512_shuffle_f32x4::<0xDD>(q, u);
-    }
-    *r = t;
-}
-
-/// The block's input planes (`ins`, up to 16 of them, NCHW) into `padded`:
-/// pixel `(y, x)` to position `(y + pad_top, x + pad_left)` as one vector
-/// of the channels, clamped on the way when the operator clamps its input.
-/// Pixels no output reads are skipped; missing channels are zero lanes.
-#[target_feature(enable = "avx512f")]
-unsafe fn transpose_in(op: &Depthwise, positions: &[usize], ins: &[f32], padded: &mut [f32]) {
-    let plane = positions.len();
-    let channels = ins.len() / plane;
-    let (lo, hi) = op.input_clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-    let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-    let base = padded.as_mut_ptr();
-    let mut rows = [_mm512_setzero_ps(); 16];
-    for first in (0..plane).step_by(BLOCK) {
-        let n = (plane - first).min(BLOCK);
-        for (c, row) in rows.iter_mut().enumerate() {
-            *row = if c < channels {
-                // SAFETY: lanes first..first + n of plane c are inside `ins`.
-                unsafe { _mm512_maskz_loadu_ps(mask(n), ins.as_ptr().add(c * plane + first)) }
-            } else {
-                _mm512_setzero_ps()
-            };
-        }
-        transpose(&mut rows);
-        for (v, &at) in rows.iter().zip(&positions[first..first + n]) {
-            if at != usize::MAX {
-                let v = _mm512_min_ps(_mm512_max_ps(*v, lo), hi);
-                // SAFETY: Positions::fill put `at` inside the padded block.
-                unsafe { _mm512_storeu_ps(base.add(at), v) };
-            }
-        }
-    }
-}
-
-/// Every output pixel of the block from `padded`, into `result` (one
-/// vector of the channels per pixel): bias, taps, clamp.
-#[target_feature(enable = "avx512f")]
-unsafe fn convolve(
-    op: &Depthwise,
-    layout: &Layout,
-    planes: Range<usize>,
-    padded: &[f32],
-    offsets: &[usize],
-    result: &mut [f32],
-) {
-    let g = &op.geometry;
-    let taps = g.kernel * g.kernel;
-    // Lane i holds channel (planes.start + i) % channels: a block may run
-    // across the end of one image into the next.
-    let mut w = [_mm512_setzero_ps(); 25];
-    let mut lane = [0f32; BLOCK];
-    for (t, wt) in w.iter_mut().enumerate().take(taps) {
-        for (i, p) in planes.clone().enumerate() {
-            lane[i] = op.weights[(p % g.channels) * taps + t];
-        }
-        *wt = _mm512_loadu_ps(lane.as_ptr());
-    }
-    lane = [0.0; BLOCK];
-    for (i, p) in planes.clone().enumerate() {
-        lane[i] = op.bias[p % g.channels];
-    }
-    let job = Job {
-        w,
-        bias: _mm512_loadu_ps(lane.as_ptr()),
-        clamp: op
-            .clamp
-            .map(|(lo, hi)| (_mm512_set1_ps(lo), _mm512_set1_ps(hi))),
-        taps: tap_offsets(g.kernel, layout.cols),
-        padded: padded.as_ptr(),
-        result: result.as_mut_ptr(),
-    };
-    let mut p = 0;
-    // SAFETY (all arms): offsets[p..p + N] are output pixels; each reads
-    // taps inside the padded block (Layout) and writes its own vector.
-    while p + 8 <= offsets.len() {
-        unsafe { job.pixels::<8>(&offsets[p..p + 8], p, taps) };
-        p += 8;
-    }
-    while p + 4 <= offsets.len() {
-        unsafe { job.pixels::<4>(&offsets[p..p + 4], p, taps) };
-        p += 4;
-    }
-    while p < offsets.len() {
-        unsafe { job.pixels::<1>(&offsets[p..p + 1], p, taps) };
-        p += 1;
-    }
-}
-
-/// Offset of each tap from an output pixel's top-left input, `ky * K + kx`
-/// order (the weights' order).
-fn tap_offsets(kernel: usize, cols: usize) -> [usize; 25] {
-    let mut taps = [0; 25];
-    for ky in 0..kernel {
-        for kx in 0..kernel {
-            taps[ky * kernel + kx] = (ky * cols + kx) * BLOCK;
-        }
-    }
-    taps
-}
-
-/// What [`Job::pixels`] reads and writes for one block.
-struct Job {
-    w: [__m512; 25],
-    bias: __m512,
-    clamp: Option<(__m512, __m512)>,
-    taps: [usize; 25],
-    padded: *const f32,
-    result: *mut f32,
-}
-
-impl Job {
-    /// `N` output pixels starting at `first`, whose top-left inputs are at
-    /// `offsets`: `N` independent FMA chains, so they overlap.
-    ///
-    /// # Safety
-    /// AVX-512F; `offsets` and `first..first + N` must be inside the block.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn pixels<const N: usize>(&self, offsets: &[usize], first: usize, taps: usize) {
-        let mut acc = [self.bias; N];
-        for t in 0..taps {
-            for j in 0..N {
-                // SAFETY: see the function's contract.
-                let v = unsafe { _mm512_loadu_ps(self.padded.add(offsets[j] + self.taps[t])) };
-                acc[j] = _mm512_fmadd_ps(v, self.w[t], acc[j]);
-            }
-        }
-        for (j, a) in acc.iter().enumerate() {
-            let a = match self.clamp {
-                Some((lo, hi)) => _mm512_min_ps(_mm512_max_ps(*a, lo), hi),
-                None => *a,
-            };
-            // SAFETY: see the function's contract.
-            unsafe { _mm512_storeu_ps(self.result.add((first + j) * BLOCK), a) };
-        }
-    }
-}
-
-/// `result` (one vector of the channels per output pixel) back into the
-/// block's `channels` NCHW output planes at the start of `out`.
-#[target_feature(enable = "avx512f")]
-unsafe fn transpose_out(plane: usize, channels: usize, result: &[f32], out: &mut [f32]) {
-    let mut rows = [_mm512_setzero_ps(); 16];
-    for first in (0..plane).step_by(BLOCK) {
-        let n = (plane - first).min(BLOCK);
-        for (j, row) in rows.iter_mut().enumerate() {
-            *row = if j < n {
-                _mm512_loadu_ps(result[(first + j) * BLOCK..][..BLOCK].as_ptr())
-            } else {
-                _mm512_setzero_ps()
-            };
-        }
-        transpose(&mut rows);
-        for (c, v) in rows.iter().enumerate().take(channels) {
-            let dst = &mut out[c * plane + first..c * plane + first + n];
-            // SAFETY: the first n lanes are dst.
-            unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask(n), *v) };
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::tests::reference;
@@ -399,38 +273,23 @@ mod tests {
     use crate::model::own::testing::noise;
     use crate::model::own::Simd;
 
-    #[test]
-    fn transpose_swaps_rows_and_columns() {
-        if Simd::detect() != Simd::Avx512 {
-            return;
-        }
-        let values: Vec<f32> = (0..256).map(|i| i as f32).collect();
-        let mut rows = [unsafe { _mm512_setzero_ps() }; 16];
-        for (i, r) in rows.iter_mut().enumerate() {
-            *r = unsafe { _mm512_loadu_ps(values[i * 16..].as_ptr()) };
-        }
-        unsafe { transpose(&mut rows) };
-        let mut out = [0f32; 256];
-        for (i, r) in rows.iter().enumerate() {
-            unsafe { _mm512_storeu_ps(out[i * 16..].as_mut_ptr(), *r) };
-        }
-        for i in 0..16 {
-            for j in 0..16 {
-                assert_eq!(out[i * 16 + j], values[j * 16 + i], "({i}, {j})");
-            }
-        }
-    }
-
     /// Every channel count around the block size, with images whose
     /// blocks run across the image boundary, strides, pads, both kernels
     /// and both clamps, against the definition.
     #[test]
     fn matches_the_definition_across_block_and_image_boundaries() {
-        if Simd::detect() != Simd::Avx512 {
-            return;
+        let levels = Simd::available();
+        if levels.contains(&Simd::Avx512) {
+            matches_the_definition::<Avx512>();
         }
+        if levels.contains(&Simd::Avx2) {
+            matches_the_definition::<Avx2>();
+        }
+    }
+
+    fn matches_the_definition<L: Lanes>() {
         let mut cases = 0u32;
-        for channels in [1, 5, 16, 17, 40] {
+        for channels in [1, 5, 8, 9, 16, 17, 40] {
             for (h, w) in [(1, 1), (3, 3), (7, 7), (14, 14), (9, 13), (5, 17)] {
                 for kernel in [3, 5] {
                     for (stride, pad) in [((1, 1), (1, 1)), ((2, 2), (0, 1)), ((1, 2), (2, 0))] {
@@ -463,9 +322,10 @@ mod tests {
                         let input = noise(n * channels * h * w, cases + 9);
                         let want = reference(&op, n, &input);
                         let mut got = vec![f32::NAN; want.len()];
-                        unsafe { compute(&op, &input, &mut got) }.unwrap();
+                        unsafe { compute::<L>(&op, &input, &mut got) }.unwrap();
                         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                            assert!((a - b).abs() <= 1e-5, "{g:?} at {i}: {a} vs {b}");
+                            let block = L::BLOCK;
+                            assert!((a - b).abs() <= 1e-5, "{block}: {g:?} at {i}: {a} vs {b}");
                         }
                         cases += 1;
                     }

@@ -1,0 +1,242 @@
+//! The blocked path's vector loops with AVX2 and FMA: 8 channels a
+//! vector, 4 output pixels at once (4 accumulators and the 9 weights of a
+//! 3x3 kernel fit the 16 registers).
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::{lane_values, Lanes};
+use crate::model::depthwise::Depthwise;
+
+/// Channels per block: one AVX2 vector.
+const BLOCK: usize = 8;
+
+/// See [`Lanes`].
+pub(in crate::model::depthwise) struct Avx2;
+
+impl Lanes for Avx2 {
+    const BLOCK: usize = BLOCK;
+
+    const MAX_OUT_PIXELS: usize = 28 * 28;
+
+    unsafe fn transpose_in(op: &Depthwise, positions: &[usize], ins: &[f32], padded: &mut [f32]) {
+        // SAFETY: the trait's contract.
+        unsafe { transpose_in(op, positions, ins, padded) }
+    }
+
+    unsafe fn convolve(
+        op: &Depthwise,
+        taps: &[usize; 25],
+        planes: Range<usize>,
+        padded: &[f32],
+        offsets: &[usize],
+        result: &mut [f32],
+    ) {
+        // SAFETY: the trait's contract.
+        unsafe { convolve(op, taps, planes, padded, offsets, result) }
+    }
+
+    unsafe fn transpose_out(plane: usize, channels: usize, result: &[f32], out: &mut [f32]) {
+        // SAFETY: the trait's contract.
+        unsafe { transpose_out(plane, channels, result, out) }
+    }
+}
+
+/// The mask of the first `n` lanes, for `maskload`/`maskstore`.
+#[target_feature(enable = "avx2")]
+fn mask(n: usize) -> __m256i {
+    let n = _mm256_set1_epi32(n.min(BLOCK) as i32);
+    _mm256_cmpgt_epi32(n, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+}
+
+/// Transposes 8 vectors as an 8x8 matrix: lane `j` of row `i` becomes
+/// lane `i` of row `j`. In-lane unpacks and shuffles, then 128-bit lane
+/// swaps: 24 shuffles for 64 values.
+#[target_feature(enable = "avx2")]
+fn transpose(r: &mut [__m256; 8]) {
+    let mut t = [_mm256_setzero_ps(); 8];
+    for i in 0..4 {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // Per 128-bit lane, s[4h + j] holds column j of rows 4h..4h + 4.
+    let mut s = [_mm256_setzero_ps(); 8];
+    for h in 0..2 {
+        let (a, b, c, d) = (t[4 * h], t[4 * h + 1], t[4 * h + 2], t[4 * h + 3]);
+        s[4 * h] = _mm256_shuffle_ps::<0x44>(a, c);
+        s[4 * h + 1] = _mm256_shuffle_ps::<0xEE>(a, c);
+        s[4 * h + 2] = _mm256_shuffle_ps::<0x44>(b, d);
+        s[4 * h + 3] = _mm256_shuffle_ps::<0xEE>(b, d);
+    }
+    for j in 0..4 {
+        r[j] = _mm256_permute2f128_ps::<0x20>(s[j], s[4 + j]);
+        r[4 + j] = _mm256_permute2f128_ps::<0x31>(s[j], s[4 + j]);
+    }
+}
+
+/// See [`Lanes::transpose_in`].
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_in(op: &Depthwise, positions: &[usize], ins: &[f32], padded: &mut [f32]) {
+    let plane = positions.len();
+    let channels = ins.len() / plane;
+    let (lo, hi) = op.input_clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    let base = padded.as_mut_ptr();
+    let mut rows = [_mm256_setzero_ps(); BLOCK];
+    for first in (0..plane).step_by(BLOCK) {
+        let n = (plane - first).min(BLOCK);
+        let m = mask(n);
+        for (c, row) in rows.iter_mut().enumerate() {
+            let src = ins[c.min(channels.saturating_sub(1)) * plane + first..].as_ptr();
+            // SAFETY: lanes first..first + n of plane c are inside `ins`.
+            *row = match (c < channels, n == BLOCK) {
+                (false, _) => _mm256_setzero_ps(),
+                (true, true) => unsafe { _mm256_loadu_ps(src) },
+                (true, false) => unsafe { _mm256_maskload_ps(src, m) },
+            };
+        }
+        transpose(&mut rows);
+        for (v, &at) in rows.iter().zip(&positions[first..first + n]) {
+            if at != usize::MAX {
+                let v = _mm256_min_ps(_mm256_max_ps(*v, lo), hi);
+                // SAFETY: Positions::fill put `at` inside the padded block.
+                unsafe { _mm256_storeu_ps(base.add(at), v) };
+            }
+        }
+    }
+}
+
+/// See [`Lanes::convolve`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn convolve(
+    op: &Depthwise,
+    taps: &[usize; 25],
+    planes: Range<usize>,
+    padded: &[f32],
+    offsets: &[usize],
+    result: &mut [f32],
+) {
+    let n = op.geometry.kernel * op.geometry.kernel;
+    let lanes = |t| lane_values(op, planes.clone(), t);
+    let mut w = [_mm256_setzero_ps(); 25];
+    for (t, wt) in w.iter_mut().enumerate().take(n) {
+        *wt = _mm256_loadu_ps(lanes(t).as_ptr());
+    }
+    let job = Job {
+        w,
+        bias: _mm256_loadu_ps(lanes(n).as_ptr()),
+        clamp: op
+            .clamp
+            .map(|(lo, hi)| (_mm256_set1_ps(lo), _mm256_set1_ps(hi))),
+        taps: *taps,
+        padded: padded.as_ptr(),
+        result: result.as_mut_ptr(),
+    };
+    let mut p = 0;
+    // SAFETY (both loops): offsets[p..p + N] are output pixels; each reads
+    // taps inside the padded block (Layout) and writes its own vector.
+    while p + 4 <= offsets.len() {
+        unsafe { job.pixels::<4>(&offsets[p..p + 4], p, n) };
+        p += 4;
+    }
+    while p < offsets.len() {
+        unsafe { job.pixels::<1>(&offsets[p..p + 1], p, n) };
+        p += 1;
+    }
+}
+
+/// What [`Job::pixels`] reads and writes for one block.
+struct Job {
+    w: [__m256; 25],
+    bias: __m256,
+    clamp: Option<(__m256, __m256)>,
+    taps: [usize; 25],
+    padded: *const f32,
+    result: *mut f32,
+}
+
+impl Job {
+    /// `N` output pixels starting at `first`, whose top-left inputs are at
+    /// `offsets`: `N` independent FMA chains, so they overlap.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `offsets` and `first..first + N` must be inside the
+    /// block.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn pixels<const N: usize>(&self, offsets: &[usize], first: usize, taps: usize) {
+        let mut acc = [self.bias; N];
+        for t in 0..taps {
+            for j in 0..N {
+                // SAFETY: see the function's contract.
+                let v = unsafe { _mm256_loadu_ps(self.padded.add(offsets[j] + self.taps[t])) };
+                acc[j] = _mm256_fmadd_ps(v, self.w[t], acc[j]);
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            let a = match self.clamp {
+                Some((lo, hi)) => _mm256_min_ps(_mm256_max_ps(*a, lo), hi),
+                None => *a,
+            };
+            // SAFETY: see the function's contract.
+            unsafe { _mm256_storeu_ps(self.result.add((first + j) * BLOCK), a) };
+        }
+    }
+}
+
+/// See [`Lanes::transpose_out`].
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_out(plane: usize, channels: usize, result: &[f32], out: &mut [f32]) {
+    let mut rows = [_mm256_setzero_ps(); BLOCK];
+    for first in (0..plane).step_by(BLOCK) {
+        let n = (plane - first).min(BLOCK);
+        let m = mask(n);
+        for (j, row) in rows.iter_mut().enumerate() {
+            *row = if j < n {
+                _mm256_loadu_ps(result[(first + j) * BLOCK..][..BLOCK].as_ptr())
+            } else {
+                _mm256_setzero_ps()
+            };
+        }
+        transpose(&mut rows);
+        for (c, v) in rows.iter().enumerate().take(channels) {
+            let dst = out[c * plane + first..c * plane + first + n].as_mut_ptr();
+            // SAFETY: the first n lanes are inside `out`.
+            unsafe {
+                if n == BLOCK {
+                    _mm256_storeu_ps(dst, *v);
+                } else {
+                    _mm256_maskstore_ps(dst, m, *v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::own::Simd;
+
+    #[test]
+    fn transpose_swaps_rows_and_columns() {
+        if !Simd::available().contains(&Simd::Avx2) {
+            return;
+        }
+        let values: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        let mut rows = [unsafe { _mm256_setzero_ps() }; 8];
+        for (i, r) in rows.iter_mut().enumerate() {
+            *r = unsafe { _mm256_loadu_ps(values[i * 8..].as_ptr()) };
+        }
+        unsafe { transpose(&mut rows) };
+        let mut out = [0f32; 64];
+        for (i, r) in rows.iter().enumerate() {
+            unsafe { _mm256_storeu_ps(out[i * 8..].as_mut_ptr(), *r) };
+        }
+        for i in 0..8 {
+            for j in 0..8 {
+                assert_eq!(out[i * 8 + j], values[j * 8 + i], "({i}, {j})");
+            }
+        }
+    }
+}
