@@ -17,13 +17,44 @@ pub(in crate::model::depthwise) struct Avx2;
 impl Lanes for Avx2 {
     const BLOCK: usize = BLOCK;
 
+    /// As with AVX-512 (`profile --by-node --threads 1 --simd avx2`, AMD
+    /// EPYC Zen 5, four alternating runs against the row loop): it won on
+    /// every layer with a 28x28 output or smaller (7x7 0.11 -> 0.05 ms),
+    /// lost at 56x56 (0.32 -> 0.34) and tied at 112x112.
     const MAX_OUT_PIXELS: usize = 28 * 28;
 
+    #[target_feature(enable = "avx2")]
     unsafe fn transpose_in(op: &Depthwise, positions: &[usize], ins: &[f32], padded: &mut [f32]) {
-        // SAFETY: the trait's contract.
-        unsafe { transpose_in(op, positions, ins, padded) }
+        let plane = positions.len();
+        let channels = ins.len() / plane;
+        let (lo, hi) = op.input_clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        let base = padded.as_mut_ptr();
+        let mut rows = [_mm256_setzero_ps(); BLOCK];
+        for first in (0..plane).step_by(BLOCK) {
+            let n = (plane - first).min(BLOCK);
+            let m = mask(n);
+            for (c, row) in rows.iter_mut().enumerate() {
+                let src = ins[c.min(channels.saturating_sub(1)) * plane + first..].as_ptr();
+                // SAFETY: lanes first..first + n of plane c are inside `ins`.
+                *row = match (c < channels, n == BLOCK) {
+                    (false, _) => _mm256_setzero_ps(),
+                    (true, true) => unsafe { _mm256_loadu_ps(src) },
+                    (true, false) => unsafe { _mm256_maskload_ps(src, m) },
+                };
+            }
+            transpose(&mut rows);
+            for (v, &at) in rows.iter().zip(&positions[first..first + n]) {
+                if at != usize::MAX {
+                    let v = _mm256_min_ps(_mm256_max_ps(*v, lo), hi);
+                    // SAFETY: Positions::fill put `at` inside the padded block.
+                    unsafe { _mm256_storeu_ps(base.add(at), v) };
+                }
+            }
+        }
     }
 
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn convolve(
         op: &Depthwise,
         taps: &[usize; 25],
@@ -32,13 +63,61 @@ impl Lanes for Avx2 {
         offsets: &[usize],
         result: &mut [f32],
     ) {
-        // SAFETY: the trait's contract.
-        unsafe { convolve(op, taps, planes, padded, offsets, result) }
+        let n = op.geometry.kernel * op.geometry.kernel;
+        let lanes = |t| lane_values(op, planes.clone(), t);
+        let mut w = [_mm256_setzero_ps(); 25];
+        for (t, wt) in w.iter_mut().enumerate().take(n) {
+            *wt = _mm256_loadu_ps(lanes(t).as_ptr());
+        }
+        let job = Job {
+            w,
+            bias: _mm256_loadu_ps(lanes(n).as_ptr()),
+            clamp: op
+                .clamp
+                .map(|(lo, hi)| (_mm256_set1_ps(lo), _mm256_set1_ps(hi))),
+            taps: *taps,
+            padded: padded.as_ptr(),
+            result: result.as_mut_ptr(),
+        };
+        let mut p = 0;
+        // SAFETY (both loops): offsets[p..p + N] are output pixels; each reads
+        // taps inside the padded block (Layout) and writes its own vector.
+        while p + 4 <= offsets.len() {
+            unsafe { job.pixels::<4>(&offsets[p..p + 4], p, n) };
+            p += 4;
+        }
+        while p < offsets.len() {
+            unsafe { job.pixels::<1>(&offsets[p..p + 1], p, n) };
+            p += 1;
+        }
     }
 
+    #[target_feature(enable = "avx2")]
     unsafe fn transpose_out(plane: usize, channels: usize, result: &[f32], out: &mut [f32]) {
-        // SAFETY: the trait's contract.
-        unsafe { transpose_out(plane, channels, result, out) }
+        let mut rows = [_mm256_setzero_ps(); BLOCK];
+        for first in (0..plane).step_by(BLOCK) {
+            let n = (plane - first).min(BLOCK);
+            let m = mask(n);
+            for (j, row) in rows.iter_mut().enumerate() {
+                *row = if j < n {
+                    _mm256_loadu_ps(result[(first + j) * BLOCK..][..BLOCK].as_ptr())
+                } else {
+                    _mm256_setzero_ps()
+                };
+            }
+            transpose(&mut rows);
+            for (c, v) in rows.iter().enumerate().take(channels) {
+                let dst = out[c * plane + first..c * plane + first + n].as_mut_ptr();
+                // SAFETY: the first n lanes are inside `out`.
+                unsafe {
+                    if n == BLOCK {
+                        _mm256_storeu_ps(dst, *v);
+                    } else {
+                        _mm256_maskstore_ps(dst, m, *v);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -71,77 +150,6 @@ fn transpose(r: &mut [__m256; 8]) {
     for j in 0..4 {
         r[j] = _mm256_permute2f128_ps::<0x20>(s[j], s[4 + j]);
         r[4 + j] = _mm256_permute2f128_ps::<0x31>(s[j], s[4 + j]);
-    }
-}
-
-/// See [`Lanes::transpose_in`].
-#[target_feature(enable = "avx2")]
-unsafe fn transpose_in(op: &Depthwise, positions: &[usize], ins: &[f32], padded: &mut [f32]) {
-    let plane = positions.len();
-    let channels = ins.len() / plane;
-    let (lo, hi) = op.input_clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-    let base = padded.as_mut_ptr();
-    let mut rows = [_mm256_setzero_ps(); BLOCK];
-    for first in (0..plane).step_by(BLOCK) {
-        let n = (plane - first).min(BLOCK);
-        let m = mask(n);
-        for (c, row) in rows.iter_mut().enumerate() {
-            let src = ins[c.min(channels.saturating_sub(1)) * plane + first..].as_ptr();
-            // SAFETY: lanes first..first + n of plane c are inside `ins`.
-            *row = match (c < channels, n == BLOCK) {
-                (false, _) => _mm256_setzero_ps(),
-                (true, true) => unsafe { _mm256_loadu_ps(src) },
-                (true, false) => unsafe { _mm256_maskload_ps(src, m) },
-            };
-        }
-        transpose(&mut rows);
-        for (v, &at) in rows.iter().zip(&positions[first..first + n]) {
-            if at != usize::MAX {
-                let v = _mm256_min_ps(_mm256_max_ps(*v, lo), hi);
-                // SAFETY: Positions::fill put `at` inside the padded block.
-                unsafe { _mm256_storeu_ps(base.add(at), v) };
-            }
-        }
-    }
-}
-
-/// See [`Lanes::convolve`].
-#[target_feature(enable = "avx2,fma")]
-unsafe fn convolve(
-    op: &Depthwise,
-    taps: &[usize; 25],
-    planes: Range<usize>,
-    padded: &[f32],
-    offsets: &[usize],
-    result: &mut [f32],
-) {
-    let n = op.geometry.kernel * op.geometry.kernel;
-    let lanes = |t| lane_values(op, planes.clone(), t);
-    let mut w = [_mm256_setzero_ps(); 25];
-    for (t, wt) in w.iter_mut().enumerate().take(n) {
-        *wt = _mm256_loadu_ps(lanes(t).as_ptr());
-    }
-    let job = Job {
-        w,
-        bias: _mm256_loadu_ps(lanes(n).as_ptr()),
-        clamp: op
-            .clamp
-            .map(|(lo, hi)| (_mm256_set1_ps(lo), _mm256_set1_ps(hi))),
-        taps: *taps,
-        padded: padded.as_ptr(),
-        result: result.as_mut_ptr(),
-    };
-    let mut p = 0;
-    // SAFETY (both loops): offsets[p..p + N] are output pixels; each reads
-    // taps inside the padded block (Layout) and writes its own vector.
-    while p + 4 <= offsets.len() {
-        unsafe { job.pixels::<4>(&offsets[p..p + 4], p, n) };
-        p += 4;
-    }
-    while p < offsets.len() {
-        unsafe { job.pixels::<1>(&offsets[p..p + 1], p, n) };
-        p += 1;
     }
 }
 
@@ -180,35 +188,6 @@ impl Job {
             };
             // SAFETY: see the function's contract.
             unsafe { _mm256_storeu_ps(self.result.add((first + j) * BLOCK), a) };
-        }
-    }
-}
-
-/// See [`Lanes::transpose_out`].
-#[target_feature(enable = "avx2")]
-unsafe fn transpose_out(plane: usize, channels: usize, result: &[f32], out: &mut [f32]) {
-    let mut rows = [_mm256_setzero_ps(); BLOCK];
-    for first in (0..plane).step_by(BLOCK) {
-        let n = (plane - first).min(BLOCK);
-        let m = mask(n);
-        for (j, row) in rows.iter_mut().enumerate() {
-            *row = if j < n {
-                _mm256_loadu_ps(result[(first + j) * BLOCK..][..BLOCK].as_ptr())
-            } else {
-                _mm256_setzero_ps()
-            };
-        }
-        transpose(&mut rows);
-        for (c, v) in rows.iter().enumerate().take(channels) {
-            let dst = out[c * plane + first..c * plane + first + n].as_mut_ptr();
-            // SAFETY: the first n lanes are inside `out`.
-            unsafe {
-                if n == BLOCK {
-                    _mm256_storeu_ps(dst, *v);
-                } else {
-                    _mm256_maskstore_ps(dst, m, *v);
-                }
-            }
         }
     }
 }

@@ -24,11 +24,36 @@ impl Lanes for Avx512 {
     /// work and the scratch outgrows L2.
     const MAX_OUT_PIXELS: usize = 28 * 28;
 
+    #[target_feature(enable = "avx512f")]
     unsafe fn transpose_in(op: &Depthwise, positions: &[usize], ins: &[f32], padded: &mut [f32]) {
-        // SAFETY: the trait's contract.
-        unsafe { transpose_in(op, positions, ins, padded) }
+        let plane = positions.len();
+        let channels = ins.len() / plane;
+        let (lo, hi) = op.input_clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        let base = padded.as_mut_ptr();
+        let mut rows = [_mm512_setzero_ps(); 16];
+        for first in (0..plane).step_by(BLOCK) {
+            let n = (plane - first).min(BLOCK);
+            for (c, row) in rows.iter_mut().enumerate() {
+                *row = if c < channels {
+                    // SAFETY: lanes first..first + n of plane c are inside `ins`.
+                    unsafe { _mm512_maskz_loadu_ps(mask(n), ins.as_ptr().add(c * plane + first)) }
+                } else {
+                    _mm512_setzero_ps()
+                };
+            }
+            transpose(&mut rows);
+            for (v, &at) in rows.iter().zip(&positions[first..first + n]) {
+                if at != usize::MAX {
+                    let v = _mm512_min_ps(_mm512_max_ps(*v, lo), hi);
+                    // SAFETY: Positions::fill put `at` inside the padded block.
+                    unsafe { _mm512_storeu_ps(base.add(at), v) };
+                }
+            }
+        }
     }
 
+    #[target_feature(enable = "avx512f")]
     unsafe fn convolve(
         op: &Depthwise,
         taps: &[usize; 25],
@@ -37,13 +62,59 @@ impl Lanes for Avx512 {
         offsets: &[usize],
         result: &mut [f32],
     ) {
-        // SAFETY: the trait's contract.
-        unsafe { convolve(op, taps, planes, padded, offsets, result) }
+        let g = &op.geometry;
+        let n = g.kernel * g.kernel;
+        let lanes = |t| lane_values(op, planes.clone(), t);
+        let mut w = [_mm512_setzero_ps(); 25];
+        for (t, wt) in w.iter_mut().enumerate().take(n) {
+            *wt = _mm512_loadu_ps(lanes(t).as_ptr());
+        }
+        let job = Job {
+            w,
+            bias: _mm512_loadu_ps(lanes(n).as_ptr()),
+            clamp: op
+                .clamp
+                .map(|(lo, hi)| (_mm512_set1_ps(lo), _mm512_set1_ps(hi))),
+            taps: *taps,
+            padded: padded.as_ptr(),
+            result: result.as_mut_ptr(),
+        };
+        let mut p = 0;
+        // SAFETY (all arms): offsets[p..p + N] are output pixels; each reads
+        // taps inside the padded block (Layout) and writes its own vector.
+        while p + 8 <= offsets.len() {
+            unsafe { job.pixels::<8>(&offsets[p..p + 8], p, n) };
+            p += 8;
+        }
+        while p + 4 <= offsets.len() {
+            unsafe { job.pixels::<4>(&offsets[p..p + 4], p, n) };
+            p += 4;
+        }
+        while p < offsets.len() {
+            unsafe { job.pixels::<1>(&offsets[p..p + 1], p, n) };
+            p += 1;
+        }
     }
 
+    #[target_feature(enable = "avx512f")]
     unsafe fn transpose_out(plane: usize, channels: usize, result: &[f32], out: &mut [f32]) {
-        // SAFETY: the trait's contract.
-        unsafe { transpose_out(plane, channels, result, out) }
+        let mut rows = [_mm512_setzero_ps(); 16];
+        for first in (0..plane).step_by(BLOCK) {
+            let n = (plane - first).min(BLOCK);
+            for (j, row) in rows.iter_mut().enumerate() {
+                *row = if j < n {
+                    _mm512_loadu_ps(result[(first + j) * BLOCK..][..BLOCK].as_ptr())
+                } else {
+                    _mm512_setzero_ps()
+                };
+            }
+            transpose(&mut rows);
+            for (c, v) in rows.iter().enumerate().take(channels) {
+                let dst = &mut out[c * plane + first..c * plane + first + n];
+                // SAFETY: the first n lanes are dst.
+                unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask(n), *v) };
+            }
+        }
     }
 }
 
@@ -91,84 +162,6 @@ fn transpose(r: &mut [__m512; 16]) {
     *r = t;
 }
 
-/// The block's input planes (`ins`, up to 16 of them, NCHW) into `padded`:
-/// pixel `(y, x)` to position `(y + pad_top, x + pad_left)` as one vector
-/// of the channels, clamped on the way when the operator clamps its input.
-/// Pixels no output reads are skipped; missing channels are zero lanes.
-#[target_feature(enable = "avx512f")]
-unsafe fn transpose_in(op: &Depthwise, positions: &[usize], ins: &[f32], padded: &mut [f32]) {
-    let plane = positions.len();
-    let channels = ins.len() / plane;
-    let (lo, hi) = op.input_clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-    let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-    let base = padded.as_mut_ptr();
-    let mut rows = [_mm512_setzero_ps(); 16];
-    for first in (0..plane).step_by(BLOCK) {
-        let n = (plane - first).min(BLOCK);
-        for (c, row) in rows.iter_mut().enumerate() {
-            *row = if c < channels {
-                // SAFETY: lanes first..first + n of plane c are inside `ins`.
-                unsafe { _mm512_maskz_loadu_ps(mask(n), ins.as_ptr().add(c * plane + first)) }
-            } else {
-                _mm512_setzero_ps()
-            };
-        }
-        transpose(&mut rows);
-        for (v, &at) in rows.iter().zip(&positions[first..first + n]) {
-            if at != usize::MAX {
-                let v = _mm512_min_ps(_mm512_max_ps(*v, lo), hi);
-                // SAFETY: Positions::fill put `at` inside the padded block.
-                unsafe { _mm512_storeu_ps(base.add(at), v) };
-            }
-        }
-    }
-}
-
-/// Every output pixel of the block from `padded`, into `result` (one
-/// vector of the channels per pixel): bias, taps, clamp.
-#[target_feature(enable = "avx512f")]
-unsafe fn convolve(
-    op: &Depthwise,
-    taps: &[usize; 25],
-    planes: Range<usize>,
-    padded: &[f32],
-    offsets: &[usize],
-    result: &mut [f32],
-) {
-    let g = &op.geometry;
-    let n = g.kernel * g.kernel;
-    let lanes = |t| lane_values(op, planes.clone(), t);
-    let mut w = [_mm512_setzero_ps(); 25];
-    for (t, wt) in w.iter_mut().enumerate().take(n) {
-        *wt = _mm512_loadu_ps(lanes(t).as_ptr());
-    }
-    let job = Job {
-        w,
-        bias: _mm512_loadu_ps(lanes(n).as_ptr()),
-        clamp: op
-            .clamp
-            .map(|(lo, hi)| (_mm512_set1_ps(lo), _mm512_set1_ps(hi))),
-        taps: *taps,
-        padded: padded.as_ptr(),
-        result: result.as_mut_ptr(),
-    };
-    let mut p = 0;
-    // SAFETY (all arms): offsets[p..p + N] are output pixels; each reads
-    // taps inside the padded block (Layout) and writes its own vector.
-    while p + 8 <= offsets.len() {
-        unsafe { job.pixels::<8>(&offsets[p..p + 8], p, n) };
-        p += 8;
-    }
-    while p + 4 <= offsets.len() {
-        unsafe { job.pixels::<4>(&offsets[p..p + 4], p, n) };
-        p += 4;
-    }
-    while p < offsets.len() {
-        unsafe { job.pixels::<1>(&offsets[p..p + 1], p, n) };
-        p += 1;
-    }
-}
-
 /// What [`Job::pixels`] reads and writes for one block.
 struct Job {
     w: [__m512; 25],
@@ -203,29 +196,6 @@ impl Job {
             };
             // SAFETY: see the function's contract.
             unsafe { _mm512_storeu_ps(self.result.add((first + j) * BLOCK), a) };
-        }
-    }
-}
-
-/// `result` (one vector of the channels per output pixel) back into the
-/// block's `channels` NCHW output planes at the start of `out`.
-#[target_feature(enable = "avx512f")]
-unsafe fn transpose_out(plane: usize, channels: usize, result: &[f32], out: &mut [f32]) {
-    let mut rows = [_mm512_setzero_ps(); 16];
-    for first in (0..plane).step_by(BLOCK) {
-        let n = (plane - first).min(BLOCK);
-        for (j, row) in rows.iter_mut().enumerate() {
-            *row = if j < n {
-                _mm512_loadu_ps(result[(first + j) * BLOCK..][..BLOCK].as_ptr())
-            } else {
-                _mm512_setzero_ps()
-            };
-        }
-        transpose(&mut rows);
-        for (c, v) in rows.iter().enumerate().take(channels) {
-            let dst = &mut out[c * plane + first..c * plane + first + n];
-            // SAFETY: the first n lanes are dst.
-            unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask(n), *v) };
         }
     }
 }
