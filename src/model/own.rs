@@ -4,6 +4,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
@@ -26,13 +27,19 @@ pub enum Simd {
 static LIMIT: AtomicU8 = AtomicU8::new(Simd::Avx512 as u8);
 
 impl Simd {
+    /// Every level, lowest first: each one's CPU has all below it.
+    const ALL: [Simd; 3] = [Simd::Portable, Simd::Avx2, Simd::Avx512];
+
     /// The best level this CPU has, up to the process's [`Simd::limit`].
+    /// Operators ask on every run, so the CPU is asked once.
     pub(crate) fn detect() -> Simd {
+        static BEST: OnceLock<Simd> = OnceLock::new();
+        let best = *BEST.get_or_init(|| *Simd::available().last().unwrap_or(&Simd::Portable));
         let limit = LIMIT.load(Ordering::Relaxed);
-        let levels = Simd::available().into_iter();
-        levels
+        Simd::ALL
+            .into_iter()
             .rev()
-            .find(|&l| l as u8 <= limit)
+            .find(|&l| l <= best && l as u8 <= limit)
             .unwrap_or(Simd::Portable)
     }
 
@@ -46,7 +53,7 @@ impl Simd {
 
     /// The level named `name` (`portable`, `avx2`, `avx512`), for `--simd`.
     pub fn parse(name: &str) -> Result<Simd, String> {
-        [Simd::Portable, Simd::Avx2, Simd::Avx512]
+        Simd::ALL
             .into_iter()
             .find(|l| l.name() == name)
             .ok_or_else(|| format!("{name:?}: expected portable, avx2 or avx512"))
