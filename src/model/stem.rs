@@ -316,12 +316,18 @@ mod avx2 {
                         continue;
                     }
                     let v = _mm256_min_ps(_mm256_max_ps(acc[o], lo), hi);
+                    let at = row.out.wrapping_add(channel * row.plane + x);
+                    if n == 8 {
+                        // SAFETY: channel `channel`, pixels x..x + 8 <= width.
+                        unsafe { _mm256_storeu_ps(at, v) };
+                        continue;
+                    }
                     let mut tmp = [0f32; 8];
                     // SAFETY: a local array of 8 floats.
                     unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), v) };
                     for (i, value) in tmp.iter().enumerate().take(n) {
                         // SAFETY: channel `channel`, pixel x + i < width.
-                        unsafe { *row.out.add(channel * row.plane + x + i) = *value };
+                        unsafe { *at.add(i) = *value };
                     }
                 }
                 x += 8;
