@@ -11,11 +11,12 @@
 //! scratch, split into `stride` phases (phase `p` holds padded columns
 //! `p, p + s, p + 2s, ...`), so every kernel tap reads a contiguous run of
 //! the scratch whatever the stride. The row loop then is loads and FMAs
-//! only, four output rows at once sharing their input rows' loads
-//! ([`ROWS`]), 16 outputs at a time with AVX-512, 8 with AVX2+FMA (runtime
-//! detection), a portable loop elsewhere (which the compiler vectorises for
-//! NEON or SSE). With AVX-512, outputs of 28x28 or smaller, where that
-//! loop is mostly per-plane overhead, go 16 channels at a time instead
+//! only: with AVX-512, four output rows at once sharing their input rows'
+//! loads ([`ROWS`]), 16 outputs at a time; with AVX2+FMA, one row and two
+//! vectors of 8 at a time for 3x3 (AVX2's 16 registers hold no more); a
+//! portable loop elsewhere (which the compiler vectorises for NEON or
+//! SSE). Outputs of 28x28 or smaller, where that loop is mostly per-plane
+//! overhead, go 16 (AVX-512) or 8 (AVX2) channels at a time instead
 //! ([`blocked`]).
 //!
 //! [`install`] swaps the operator in on the decluttered graph, before
