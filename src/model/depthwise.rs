@@ -565,14 +565,26 @@ mod avx2 {
                 x += 2 * LANES;
             }
             while x < wo {
-                let a = chain(x);
-                let mut tail = [0f32; LANES];
-                // SAFETY: a local buffer of 8 floats.
-                unsafe { _mm256_storeu_ps(tail.as_mut_ptr(), a) };
-                let n = (wo - x).min(LANES);
-                row[x..x + n].copy_from_slice(&tail[..n]);
+                store(row, x, chain(x));
                 x += LANES;
             }
+        }
+    }
+
+    /// Outputs `x..x + 8` of `row`, or as many as are left: a partial
+    /// vector goes through a small buffer, never past the row.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn store(row: &mut [f32], x: usize, a: __m256) {
+        if x + LANES <= row.len() {
+            // SAFETY: x + 8 <= row.len(), inside this output row.
+            unsafe { _mm256_storeu_ps(row.as_mut_ptr().add(x), a) };
+        } else {
+            let mut tail = [0f32; LANES];
+            // SAFETY: a local buffer of 8 floats.
+            unsafe { _mm256_storeu_ps(tail.as_mut_ptr(), a) };
+            let n = row.len() - x;
+            row[x..].copy_from_slice(&tail[..n]);
         }
     }
 
@@ -622,16 +634,7 @@ mod avx2 {
                         Some((lo, hi)) => _mm256_min_ps(_mm256_max_ps(*a, lo), hi),
                         None => *a,
                     };
-                    let row = &mut out[(y + r) * wo..(y + r + 1) * wo];
-                    if x + LANES <= wo {
-                        // SAFETY: x + 8 <= wo, inside this output row.
-                        unsafe { _mm256_storeu_ps(row.as_mut_ptr().add(x), a) };
-                    } else {
-                        let mut tail = [0f32; LANES];
-                        // SAFETY: a local buffer of 8 floats.
-                        unsafe { _mm256_storeu_ps(tail.as_mut_ptr(), a) };
-                        row[x..].copy_from_slice(&tail[..wo - x]);
-                    }
+                    store(&mut out[(y + r) * wo..(y + r + 1) * wo], x, a);
                 }
                 x += LANES;
             }
