@@ -29,7 +29,6 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
-
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
 use super::own::{following_clamp, par_planes, same_bits, same_clamp, sole_successor, Simd};
@@ -1260,7 +1259,8 @@ mod tests {
     }
 
     /// Two threads split the channels (whole panels when they can, single
-    /// rows when they cannot) and write exactly what one thread writes.
+    /// rows when they cannot), or one image's strips of pixels when it has
+    /// fewer channels than pixels, and write exactly what one thread writes.
     #[test]
     fn threads_cover_every_channel_and_pixel_once() {
         let pool = crate::model::OperatorPool::new(2);
