@@ -10,7 +10,8 @@ are measured side by side in one run:
 
 `--profile N` runs the network N times with ONNX Runtime's profiler on and
 prints its time per operator kind, the table `onnx-lambda profile` prints for
-tract (README, "Where inference time goes").
+tract (README, "Where inference time goes"); with `--by-node`, one row per
+node, beside `onnx-lambda profile --by-node`.
 
 `--predict FILE` classifies one file and exits: the cold-start measurement
 (process start to first prediction) of scripts/compare.sh.
@@ -28,6 +29,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import sys
 import time
 
@@ -156,12 +158,24 @@ def profile(args, opts):
     with open(session.end_profiling()) as f:
         events = json.load(f)
     per_op, nodes = collections.defaultdict(float), collections.defaultdict(set)
+    per_node = collections.defaultdict(list)
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             op = conv_kind(e.get("args", {}))
             per_op[op] += e["dur"] / 1000.0
             nodes[op].add(e["name"])
+            per_node[(e["name"][: -len("_kernel_time")], op)].append(e["dur"] / 1000.0)
     runs = args.profile + 1
+    if args.by_node:
+        # Medians, as `onnx-lambda profile --by-node`; ONNX Runtime renames
+        # a Conv it moves to its blocked layout `<output>_nchwc`, so the
+        # number matches our row's `<output>_Conv`.
+        print(f"ONNX Runtime {ort.__version__}, {opts.intra_op_num_threads or 'default'} intra-op threads, {args.profile} runs\n")
+        print("| node | operator | ms per image |")
+        print("| --- | --- | ---: |")
+        for (name, op), ms in sorted(per_node.items(), key=lambda kv: -statistics.median(kv[1])):
+            print(f"| `{name}` | `{op}` | {statistics.median(ms):.3f} |")
+        return
     total = sum(per_op.values()) / runs
     print(f"ONNX Runtime {ort.__version__}, {opts.intra_op_num_threads or 'default'} intra-op threads, {args.profile} runs\n")
     print("| operator | nodes | ms per image | share |")
@@ -182,6 +196,7 @@ def main():
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--predict", metavar="FILE", help="classify one file, print its top-5, exit")
     ap.add_argument("--profile", type=int, metavar="N", help="print ONNX Runtime's per-operator times over N runs, exit")
+    ap.add_argument("--by-node", action="store_true", help="with --profile: one row per node (median), not per operator kind")
     ap.add_argument("--arch", choices=sorted(PRICE_GB_SECOND), default="x86_64")
     ap.add_argument("--memory-mb", type=float, default=float(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", MB_PER_VCPU)))
     args = ap.parse_args()
