@@ -166,18 +166,17 @@ def profile(args, opts):
             nodes[op].add(e["name"])
             per_node[(e["name"][: -len("_kernel_time")], op)].append(e["dur"] / 1000.0)
     runs = args.profile + 1
+    print(f"ONNX Runtime {ort.__version__}, {opts.intra_op_num_threads or 'default'} intra-op threads, {args.profile} runs\n")
     if args.by_node:
         # Medians, as `onnx-lambda profile --by-node`; ONNX Runtime renames
         # a Conv it moves to its blocked layout `<output>_nchwc`, so the
         # number matches our row's `<output>_Conv`.
-        print(f"ONNX Runtime {ort.__version__}, {opts.intra_op_num_threads or 'default'} intra-op threads, {args.profile} runs\n")
         print("| node | operator | ms per image |")
         print("| --- | --- | ---: |")
         for (name, op), ms in sorted(per_node.items(), key=lambda kv: -statistics.median(kv[1])):
             print(f"| `{name}` | `{op}` | {statistics.median(ms):.3f} |")
         return
     total = sum(per_op.values()) / runs
-    print(f"ONNX Runtime {ort.__version__}, {opts.intra_op_num_threads or 'default'} intra-op threads, {args.profile} runs\n")
     print("| operator | nodes | ms per image | share |")
     print("| --- | ---: | ---: | ---: |")
     for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1]):
