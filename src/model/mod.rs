@@ -187,6 +187,9 @@ impl Model {
         // parse: it is on the cold-start path of every container.
         let (bytes, file_backed) = (onnx.as_slice(), onnx.file_backed());
         let size_bytes = bytes.len();
+        // The protobuf's copy of the weights is the first fresh heap the
+        // load touches: as much again is faulted in on the other core.
+        drop(crate::memory::prefault_heap(size_bytes));
         let (proto, sha256) = std::thread::scope(|scope| {
             let digest =
                 scope.spawn(|| sha256.unwrap_or_else(|| parse::sha256(bytes, file_backed)));
