@@ -91,24 +91,22 @@ const MOST_PREFAULTED: usize = 30 << 20;
 /// asks the kernel to map its pages (`MADV_POPULATE_WRITE`, Linux 5.14 and
 /// later). Populating changes no byte, so it is harmless if this thread
 /// has meanwhile reused the memory or the allocator has given it back. A
-/// no-op on older kernels and off glibc Linux. The handle is for tests.
-pub(crate) fn prefault_heap(bytes: usize) -> Option<std::thread::JoinHandle<()>> {
+/// no-op on older kernels and off glibc Linux.
+pub(crate) fn prefault_heap(bytes: usize) {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        let _ = bytes;
-        None
-    }
+    let _ = bytes;
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let block: Vec<u8> = Vec::with_capacity(bytes.min(MOST_PREFAULTED));
-        let pages = whole_pages(block.as_ptr() as usize, block.capacity())?;
+        let pages = whole_pages(block.as_ptr() as usize, block.capacity());
         drop(block);
-        std::thread::Builder::new()
-            .name("prefault".into())
-            .spawn(move || {
-                populate(pages);
-            })
-            .ok()
+        if let Some(pages) = pages {
+            // Detached: nothing waits for it, and a failure only means
+            // the load faults its pages in itself, as before.
+            let _ = std::thread::Builder::new()
+                .name("prefault".into())
+                .spawn(move || populate(pages));
+        }
     }
 }
 

@@ -189,7 +189,7 @@ impl Model {
         let size_bytes = bytes.len();
         // The protobuf's copy of the weights is the first fresh heap the
         // load touches: as much again is faulted in on the other core.
-        drop(crate::memory::prefault_heap(size_bytes));
+        crate::memory::prefault_heap(size_bytes);
         let (proto, sha256) = std::thread::scope(|scope| {
             let digest =
                 scope.spawn(|| sha256.unwrap_or_else(|| parse::sha256(bytes, file_backed)));
