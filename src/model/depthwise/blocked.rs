@@ -201,7 +201,14 @@ fn lane_values(op: &Depthwise, planes: Range<usize>, t: usize) -> [f32; 16] {
     let (first, n) = (planes.start % channels, planes.len());
     let mut lane = [0f32; 16];
     if first + n <= channels {
-        lane[..n].copy_from_slice(&row[first..first + n]);
+        let src = &row[first..first + n];
+        // Whole blocks as fixed-length copies: a copy of variable length
+        // is a call to `memcpy` per tap and block.
+        match n {
+            16 => lane.copy_from_slice(src),
+            8 => lane[..8].copy_from_slice(src),
+            _ => lane[..n].copy_from_slice(src),
+        }
     } else {
         for (i, p) in planes.enumerate() {
             lane[i] = row[p % channels];
