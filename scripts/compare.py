@@ -160,6 +160,10 @@ def main():
         cold[0].append(run_rusage([args.binary, "predict", photo]))
         cold[1].append(run_rusage([args.python, os.path.join(HERE, "bench_onnxruntime.py"), "--predict", photo]))
     s3_cold = moto_cold_start(args.binary, photo, args.rounds)
+    # The model's multiply-adds and this core's measured FMA peak, from the
+    # binary's own profile (the same model file both pipelines run).
+    prof = json.loads(run([args.binary, "profile", "--json", "--rounds", "3", "--threads", "1"])[0])
+    macs, peak = sum(op["macs"] for op in prof["ops"]), prof["peak"]
 
     med = statistics.median
 
@@ -179,6 +183,9 @@ def main():
         rows.append(f"| {label} | {fmt.format(a)} {unit} | {fmt.format(b)} {unit} | {ratio:.2f} |")
 
     row("inference per image, 1 thread", m("small_t1", 0, "stage_mean_ms", "inference"), m("small_t1", 1, "stage_mean_ms", "inference"), "ms", "{:.2f}")
+    gmacs = lambda ms: macs / ms / 1e6
+    row(f"inference, 1 thread: achieved multiply-adds ({macs / 1e6:.0f} M per image; FMA peak {peak['gmacs']:.1f} GMAC/s per core)",
+        gmacs(m("small_t1", 0, "stage_mean_ms", "inference")), gmacs(m("small_t1", 1, "stage_mean_ms", "inference")), "GMAC/s", "{:.1f}")
     row("inference per image, 2 threads (one image)", m("small_best", 0, "stage_mean_ms", "inference"), m("small_best", 1, "stage_mean_ms", "inference"), "ms", "{:.2f}")
     row("end to end per small photo, 1 thread (p50)", m("small_t1", 0, "latency_ms", "p50"), m("small_t1", 1, "latency_ms", "p50"), "ms", "{:.2f}")
     best_ours = min(m("small_t1", 0, "latency_ms", "p50"), m("small_best", 0, "latency_ms", "p50"))
@@ -200,7 +207,8 @@ def main():
     if s3_cold is not None:
         rows.append(f"| cold start with the model from S3 (moto on loopback) | {s3_cold * 1000:.0f} ms | | |")
 
-    print(f"Machine: {machine()}  ")
+    print(f"Machine: {machine()}; measured FMA peak {peak['gmacs']:.1f} GMAC/s per core "
+          f"({peak['simd']}, `onnx-lambda profile`)  ")
     print(f"Command: `scripts/compare.sh --rounds {args.rounds} --iterations {args.iterations}` "
           f"({time.strftime('%Y-%m-%d')}); medians of {args.rounds} alternating rounds.\n")
     print("| figure | onnx-lambda | Python + ONNX Runtime | ratio |")

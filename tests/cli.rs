@@ -207,11 +207,21 @@ fn simd_lowers_what_our_operators_run_and_is_reported() {
                 .map_or(0, |o| o["nodes"].as_u64().unwrap())
         };
         let ours = nodes("Pointwise(onnx-lambda)") + nodes("ExpandDepthwise(onnx-lambda)");
+        // The peak beside the table is measured at the same level.
+        assert_eq!(r["peak"]["simd"], level, "{}", r["peak"]);
+        assert!(r["peak"]["gmacs"].as_f64().unwrap() > 0.0);
         (r["machine"]["simd"].as_str().unwrap().to_string(), ours)
     };
     assert_eq!(profile("portable"), ("portable".to_string(), 0));
     let best = json_of(bin().args(["profile", "--rounds", "1", "--json"]));
+    let peak = best["peak"].clone();
     let best = best["machine"]["simd"].as_str().unwrap().to_string();
+    assert_eq!(
+        peak["simd"],
+        best.as_str(),
+        "the peak is measured at the best level"
+    );
+    assert_eq!(peak["lanes"], if best == "avx512" { 16 } else { 8 });
     if best != "portable" {
         assert_eq!(profile("avx2"), ("avx2".to_string(), 34));
     }

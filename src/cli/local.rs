@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use onnx_lambda::bench::{self, BenchOptions, BenchReport, LambdaPricing, Percentiles};
-use onnx_lambda::model::Simd;
+use onnx_lambda::model::{fma_peak, OpProfile, Simd};
 use onnx_lambda::{
     Classifier, Config, ErrorBody, InputError, LoadOptions, ModelLoader, OperatorPool,
 };
@@ -162,45 +162,70 @@ pub async fn profile(overrides: &Overrides, args: ProfileArgs) -> anyhow::Result
         model.profile(input, args.rounds, args.by_node, pool.as_ref())
     })?;
     let machine = bench::machine();
+    // Measured after the rounds, on this thread: the CPU is warm, and the
+    // operators of a split ran on as many cores, each with this peak.
+    let peak = fma_peak();
     if args.json {
         println!(
             "{}",
             json!({
                 "machine": machine,
                 "rounds": args.rounds,
+                "split": args.split,
+                "peak": peak,
                 "load": {"total_ms": load_ms, "compile": compile},
                 "ops": rows,
             })
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let total_ms: f64 = rows.iter().map(|r| r.ms).sum();
-    let total_macs: u64 = rows.iter().map(|r| r.macs).sum();
     println!("machine: {machine}");
     println!("model: {} ({} rounds)", model.info().source, args.rounds);
     println!(
-        "load: {load_ms:.1} ms = read + sha256 + parse {:.1} + declutter {:.1} + own operators {:.1} + optimise {:.1} + plan {:.1} ms\n",
+        "load: {load_ms:.1} ms = read + sha256 + parse {:.1} + declutter {:.1} + own operators {:.1} + optimise {:.1} + plan {:.1} ms",
         compile.parse_ms, compile.declutter_ms, compile.own_kernels_ms, compile.optimize_ms, compile.plan_ms
     );
-    println!("| operator | nodes | ms per image | share | GMAC/s |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
-    for r in &rows {
+    println!(
+        "peak: {:.1} GMAC/s per core ({} FMAs, {} chains in registers, best of 5){}\n",
+        peak.gmacs,
+        peak.simd,
+        peak.chains,
+        if args.split > 1 {
+            format!("; x {} cores", args.split)
+        } else {
+            String::new()
+        }
+    );
+    print_profile(&rows, peak.gmacs * args.split.max(1) as f64);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The per-operator table, with each row's share of `peak` GMAC/s.
+fn print_profile(rows: &[OpProfile], peak: f64) {
+    let total_ms: f64 = rows.iter().map(|r| r.ms).sum();
+    let total_macs: u64 = rows.iter().map(|r| r.macs).sum();
+    let of_peak = |gmacs: f64| 100.0 * gmacs / peak.max(f64::MIN_POSITIVE);
+    println!("| operator | nodes | ms per image | share | GMAC/s | of peak |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for r in rows {
         println!(
-            "| `{}` | {} | {:.2} | {:.0}% | {:.1} |",
+            "| `{}` | {} | {:.2} | {:.0}% | {:.1} | {:.0}% |",
             r.op,
             r.nodes,
             r.ms,
             100.0 * r.ms / total_ms.max(1e-9),
-            r.gmacs_per_second()
+            r.gmacs_per_second(),
+            of_peak(r.gmacs_per_second())
         );
     }
+    let gmacs = total_macs as f64 / total_ms.max(1e-9) / 1e6;
     println!(
-        "| **total** | {} | {:.2} | 100% | {:.1} |",
+        "| **total** | {} | {:.2} | 100% | {:.1} | {:.0}% |",
         rows.iter().map(|r| r.nodes).sum::<usize>(),
         total_ms,
-        total_macs as f64 / total_ms.max(1e-9) / 1e6
+        gmacs,
+        of_peak(gmacs)
     );
-    Ok(ExitCode::SUCCESS)
 }
 
 /// List prices for the flags, with any price the user overrides.

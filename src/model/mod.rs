@@ -12,6 +12,7 @@ mod loader;
 pub mod manifest;
 mod own;
 mod parse;
+mod peak;
 mod pointwise;
 mod pool;
 mod profile;
@@ -41,6 +42,7 @@ type Plan = TypedRunnableModel;
 type RunState = TypedSimpleState;
 
 pub use own::Simd;
+pub use peak::{fma_peak, Peak};
 pub use pool::OperatorPool;
 
 /// Options that change how the graph is compiled.
