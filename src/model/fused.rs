@@ -10,8 +10,9 @@
 //! How: a panel of 8 expanded channel planes at a time is computed into a
 //! per-thread scratch (at most 8 x 12,544 floats, in L2), and each plane
 //! goes straight into the depthwise convolution. The expanded tensor never
-//! exists. Only for tensors bigger than L2 ([`MIN_EXPANDED_BYTES`]): below
-//! that the trip is cheap and the two operators apart were as fast. Both halves are the project's own operators (`pointwise.rs`,
+//! exists. Only for tensors at least the size of L2 ([`MIN_EXPANDED_BYTES`]):
+//! below that the trip is cheap and the two operators apart were faster.
+//! Both halves are the project's own operators (`pointwise.rs`,
 //! `depthwise.rs`), unchanged; [`install`] pairs them after they are in.
 
 use std::cell::RefCell;
@@ -23,12 +24,16 @@ use super::depthwise::Depthwise;
 use super::own::{par_planes, sole_successor};
 use super::pointwise::{Pointwise, PANEL};
 
-/// Smallest expanded tensor (per image) worth joining: one that cannot stay
-/// in L2 (1 MiB per core on AMD Zen 4/5, 1.25-2 MiB on recent Xeons). On
-/// MobileNetV2 (`profile --by-node`, AMD EPYC Zen 5) joining the 4.8 MB
-/// layer took it from 0.70-0.78 ms to 0.46 ms; the 1.8 MB ones stayed at
-/// 0.21-0.28 ms, and the ones that fit L2 got slower by up to 0.02 ms each.
-const MIN_EXPANDED_BYTES: usize = 2 << 20;
+/// Smallest expanded tensor (per image) worth joining: one at least the
+/// size of L2 (1 MiB per core on AMD Zen 4/5, 512 KiB on Zen 2, 1.25-2 MiB
+/// on recent Xeons). On MobileNetV2 that joins the 96 x 112 x 112 layer
+/// (4.8 MB: 0.70-0.78 -> 0.46 ms, tenth session) and the two 144 x 56 x 56
+/// ones (1.8 MB: the model 3.86-4.14 -> 3.72-3.98 ms, `profile --threads
+/// 1`, and faster in all nine alternating `bench` pairs at one thread, one
+/// image on two cores and batches on two; seventeenth session, AMD EPYC
+/// Zen 5). Joining every pair, the ones that fit L2 too, was slower (3.84-3.93 ms
+/// against 3.52-3.70).
+const MIN_EXPANDED_BYTES: usize = 1 << 20;
 
 /// `depthwise(pointwise(x))`, without the tensor between them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -549,12 +549,13 @@ mod tests {
         let mut model = bundled_decluttered();
         install_own_operators(&mut model).unwrap();
         let ours = |name: &str| model.nodes.iter().filter(|n| n.op.name() == name).count();
-        // 16 of the 17 depthwise layers follow an expansion; one of those
-        // (96 x 112 x 112) is too big for L2 and is joined to it.
+        // 16 of the 17 depthwise layers follow an expansion; three of those
+        // (96 x 112 x 112 and the two 144 x 56 x 56, 1.8-4.8 MB) do not fit
+        // a 1 MiB L2 and are joined to it.
         let joined = ours("ExpandDepthwise(onnx-lambda)");
         let pointwise = ours("Pointwise(onnx-lambda)") + joined;
         assert!(
-            (pointwise, joined) == (34, 1) || pointwise == 0,
+            (pointwise, joined) == (34, 3) || pointwise == 0,
             "{pointwise} {joined}"
         );
         assert_eq!(ours("Depthwise(onnx-lambda)") + joined, 17);
