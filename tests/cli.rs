@@ -162,8 +162,9 @@ fn profile_times_every_operator_kind_including_ours() {
     let nodes = |name: &str| row(name).map_or(0, |o| o["nodes"].as_u64().unwrap());
     let ours = row("Depthwise(onnx-lambda)").expect("our depthwise operator is in the plan");
     assert!(ours["ms"].as_f64().unwrap() > 0.0);
-    // Depthwise layers whose input exceeds L2 are joined to the expansion before them
-    // (fused.rs), where the CPU runs our 1x1 convolutions (AVX2 + FMA).
+    // Depthwise layers whose input does not fit L2 are joined to the
+    // expansion before them (fused.rs), where the CPU runs our 1x1
+    // convolutions (AVX2 + FMA).
     let joined = nodes("ExpandDepthwise(onnx-lambda)");
     assert_eq!(
         nodes("Depthwise(onnx-lambda)") + joined,

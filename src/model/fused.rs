@@ -26,13 +26,10 @@ use super::pointwise::{Pointwise, PANEL};
 
 /// Smallest expanded tensor (per image) worth joining: one at least the
 /// size of L2 (1 MiB per core on AMD Zen 4/5, 512 KiB on Zen 2, 1.25-2 MiB
-/// on recent Xeons). On MobileNetV2 that joins the 96 x 112 x 112 layer
-/// (4.8 MB: 0.70-0.78 -> 0.46 ms, tenth session) and the two 144 x 56 x 56
-/// ones (1.8 MB: the model 3.86-4.14 -> 3.72-3.98 ms, `profile --threads
-/// 1`, and faster in all nine alternating `bench` pairs at one thread, one
-/// image on two cores and batches on two; seventeenth session, AMD EPYC
-/// Zen 5). Joining every pair, the ones that fit L2 too, was slower (3.84-3.93 ms
-/// against 3.52-3.70).
+/// on recent Xeons). On MobileNetV2 that joins the 4.8 MB 96 x 112 x 112
+/// layer and the two 1.8 MB 144 x 56 x 56 ones; joining the pairs that fit
+/// L2 as well was slower (README, "Against the Python pipeline",
+/// seventeenth session, AMD EPYC Zen 5).
 const MIN_EXPANDED_BYTES: usize = 1 << 20;
 
 /// `depthwise(pointwise(x))`, without the tensor between them.
