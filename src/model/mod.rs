@@ -6,6 +6,7 @@
 //! and is safe to call from many threads at once.
 
 mod declutter;
+mod dense;
 mod depthwise;
 mod fused;
 mod loader;
@@ -451,6 +452,7 @@ fn install_own_operators(model: &mut TypedModel) -> TractResult<()> {
     pointwise::install(model)?;
     depthwise::install(model)?;
     fused::install(model)?;
+    dense::install(model)?;
     Ok(())
 }
 
@@ -560,6 +562,7 @@ mod tests {
         );
         assert_eq!(ours("Depthwise(onnx-lambda)") + joined, 17);
         assert_eq!(ours("Stem(onnx-lambda)"), 1);
+        assert_eq!(ours("Dense(onnx-lambda)"), 1);
         let inputs_clamped = model
             .nodes
             .iter()

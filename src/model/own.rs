@@ -1,6 +1,6 @@
-//! What the project's own operators (`depthwise.rs`, `pointwise.rs`)
-//! share: the instruction set they run with, and how they find the
-//! operations after a node that they fuse in.
+//! What the project's own operators (`depthwise.rs`, `pointwise.rs`,
+//! `stem.rs`, `fused.rs`, `dense.rs`) share: the instruction set they run
+//! with, and how they find the operations after a node that they fuse in.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};
