@@ -418,7 +418,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::own::testing::{bundled_decluttered, noise};
+    use crate::model::own::testing::{bundled_decluttered, noise, run_optimized as run};
 
     fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, k: usize, n: usize) -> Vec<f32> {
         x.chunks_exact(k)
@@ -491,22 +491,6 @@ mod tests {
                 .unwrap();
             assert!(same_bits(&one, &two), "m = {m}");
         }
-    }
-
-    fn run(model: TypedModel, input: &Tensor) -> Vec<f32> {
-        let out = model
-            .into_optimized()
-            .unwrap()
-            .into_runnable()
-            .unwrap()
-            .run(tvec![input.clone().into()])
-            .unwrap();
-        out[0]
-            .to_plain_array_view::<f32>()
-            .unwrap()
-            .iter()
-            .copied()
-            .collect()
     }
 
     #[test]

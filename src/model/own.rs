@@ -251,6 +251,23 @@ pub(crate) mod testing {
             .collect()
     }
 
+    /// `model` optimised and run once on `input`: its first output's values.
+    pub(crate) fn run_optimized(model: TypedModel, input: &Tensor) -> Vec<f32> {
+        let out = model
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap()
+            .run(tvec![input.clone().into()])
+            .unwrap();
+        out[0]
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect()
+    }
+
     /// The bundled MobileNetV2 at batch 1, as the loader's declutter leaves
     /// it (where the operators are installed).
     pub(crate) fn bundled_decluttered() -> TypedModel {

@@ -433,7 +433,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::own::testing::{bundled_decluttered, noise};
+    use crate::model::own::testing::{bundled_decluttered, noise, run_optimized};
 
     /// The textbook definition, one output at a time.
     fn reference(op: &Stem, weights: &[f32], bias: &[f32], n: usize, input: &[f32]) -> Vec<f32> {
@@ -544,22 +544,7 @@ mod tests {
         let mut ours = model.clone();
         assert_eq!(install(&mut ours).unwrap(), 1);
         let input = Tensor::from_shape(&[1, 3, 224, 224], &noise(3 * 224 * 224, 11)).unwrap();
-        let run = |m: TypedModel| {
-            let out = m
-                .into_optimized()
-                .unwrap()
-                .into_runnable()
-                .unwrap()
-                .run(tvec![input.clone().into()])
-                .unwrap();
-            out[0]
-                .to_plain_array_view::<f32>()
-                .unwrap()
-                .iter()
-                .copied()
-                .collect::<Vec<f32>>()
-        };
-        let (want, got) = (run(model), run(ours));
+        let (want, got) = (run_optimized(model, &input), run_optimized(ours, &input));
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
         }
