@@ -174,8 +174,11 @@ fn profile_times_every_operator_kind_including_ours() {
     let pointwise = nodes("Pointwise(onnx-lambda)") + joined;
     assert!(pointwise == 34 || pointwise == 0, "its 1x1 layers: {ops:?}");
     assert_eq!(nodes("Stem(onnx-lambda)"), 1, "the first layer: {ops:?}");
+    assert_eq!(nodes("Dense(onnx-lambda)"), 1, "the classifier: {ops:?}");
     if pointwise == 34 {
-        assert_eq!(nodes("OptMatMul"), 1, "the classifier only: {ops:?}");
+        // No matrix product left to tract, so no weights packed by it.
+        assert_eq!(nodes("OptMatMul"), 0, "tract's matrix products: {ops:?}");
+        assert_eq!(nodes("OptMatMulPack"), 0, "tract's packing: {ops:?}");
     }
     assert!(
         row("DepthWiseConv").is_none(),
@@ -192,6 +195,8 @@ fn profile_times_every_operator_kind_including_ours() {
     let ops = r["ops"].as_array().unwrap();
     assert!(ops.iter().any(|o| o["op"] == "DepthWiseConv"), "{ops:?}");
     assert!(!ops.iter().any(|o| o["op"] == "Depthwise(onnx-lambda)"));
+    assert!(!ops.iter().any(|o| o["op"] == "Dense(onnx-lambda)"));
+    assert!(ops.iter().any(|o| o["op"] == "OptMatMul"), "{ops:?}");
 }
 
 /// `--simd` lowers the instruction set of the project's operators for the
