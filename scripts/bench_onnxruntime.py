@@ -10,7 +10,7 @@ are measured side by side in one run:
 
 `--profile N` runs the network N times with ONNX Runtime's profiler on and
 prints its time per operator kind, the table `onnx-lambda profile` prints for
-tract (README, "Where inference time goes"); with `--by-node`, one row per
+tract (docs/performance.md, "Where inference time goes"); with `--by-node`, one row per
 node, beside `onnx-lambda profile --by-node`.
 
 `--predict FILE` classifies one file and exits: the cold-start measurement

@@ -8,7 +8,6 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::classify::Classifier;
-use crate::model::Simd;
 
 /// Lambda's list prices (us-east-1, aws.amazon.com/lambda/pricing), per
 /// GB-second of billed duration. `scripts/bench_onnxruntime.py` uses the same.
@@ -324,7 +323,7 @@ pub fn machine() -> Machine {
             .map(|f| f.to_string())
             .collect(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        simd: Simd::detect().name(),
+        simd: crate::ops::Level::detect().simd().name(),
     }
 }
 

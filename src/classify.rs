@@ -1,42 +1,25 @@
 //! The [`Classifier`]: N encoded images in, N results out.
 //!
-//! # Batching design, by measurement
+//! # Batching design
 //!
-//! MobileNetV2 on tract, 2-core x86_64 (Xeon, AVX2), `cargo bench --bench
-//! pipeline -- batching` (criterion, 8 preprocessed images per iteration, all
-//! three strategies in the same run):
+//! A batch of images fans the whole pipeline (decode, preprocess,
+//! inference) out over `threads` threads, one image per thread, each with
+//! the shared batch-1 plan: no synchronisation inside an image while every
+//! thread has one. A fixed larger batch plan was slower per image (larger
+//! activations fall out of cache), and a symbolic batch dimension much
+//! slower (`models/README.md`). The threads are the operator pool's
+//! workers, so a worker that runs out of images splits the operators of
+//! those still running (`OperatorPool::map`). A batch decodes there too,
+//! and the JPEG decoder's row tasks go to the pool it runs on instead of
+//! threads of its own.
 //!
-//! | strategy                                     | 8 images | per image | throughput |
-//! |----------------------------------------------|----------|-----------|------------|
-//! | batch-1 plan, one image after another         | 281 ms   | 35.2 ms   | 1.00x (baseline) |
-//! | fixed batch-8 plan, one run                   | 448 ms   | 56.1 ms   | 0.63x |
-//! | batch-1 plan, one image per core (2 threads)  | 151 ms   | 18.8 ms   | 1.87x |
-//!
-//! A bigger fixed batch buys nothing (it is slower: larger activations
-//! fall out of cache), and a symbolic batch dimension was measured about 5x
-//! slower per image (see `models/README.md`). So a batch of images fans the
-//! whole pipeline (decode, preprocess, inference) out over `threads` threads,
-//! one image per thread, each with the shared batch-1 plan: no
-//! synchronisation inside an image while every thread has one. The
-//! threads are the operator pool's workers, so a worker that runs out of
-//! images splits the operators of those still running (`OperatorPool::map`):
-//! batches of 10 on two cores went 250-257 -> 261-277 images/s
-//! (`bench --batch-size 10`, 4 alternating runs, AMD EPYC).
-//!
-//! A batch decodes there too, and the JPEG decoder's row tasks go to the
-//! pool it runs on. Before, each large JPEG started three threads of its
-//! own and woke them row by row: with that gone, batches of 10 went
-//! 245-254 -> 262-265 images/s and a 12-megapixel photo's CPU time
-//! 22.8-24.8 -> 20.3-20.6 ms (3 alternating runs).
-//!
-//! A request with a single image instead runs its operators on all `threads`
-//! (tract's rayon executor, `multithread-mm`; the project's operators split
-//! their channels over it): on two cores that took the network from 5.2-5.4
-//! to 3.4-3.5 ms (`onnx-lambda bench --batch-size 1` with and without
-//! `--threads 1`, AMD EPYC, README), which is the latency an HTTP
+//! A request with a single image instead runs its operators on all
+//! `threads` (tract's rayon executor, `multithread-mm`; the project's
+//! operators split their channels over it), which is the latency an HTTP
 //! caller sees. Concurrent single-image requests take turns on that pool
-//! (`model::OperatorPool` says why). Lambda gives one vCPU per 1,769 MB, so
-//! either way the work scales with the memory setting.
+//! (`ops::OperatorPool` says why). Lambda gives one vCPU per 1,769 MB, so
+//! either way the work scales with the memory setting. The measurements
+//! behind each choice are in docs/performance.md ("Threads").
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -46,7 +29,8 @@ use tract_onnx::prelude::Tensor;
 
 use crate::config::{Config, InputLimits};
 use crate::error::{panic_message, ClassifyError, ModelError};
-use crate::model::{Layout, Model, OperatorPool};
+use crate::model::{Layout, Model};
+use crate::ops::OperatorPool;
 use crate::preprocess::{self, Preprocessor};
 
 /// One class and its probability.

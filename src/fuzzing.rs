@@ -1,7 +1,7 @@
-//! Entry points for the fuzz targets in `fuzz/` and the property tests in
-//! `tests/properties.rs`: each feeds untrusted bytes to one parser the way
-//! a door does, and panics only when the code under test misbehaves (a
-//! panic, a non-JSON answer, a 5xx for bad input, a NaN tensor).
+//! Entry points for the fuzz targets in `fuzz/fuzz_targets/`: each feeds
+//! untrusted bytes to one parser the way a door does, and panics only when
+//! the code under test misbehaves (a panic, a non-JSON answer, a 5xx for
+//! bad input, a NaN tensor).
 
 use std::sync::{Arc, OnceLock};
 

@@ -2,7 +2,7 @@
 //! command line.
 //!
 //! One pipeline, several doors. Modules are layered and each imports only
-//! from layers below it (`tests/architecture.rs` checks this):
+//! from layers below it (`tests/library/architecture.rs` checks this):
 //!
 //! 1. Doors: [`lambda`] (the Lambda runtime loop and event dispatch) and
 //!    [`serve`] (the local HTTP server); the `worker` loop lives in
@@ -36,6 +36,7 @@ mod location;
 mod memory;
 pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod preprocess;
 pub mod serve;
 
@@ -45,4 +46,5 @@ pub use config::{bundled_model_path, Config, ConfigError, InputLimits};
 pub use error::{ClassifyError, ErrorBody, ErrorCode, InputError, ModelError};
 pub use inputs::{FetchError, InputFetcher};
 pub use location::{parse_allowlist, AllowedPrefix, Location};
-pub use model::{LoadError, LoadOptions, Model, ModelInfo, ModelLoader, OperatorPool};
+pub use model::{LoadError, LoadOptions, Model, ModelInfo, ModelLoader};
+pub use ops::OperatorPool;

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
 /// glibc gives every thread that contends for the heap an arena of its
 /// own, up to 8 per core, and each keeps what its thread freed: RSS grows
 /// with the number of arenas (it did when batches ran on new threads). Two are
-/// enough for this workload (scripts/load_hostile.py, README), unless
+/// enough for this workload (scripts/load_hostile.py, docs/performance.md), unless
 /// `MALLOC_ARENA_MAX` says otherwise. Servers also trim at idle
 /// (`memory.rs`).
 ///
@@ -74,9 +74,9 @@ fn main() -> ExitCode {
 /// each from an `mmap` of its own, and the heap keeps up to 128 MiB free
 /// before it is trimmed: loading the model allocates and frees tens of MB of
 /// weight copies, and with glibc's defaults every one was unmapped and the
-/// next faulted in afresh, page by page. Cold start 59 -> 50 ms with
-/// steady-state speed and peak RSS unchanged (README, "Cold start and
-/// size"); the trim threshold matters, without it the heap shrinks and
+/// next faulted in afresh, page by page: cold start shorter with
+/// steady-state speed and peak RSS unchanged (docs/performance.md, "Cold
+/// start and size"); the trim threshold matters, without it the heap shrinks and
 /// regrows every inference (throughput -25%).
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

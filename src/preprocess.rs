@@ -42,7 +42,7 @@ pub fn decode(bytes: &[u8], limits: &InputLimits) -> Result<DynamicImage, InputE
 /// 1/8 scale in the DCT domain, as libjpeg's `scale_num` and Pillow's
 /// `draft` do. A 12-megapixel photo then costs a fraction of a full
 /// decode, in time and memory, and the resize that follows sees nearly the
-/// same pixels (`tests/pipeline.rs` checks the top-5 agree).
+/// same pixels (`tests/library/pipeline.rs` checks the top-5 agree).
 pub fn decode_for(
     bytes: &[u8],
     limits: &InputLimits,
@@ -439,7 +439,7 @@ mod tests {
                 }
                 seen
             });
-            let pool = crate::model::OperatorPool::new(1);
+            let pool = crate::ops::OperatorPool::new(1);
             for _ in 0..10 {
                 let image = pool
                     .run(|| decode_for(&jpeg, &InputLimits::default(), 256))

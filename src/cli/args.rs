@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use onnx_lambda::config::SETTINGS;
-use onnx_lambda::model::Simd;
+use onnx_lambda::ops::Simd;
 
 #[derive(Parser)]
 #[command(

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use onnx_lambda::bench::{self, BenchOptions, BenchReport, LambdaPricing, Percentiles};
-use onnx_lambda::model::{fma_peak, OpProfile, Simd};
+use onnx_lambda::model::OpProfile;
+use onnx_lambda::ops::{fma_peak, Simd};
 use onnx_lambda::{
     Classifier, Config, ErrorBody, InputError, LoadOptions, ModelLoader, OperatorPool,
 };

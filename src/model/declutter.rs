@@ -20,7 +20,7 @@ use tract_onnx::tract_core::optim::Optimizer;
 const CHANGE_AXES: &str = "ChangeAxes";
 
 /// Declutters `model` in place (see the module docs).
-pub(super) fn declutter(model: &mut TypedModel) -> TractResult<()> {
+pub(crate) fn declutter(model: &mut TypedModel) -> TractResult<()> {
     without_change_axes().optimize(model)?;
     if moves_axes(model) {
         model.declutter()?;
@@ -65,7 +65,7 @@ mod tests {
 
     #[test]
     fn the_bundled_model_is_decluttered_without_change_axes() {
-        let model = crate::model::own::testing::bundled_decluttered();
+        let model = crate::ops::testing::bundled_decluttered();
         assert!(!moves_axes(&model));
     }
 

@@ -5,19 +5,12 @@
 //! init phase) and shared by reference or `Arc`; [`Model::run`] takes `&self`
 //! and is safe to call from many threads at once.
 
-mod declutter;
-mod dense;
-mod depthwise;
-mod fused;
+mod compile;
+pub(crate) mod declutter;
 mod loader;
 pub mod manifest;
-mod own;
 mod parse;
-mod peak;
-mod pointwise;
-mod pool;
 mod profile;
-mod stem;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -41,10 +34,6 @@ const IMAGENET_SYNSET: &str = include_str!("../../models/synset.txt");
 
 type Plan = TypedRunnableModel;
 type RunState = TypedSimpleState;
-
-pub use own::Simd;
-pub use peak::{fma_peak, Peak};
-pub use pool::OperatorPool;
 
 /// Options that change how the graph is compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,7 +204,7 @@ impl Model {
         )?;
         let batch = options.plan_batch.max(1);
         let (plan, classes, mut compile_times) =
-            compile(graph, &manifest, batch, options.own_kernels)?;
+            compile::compile(graph, &manifest, batch, options.own_kernels)?;
         compile_times.parse_ms = parse_ms;
         let labels = resolve_labels(labels_text, &manifest, classes)?;
         crate::memory::release_now();
@@ -291,14 +280,9 @@ impl Model {
             Layout::Nchw => [self.plan_batch, 3, h, w],
             Layout::Nhwc => [self.plan_batch, h, w, 3],
         };
-        let mut x: u32 = 0x9e37_79b9;
-        let values: Vec<f32> = (0..shape.iter().product::<usize>())
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
-            })
+        let values: Vec<f32> = crate::ops::noise(shape.iter().product(), 0x9e37_79b9)
+            .into_iter()
+            .map(|v| v * 2.0)
             .collect();
         Tensor::from_shape(&shape, &values).expect("the shape matches the values")
     }
@@ -339,7 +323,7 @@ impl Model {
     }
 }
 
-fn ms_since(t: Instant) -> f64 {
+pub(crate) fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
@@ -384,76 +368,6 @@ pub fn labels_file_name(manifest_json: &[u8]) -> Result<Option<String>, ModelErr
             path: "manifest".into(),
             reason: e.to_string(),
         })
-}
-
-/// Fixes the input to `batch` images of the manifest's size, optimises the
-/// graph, and checks the output is `[batch, classes, ...]`.
-fn compile(
-    mut graph: InferenceModel,
-    manifest: &Manifest,
-    batch: usize,
-    own_kernels: bool,
-) -> Result<(Arc<Plan>, usize, CompileTimes), ModelError> {
-    let (h, w) = (
-        manifest.input.height as usize,
-        manifest.input.width as usize,
-    );
-    let shape: [usize; 4] = match manifest.input.layout {
-        Layout::Nchw => [batch, 3, h, w],
-        Layout::Nhwc => [batch, h, w, 3],
-    };
-    graph
-        .set_input_fact(0, f32::fact(shape).into())
-        .map_err(|e| ModelError::Shape(format!("cannot set input to {shape:?}: {e:#}")))?;
-    let optimize = |e: anyhow::Error| ModelError::Optimize(format!("{e:#}"));
-    let mut times = CompileTimes::default();
-    let t = Instant::now();
-    let mut typed = graph.into_typed().map_err(optimize)?;
-    declutter::declutter(&mut typed).map_err(optimize)?;
-    times.declutter_ms = ms_since(t);
-    let t = Instant::now();
-    if own_kernels {
-        install_own_operators(&mut typed).map_err(optimize)?;
-    }
-    times.own_kernels_ms = ms_since(t);
-    let t = Instant::now();
-    let typed = typed.into_optimized().map_err(optimize)?;
-    times.optimize_ms = ms_since(t);
-    let out_fact = typed
-        .output_fact(0)
-        .map_err(|e| ModelError::Shape(format!("{e:#}")))?;
-    let out_shape = out_fact
-        .shape
-        .as_concrete()
-        .ok_or_else(|| {
-            ModelError::Shape(format!("output shape {:?} is not fixed", out_fact.shape))
-        })?
-        .to_vec();
-    let total: usize = out_shape.iter().product();
-    if out_shape.first() != Some(&batch) || !total.is_multiple_of(batch) || total / batch < 2 {
-        return Err(ModelError::Shape(format!(
-            "output shape {out_shape:?} is not [batch, classes, ...]"
-        )));
-    }
-    let t = Instant::now();
-    let plan = typed
-        .into_runnable()
-        .map_err(|e| ModelError::Optimize(format!("{e:#}")))?;
-    times.plan_ms = ms_since(t);
-    Ok((plan, total / batch, times))
-}
-
-/// Puts the project's own operators in place of tract's. The stem and
-/// pointwise first: they take the ReLU6 after them into their stores, and
-/// the depthwise layers then take what clamps are left before them; last,
-/// each expansion is joined with the depthwise layer it feeds.
-fn install_own_operators(model: &mut TypedModel) -> TractResult<()> {
-    stem::install(model)?;
-    pointwise::install(model)?;
-    depthwise::install(model)?;
-    fused::install(model)?;
-    dense::install(model)?;
-    Ok(())
 }
 
 /// The labels file, else the ImageNet synset for a 1000-class model, else
@@ -515,7 +429,6 @@ fn infer_input(graph: &InferenceModel) -> InferredInput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::own::testing::bundled_decluttered;
 
     #[test]
     fn labels_drop_wordnet_ids_only() {
@@ -538,46 +451,5 @@ mod tests {
         assert!(matches!(err, ModelError::NotOnnx { .. }), "{err}");
         let err = Model::from_bytes(b"", "x.onnx", None, None, LoadOptions::default()).unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
-    }
-
-    /// On the bundled MobileNetV2, every ReLU6 ends up inside one of the
-    /// project's operators: after the first convolution in the stem's
-    /// store, after each expansion in its pointwise store (where the CPU
-    /// runs pointwise.rs, else in the next depthwise layer's input), after
-    /// every depthwise layer in its store.
-    #[test]
-    fn own_operators_take_every_relu6_of_the_bundled_model() {
-        use tract_onnx::tract_core::ops::binary::TypedBinOp;
-        let mut model = bundled_decluttered();
-        install_own_operators(&mut model).unwrap();
-        let ours = |name: &str| model.nodes.iter().filter(|n| n.op.name() == name).count();
-        // 16 of the 17 depthwise layers follow an expansion; three of those
-        // (96 x 112 x 112 and the two 144 x 56 x 56, 1.8-4.8 MB) do not fit
-        // a 1 MiB L2 and are joined to it.
-        let joined = ours("ExpandDepthwise(onnx-lambda)");
-        let pointwise = ours("Pointwise(onnx-lambda)") + joined;
-        assert!(
-            (pointwise, joined) == (34, 3) || pointwise == 0,
-            "{pointwise} {joined}"
-        );
-        assert_eq!(ours("Depthwise(onnx-lambda)") + joined, 17);
-        assert_eq!(ours("Stem(onnx-lambda)"), 1);
-        assert_eq!(ours("Dense(onnx-lambda)"), 1);
-        let inputs_clamped = model
-            .nodes
-            .iter()
-            .filter_map(|n| n.op_as::<depthwise::Depthwise>())
-            .filter(|op| op.input_clamp().is_some())
-            .count();
-        let clamps_left = model
-            .nodes
-            .iter()
-            .filter(|n| n.op_as::<TypedBinOp>().is_some_and(|b| b.0.name() == "Max"))
-            .count();
-        if pointwise == 34 {
-            assert_eq!((inputs_clamped, clamps_left), (0, 0));
-        } else {
-            assert_eq!((inputs_clamped, clamps_left), (16, 0));
-        }
     }
 }

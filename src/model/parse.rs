@@ -17,7 +17,7 @@
 //! alternating runs). The load's own peak is now in tract's compile
 //! stages, whose heap is 15-20 MB live but about 25 MiB resident (glibc
 //! keeps what each rewrite frees), and the process's comes later, at the
-//! first prediction (README, "Memory while loading"). An S3 download is
+//! first prediction (docs/performance.md, "Memory while loading"). An S3 download is
 //! heap, not a file mapping, so its pages stay until the decode ends.
 
 use std::path::Path;

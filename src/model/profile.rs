@@ -12,8 +12,9 @@ use serde::Serialize;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core;
 
-use super::{Model, OperatorPool};
+use super::Model;
 use crate::error::ModelError;
+use crate::ops::OperatorPool;
 
 /// Time and arithmetic of all the nodes of one operator kind.
 #[derive(Debug, Clone, Serialize, PartialEq)]

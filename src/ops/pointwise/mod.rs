@@ -4,7 +4,7 @@
 //! arithmetic. tract runs them as a packed matrix product: every layer first
 //! re-packs its activations into tract's panel layout (`OptMatMulPack`,
 //! about 11% of inference), and the large early layers ran at 20-55 GMAC/s
-//! (`onnx-lambda profile --by-node`, README).
+//! (`onnx-lambda profile --by-node`, docs/operators.md).
 //!
 //! How: a 1x1 convolution on an NCHW image is `out[M x S] = W[M x K] ·
 //! x[K x S]` with `S` the pixels, and both `x` and `out` are row-major with
@@ -31,7 +31,7 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
-use super::own::{following_clamp, par_planes, same_bits, same_clamp, sole_successor, Simd};
+use crate::ops::{following_clamp, par_planes, same_bits, same_clamp, sole_successor, Level, Simd};
 
 /// Output channels interleaved in the packed weights (one AVX-512 tile).
 pub(crate) const PANEL: usize = 8;
@@ -138,7 +138,7 @@ impl Pointwise {
 
     /// Whether this CPU runs the operator (AVX2 and FMA).
     pub(crate) fn available() -> TractResult<()> {
-        Isa::of(Simd::detect()).map(|_| ())
+        Isa::of(Level::detect()).map(|_| ())
     }
 
     /// Output channels `channels` of one image, as `channels.len()` planes
@@ -156,7 +156,7 @@ impl Pointwise {
             out.len() == channels.len() * pixels,
             "pointwise channel planes"
         );
-        let isa = Isa::of(Simd::detect())?;
+        let isa = Isa::of(Level::detect())?;
         let job = Image {
             x,
             residual: None,
@@ -177,7 +177,7 @@ impl Pointwise {
         residual: Option<&[f32]>,
         output: &mut [f32],
     ) -> TractResult<()> {
-        self.compute_with(input, residual, output, Simd::detect())
+        self.compute_with(input, residual, output, Level::detect())
     }
 
     /// [`Pointwise::compute`] with the given instruction set.
@@ -186,7 +186,7 @@ impl Pointwise {
         input: &[f32],
         residual: Option<&[f32]>,
         output: &mut [f32],
-        simd: Simd,
+        level: Level,
     ) -> TractResult<()> {
         let Dims {
             images,
@@ -200,7 +200,7 @@ impl Pointwise {
             residual.map(<[f32]>::len) == self.epilogue.residual.then_some(output.len()),
             "pointwise residual size"
         );
-        let isa = Isa::of(simd)?;
+        let isa = Isa::of(level)?;
         if output.is_empty() {
             return Ok(());
         }
@@ -309,8 +309,8 @@ impl Pointwise {
                 pre: self.epilogue.pre,
                 post: self.epilogue.post,
             };
-            // SAFETY: the ISA was detected on this CPU (Isa::of); the
-            // tile's reads stay inside `x`, the weights and the bias
+            // SAFETY: `Isa::of` chose the kernels for a `Level` this CPU
+            // has; the tile's reads stay inside `x`, the weights and the bias
             // (masked past the row's end), and it writes only rows `store`
             // of the strip's pixels, which this chunk owns.
             unsafe { run(&tile) };
@@ -427,8 +427,10 @@ struct Isa {
 }
 
 impl Isa {
-    fn of(simd: Simd) -> TractResult<Isa> {
-        match simd {
+    /// The kernels of `level`: a `Level` is one this CPU has, so they may
+    /// run wherever the `Isa` goes.
+    fn of(level: Level) -> TractResult<Isa> {
+        match level.simd() {
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512 => Ok(Isa {
                 rows: 8,
@@ -478,333 +480,16 @@ struct Tile {
 // tiles ran at a third of the speed.
 #[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use super::{Kind, Tile, PANEL, PREFETCH_AHEAD};
-
-    const ROWS: usize = 8;
-
-    /// # Safety
-    /// The CPU must have AVX-512F; see [`super::Pointwise::image`].
-    pub(super) unsafe fn tile(t: &Tile) {
-        let Kind::Vectors { vecs, tail } = t.strip.kind else {
-            return;
-        };
-        // SAFETY: forwarded.
-        unsafe {
-            match vecs {
-                1 => tile_of::<1>(t, tail),
-                2 => tile_of::<2>(t, tail),
-                _ => tile_of::<3>(t, tail),
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn tile_of<const V: usize>(t: &Tile, tail: usize) {
-        let tail: __mmask16 = (1u32 << tail).wrapping_sub(1) as u16;
-        let (k, ld) = (t.k, t.ld);
-        let mut acc = [[_mm512_setzero_ps(); V]; ROWS];
-        for r in 0..ROWS {
-            // SAFETY: the bias is padded to whole panels.
-            let b = _mm512_set1_ps(unsafe { *t.bias.add(r) });
-            for v in 0..V {
-                acc[r][v] = b;
-            }
-        }
-        let (mut x, mut w) = (t.x, t.w);
-        for _ in 0..k {
-            // A prefetch never faults, even past the weights' end.
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH_AHEAD).cast());
-            let mut xv = [_mm512_setzero_ps(); V];
-            for v in 0..V {
-                // SAFETY: unmasked lanes are pixels of this input row.
-                xv[v] = unsafe {
-                    if v + 1 == V {
-                        _mm512_maskz_loadu_ps(tail, x.wrapping_add(16 * v))
-                    } else {
-                        _mm512_loadu_ps(x.wrapping_add(16 * v))
-                    }
-                };
-            }
-            for r in 0..ROWS {
-                // SAFETY: a packed panel has PANEL weights per input
-                // channel. (A load intrinsic, not `*w`: a dereference
-                // carries debug builds' pointer checks into this loop,
-                // which then spills every accumulator.)
-                let b = _mm512_broadcastss_ps(unsafe { _mm_load_ss(w.wrapping_add(r)) });
-                for v in 0..V {
-                    acc[r][v] = _mm512_fmadd_ps(b, xv[v], acc[r][v]);
-                }
-            }
-            x = x.wrapping_add(ld);
-            w = w.wrapping_add(PANEL);
-        }
-        store(t, &acc, tail);
-    }
-
-    /// The epilogue and the tile's only store.
-    #[target_feature(enable = "avx512f")]
-    fn store<const V: usize>(t: &Tile, acc: &[[__m512; V]; ROWS], tail: __mmask16) {
-        let clamp = |y: __m512, c: Option<(f32, f32)>| match c {
-            Some((lo, hi)) => {
-                _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(lo)), _mm512_set1_ps(hi))
-            }
-            None => y,
-        };
-        for (r, row) in acc.iter().enumerate() {
-            if !t.store.contains(&r) {
-                continue;
-            }
-            for (v, y) in row.iter().enumerate() {
-                let mask = if v + 1 == V { tail } else { 0xFFFF };
-                let at = r * t.ld + 16 * v;
-                let mut y = clamp(*y, t.pre);
-                if let Some(res) = t.residual {
-                    // SAFETY: unmasked lanes are this output row's pixels,
-                    // which the residual has too.
-                    y = _mm512_add_ps(y, unsafe {
-                        _mm512_maskz_loadu_ps(mask, res.wrapping_add(at))
-                    });
-                }
-                // SAFETY: as above, in the output.
-                unsafe { _mm512_mask_storeu_ps(t.out.wrapping_add(at), mask, clamp(y, t.post)) };
-            }
-        }
-    }
-}
+#[path = "x86_64/avx512.rs"]
+mod avx512;
 
 // Indexed loops over the accumulators on purpose: written with iterators
 // (and the epilogue inline), LLVM kept every accumulator in memory and the
 // tiles ran at a third of the speed.
 #[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    use super::{Kind, Tile, OUT_AHEAD, PANEL, PREFETCH_AHEAD};
-
-    const ROWS: usize = 4;
-
-    /// # Safety
-    /// The CPU must have AVX2 and FMA; see [`super::Pointwise::image`].
-    pub(super) unsafe fn tile(t: &Tile) {
-        let Kind::Vectors { vecs, tail } = t.strip.kind else {
-            return;
-        };
-        // SAFETY: forwarded.
-        unsafe {
-            match (vecs, tail == 8) {
-                (1, true) => tile_of::<1, false>(t, tail),
-                (2, true) => tile_of::<2, false>(t, tail),
-                (_, true) => tile_of::<3, false>(t, tail),
-                (1, false) => tile_of::<1, true>(t, tail),
-                (2, false) => tile_of::<2, true>(t, tail),
-                (_, false) => tile_of::<3, true>(t, tail),
-            }
-        }
-    }
-
-    /// `MASKED`: whether the last vector of pixels is partial. With AVX2
-    /// the mask is a vector register, the 17th live one beside 12
-    /// accumulators, 3 vectors of `x` and a broadcast weight: LLVM then
-    /// kept an accumulator on the stack, and its store-to-load chain held
-    /// the loop to about one FMA a cycle. [`super::strips`] leaves fewer
-    /// than 8 pixels to column tiles, so with 8 lanes the last vector is
-    /// always whole and the unmasked loop is the one that runs. With this
-    /// and the copy before the store below, the AVX2 layers went from 28
-    /// to 54-61 GMAC/s (this CPU's 256-bit peak: 67), the whole model 11.9
-    /// -> 7.3 ms (AVX-512 disabled by a patched build on AMD EPYC Zen 5,
-    /// `profile --by-node --threads 1`, four alternating runs).
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile_of<const V: usize, const MASKED: bool>(t: &Tile, tail: usize) {
-        let mask = || {
-            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-            _mm256_cmpgt_epi32(_mm256_set1_epi32(tail as i32), lane)
-        };
-        let (k, ld) = (t.k, t.ld);
-        let mut acc = [[_mm256_setzero_ps(); V]; ROWS];
-        for r in 0..ROWS {
-            // SAFETY: the bias is padded to whole panels.
-            let b = _mm256_set1_ps(unsafe { *t.bias.add(r) });
-            for v in 0..V {
-                acc[r][v] = b;
-            }
-        }
-        let (mut x, mut w) = (t.x, t.w);
-        for _ in 0..k {
-            // A prefetch never faults, even past the weights' end.
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH_AHEAD).cast());
-            let mut xv = [_mm256_setzero_ps(); V];
-            for v in 0..V {
-                // SAFETY: unmasked lanes are pixels of this input row.
-                xv[v] = unsafe {
-                    if MASKED && v + 1 == V {
-                        _mm256_maskload_ps(x.wrapping_add(8 * v), mask())
-                    } else {
-                        _mm256_loadu_ps(x.wrapping_add(8 * v))
-                    }
-                };
-            }
-            for r in 0..ROWS {
-                // SAFETY: as in the AVX-512 tile.
-                let b = _mm256_broadcast_ss(unsafe { &*w.wrapping_add(r) });
-                for v in 0..V {
-                    acc[r][v] = _mm256_fmadd_ps(b, xv[v], acc[r][v]);
-                }
-            }
-            x = x.wrapping_add(ld);
-            w = w.wrapping_add(PANEL);
-        }
-        // A copy: with `&acc` itself escaping into the call, LLVM stored
-        // every accumulator to the stack on every input channel.
-        let done = acc;
-        store::<V, MASKED>(t, &done, mask());
-    }
-
-    /// The epilogue and the tile's only store. Whole vectors go through
-    /// plain loads and stores: `vmaskmovps` stores are microcoded on AMD
-    /// Zen 2, and with a mask on every vector the 1x1 layers took 8.68 ms
-    /// against 7.73, the joined expansion 1.64 against 1.27 (`profile
-    /// --by-node --threads 1`, AMD EPYC Zen 2, three runs alternating).
-    #[target_feature(enable = "avx2,fma")]
-    fn store<const V: usize, const MASKED: bool>(
-        t: &Tile,
-        acc: &[[__m256; V]; ROWS],
-        tail: __m256i,
-    ) {
-        let clamp = |y: __m256, c: Option<(f32, f32)>| match c {
-            Some((lo, hi)) => {
-                _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(lo)), _mm256_set1_ps(hi))
-            }
-            None => y,
-        };
-        for (r, row) in acc.iter().enumerate() {
-            if !t.store.contains(&r) {
-                continue;
-            }
-            for (v, y) in row.iter().enumerate() {
-                let whole = !MASKED || v + 1 < V;
-                let at = r * t.ld + 8 * v;
-                let (out, res) = (
-                    t.out.wrapping_add(at),
-                    t.residual.map(|r| r.wrapping_add(at)),
-                );
-                let mut y = clamp(*y, t.pre);
-                // SAFETY (loads and stores): a whole vector is 8 pixels of
-                // this output row, which the residual has too; otherwise
-                // the unmasked lanes are.
-                if let Some(res) = res {
-                    y = _mm256_add_ps(y, unsafe {
-                        if whole {
-                            _mm256_loadu_ps(res)
-                        } else {
-                            _mm256_maskload_ps(res, tail)
-                        }
-                    });
-                }
-                let y = clamp(y, t.post);
-                unsafe {
-                    if whole {
-                        _mm256_storeu_ps(out, y);
-                    } else {
-                        _mm256_maskstore_ps(out, tail, y);
-                    }
-                }
-                if t.prefetch_out {
-                    _mm_prefetch::<_MM_HINT_T0>(out.wrapping_add(OUT_AHEAD).cast());
-                }
-            }
-        }
-    }
-
-    /// # Safety
-    /// The CPU must have AVX2 and FMA; see [`super::Pointwise::image`].
-    pub(super) unsafe fn columns(t: &Tile) {
-        // SAFETY: forwarded.
-        unsafe {
-            match t.strip.cols {
-                1 => columns_of::<1, 8>(t),
-                2 => columns_of::<2, 4>(t),
-                3 => columns_of::<3, 2>(t),
-                4 => columns_of::<4, 2>(t),
-                5 => columns_of::<5, 1>(t),
-                6 => columns_of::<6, 1>(t),
-                _ => columns_of::<7, 1>(t),
-            }
-        }
-    }
-
-    /// A panel of 8 channels as one vector, by `C` pixels: each input
-    /// channel is one load of 8 weights and `C` broadcast pixels.
-    ///
-    /// `U` input channels at a time, each into accumulators of its own
-    /// (summed at the end): with one pixel, one chain of FMAs waited 4
-    /// cycles for each, and the 49th pixel of a 7x7 layer cost a third as
-    /// much as the other 48 (`profile --by-node`: the 7x7 layers at 65
-    /// GMAC/s where the larger ran at 95-115).
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn columns_of<const C: usize, const U: usize>(t: &Tile) {
-        let mut acc = [[_mm256_setzero_ps(); C]; U];
-        // SAFETY: the bias is padded to whole panels.
-        acc[0] = [unsafe { _mm256_loadu_ps(t.bias) }; C];
-        let (mut x, mut w) = (t.x, t.w);
-        let step = |acc: &mut [__m256; C], x: *const f32, w: *const f32| {
-            // SAFETY: a panel holds PANEL weights per input channel, and
-            // the strip's C pixels are in this input row.
-            let wv = unsafe { _mm256_loadu_ps(w) };
-            for c in 0..C {
-                let xc = _mm256_broadcast_ss(unsafe { &*x.wrapping_add(c) });
-                acc[c] = _mm256_fmadd_ps(wv, xc, acc[c]);
-            }
-        };
-        for _ in 0..t.k / U {
-            for u in 0..U {
-                step(
-                    &mut acc[u],
-                    x.wrapping_add(u * t.ld),
-                    w.wrapping_add(u * PANEL),
-                );
-            }
-            x = x.wrapping_add(U * t.ld);
-            w = w.wrapping_add(U * PANEL);
-        }
-        for _ in 0..t.k % U {
-            step(&mut acc[0], x, w);
-            x = x.wrapping_add(t.ld);
-            w = w.wrapping_add(PANEL);
-        }
-        for u in 1..U {
-            for c in 0..C {
-                acc[0][c] = _mm256_add_ps(acc[0][c], acc[u][c]);
-            }
-        }
-        store_columns(t, &acc[0]);
-    }
-
-    /// The epilogue of [`columns_of`]: one channel at a time, since the
-    /// output rows are channels.
-    #[target_feature(enable = "avx2,fma")]
-    fn store_columns<const C: usize>(t: &Tile, acc: &[__m256; C]) {
-        let clamp = |v: f32, c: Option<(f32, f32)>| c.map_or(v, |(lo, hi)| v.max(lo).min(hi));
-        for (c, v) in acc.iter().enumerate() {
-            let mut lanes = [0f32; PANEL];
-            // SAFETY: a local array of 8 floats.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *v) };
-            for r in t.store.clone() {
-                let at = r * t.ld + c;
-                let mut y = clamp(lanes[r], t.pre);
-                if let Some(res) = t.residual {
-                    // SAFETY: row r of the strip, inside the residual.
-                    y += unsafe { *res.wrapping_add(at) };
-                }
-                // SAFETY: row r of the strip, which this chunk owns.
-                unsafe { *t.out.wrapping_add(at) = clamp(y, t.post) };
-            }
-        }
-    }
-}
+#[path = "x86_64/avx2.rs"]
+mod avx2;
 
 /// Bitwise, so an operator equals itself even with NaN in its constants.
 impl PartialEq for Pointwise {
@@ -1129,8 +814,7 @@ fn following_residual(model: &TypedModel, id: usize) -> TractResult<Option<(Outl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::own::testing::bundled_decluttered;
-    use crate::model::own::testing::noise;
+    use crate::ops::testing::{bundled_decluttered, noise, VECTOR_LEVELS};
     use tract_onnx::tract_core::axes::AxesMapping;
     use tract_onnx::tract_core::ops::math;
 
@@ -1157,11 +841,11 @@ mod tests {
         out
     }
 
-    fn levels() -> Vec<Simd> {
-        Simd::available()
-            .into_iter()
-            .filter(|s| Isa::of(*s).is_ok())
-            .collect()
+    /// The levels with a pointwise kernel: none is portable.
+    fn levels() -> Vec<Level> {
+        let levels = crate::ops::testing::levels("pointwise", VECTOR_LEVELS);
+        assert!(levels.iter().all(|s| Isa::of(*s).is_ok()));
+        levels
     }
 
     fn epilogues() -> [Epilogue; 4] {
@@ -1242,9 +926,13 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_strips_end_in_whole_vectors_and_cover_every_pixel_once() {
-        let Ok(isa) = Isa::of(Simd::Avx2) else {
+        let Some(avx2) = Level::available()
+            .into_iter()
+            .find(|l| l.simd() == Simd::Avx2)
+        else {
             return;
         };
+        let isa = Isa::of(avx2).unwrap();
         for pixels in 1..400 {
             let mut next = 0;
             for strip in strips(pixels, isa) {
@@ -1263,7 +951,7 @@ mod tests {
     /// fewer channels than pixels, and write exactly what one thread writes.
     #[test]
     fn threads_cover_every_channel_and_pixel_once() {
-        let pool = crate::model::OperatorPool::new(2);
+        let pool = crate::ops::OperatorPool::new(2);
         // Channels before pixels (13, 96) and after (24, 96 over 50 pixels);
         // one image with fewer channels than pixels splits by strips of
         // pixels, anything else by panels of channels.

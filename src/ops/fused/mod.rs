@@ -21,15 +21,14 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::depthwise::Depthwise;
-use super::own::{par_planes, sole_successor};
 use super::pointwise::{Pointwise, PANEL};
+use crate::ops::{par_planes, sole_successor};
 
 /// Smallest expanded tensor (per image) worth joining: one at least the
 /// size of L2 (1 MiB per core on AMD Zen 4/5, 512 KiB on Zen 2, 1.25-2 MiB
 /// on recent Xeons). On MobileNetV2 that joins the 4.8 MB 96 x 112 x 112
 /// layer and the two 1.8 MB 144 x 56 x 56 ones; joining the pairs that fit
-/// L2 as well was slower (README, "Against the Python pipeline",
-/// seventeenth session, AMD EPYC Zen 5).
+/// L2 as well was slower (docs/operators.md, "Joined expansion").
 const MIN_EXPANDED_BYTES: usize = 1 << 20;
 
 /// `depthwise(pointwise(x))`, without the tensor between them.
@@ -193,10 +192,10 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::depthwise::Geometry;
-    use super::super::pointwise::{Dims, Epilogue};
     use super::*;
-    use crate::model::own::testing::noise;
+    use crate::ops::depthwise::Geometry;
+    use crate::ops::pointwise::{Dims, Epilogue};
+    use crate::ops::testing::{noise, VECTOR_LEVELS};
 
     fn pair(m: usize, (h, w): (usize, usize), stride: usize) -> ExpandDepthwise {
         let (images, k) = (2, 5);
@@ -233,10 +232,11 @@ mod tests {
     /// and on two, with channels in whole panels and not.
     #[test]
     fn matches_the_two_operators_in_turn() {
-        if super::super::pointwise::Pointwise::available().is_err() {
+        // The joined operator runs the pointwise kernels: vector levels only.
+        if crate::ops::testing::levels("fused", VECTOR_LEVELS).is_empty() {
             return;
         }
-        let pool = crate::model::OperatorPool::new(2);
+        let pool = crate::ops::OperatorPool::new(2);
         for (m, hw, stride) in [
             (16, (9, 11), 1),
             (16, (12, 7), 2),

@@ -4,8 +4,8 @@
 //! Why: tract packs constant weights for its matrix kernels when it
 //! optimises the model. For MobileNetV2's classifier (1000 x 1280) that is
 //! a second 5 MB copy, made at the end of the load, when the load's memory
-//! peaks, and 1.1 ms of packing on the cold-start path (`perf`, eighteenth
-//! session). With one image at a time the product is a matrix-vector
+//! peaks, and time spent packing on the cold-start path (docs/operators.md
+//! has the figures). With one image at a time the product is a matrix-vector
 //! product bound by reading the weights once, and rows stored as the model
 //! stores them (`[n][k]`, contiguous in k) stream through a dot product as
 //! fast as any packed layout; this operator keeps the model's own tensor
@@ -14,8 +14,7 @@
 //! How: one weight row at a time against each image's row (in L1), four
 //! accumulators for independent FMA chains, so the weights are read in
 //! one sequential stream (four rows at a time, four streams, measured no
-//! faster: 0.135 against 0.13 ms, medians of eight `profile` runs); one
-//! image's outputs are split by rows over tract's executor, a batch's by
+//! faster: docs/operators.md); one image's outputs are split by rows over tract's executor, a batch's by
 //! images.
 //!
 //! [`install`] takes every f32 `EinSum` of the form `mk,nk->mn` or
@@ -31,7 +30,7 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
-use super::own::{same_bits, sole_successor, Simd};
+use crate::ops::{same_bits, sole_successor, Level, Simd};
 
 /// `x · Wᵀ + bias` for `x` of `[m][k]` and constant `W` of `[n][k]`.
 #[derive(Debug, Clone)]
@@ -62,10 +61,11 @@ impl Dense {
     /// Computes `output` (`[m][n]`) from `input` (`[m][k]`), splitting the
     /// work over tract's executor when one is installed.
     pub(crate) fn compute(&self, input: &[f32], output: &mut [f32]) -> TractResult<()> {
-        self.compute_with(input, output, Simd::detect())
+        self.compute_with(input, output, Level::detect())
     }
 
-    fn compute_with(&self, input: &[f32], output: &mut [f32], simd: Simd) -> TractResult<()> {
+    fn compute_with(&self, input: &[f32], output: &mut [f32], level: Level) -> TractResult<()> {
+        let kernels = Kernels::of(level);
         let (k, n) = (self.k, self.n);
         ensure!(k > 0 && n > 0, "empty matrix product");
         ensure!(
@@ -78,44 +78,57 @@ impl Dense {
         if input.len() == k {
             // One image: its outputs, split by rows of W.
             par_chunks_mut(output, 1, cost, |first, chunk| {
-                self.block(simd, w, input, first..first + chunk.len(), chunk);
+                self.block(kernels, w, input, first..first + chunk.len(), chunk);
                 Ok(())
             })
         } else {
             // A batch: whole images per thread, each reading W once.
             par_chunks_mut(output, n, cost, |first, chunk| {
                 let images = &input[first * k..][..chunk.len() / n * k];
-                self.block(simd, w, images, 0..n, chunk);
+                self.block(kernels, w, images, 0..n, chunk);
                 Ok(())
             })
         }
     }
 
     /// Outputs `rows` of every image in `x` into `out`, `[images][rows]`.
-    fn block(&self, simd: Simd, w: &[f32], x: &[f32], rows: Range<usize>, out: &mut [f32]) {
+    fn block(&self, kernels: Kernels, w: &[f32], x: &[f32], rows: Range<usize>, out: &mut [f32]) {
         let (k, width) = (self.k, rows.len());
         for (i, row) in rows.clone().enumerate() {
             let weights = &w[row * k..][..k];
             let bias = self.bias.as_ref().map_or(0.0, |b| b[row]);
             for (image, x) in x.chunks_exact(k).enumerate() {
-                out[image * width + i] = dot(simd, x, weights) + bias;
+                out[image * width + i] = kernels.dot(x, weights) + bias;
             }
         }
     }
 }
 
-/// `x` dotted with `w`, of the same length.
-fn dot(simd: Simd, x: &[f32], w: &[f32]) -> f32 {
-    assert_eq!(x.len(), w.len(), "dot lengths");
-    // SAFETY: levels other than Portable come from Simd::detect() (or the
-    // tests' Simd::available()), which checked the CPU; both slices have
-    // the same length, which the kernels read up to and not past.
-    match simd {
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { avx512::dot(x, w) },
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { avx2::dot(x, w) },
-        _ => portable_dot(x, w),
+/// The kernels of one level, chosen once per run from a [`Level`].
+#[derive(Clone, Copy)]
+struct Kernels {
+    dot: unsafe fn(&[f32], &[f32]) -> f32,
+}
+
+impl Kernels {
+    fn of(level: Level) -> Kernels {
+        let dot = match level.simd() {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => avx512::dot,
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => avx2::dot,
+            _ => portable_dot,
+        };
+        Kernels { dot }
+    }
+
+    /// `x` dotted with `w`, of the same length.
+    fn dot(&self, x: &[f32], w: &[f32]) -> f32 {
+        assert_eq!(x.len(), w.len(), "dot lengths");
+        // SAFETY: `of` chose the kernel for a `Level` this CPU has; both
+        // slices have the same length, which the kernels read up to and
+        // not past.
+        unsafe { (self.dot)(x, w) }
     }
 }
 
@@ -138,77 +151,12 @@ fn portable_dot(x: &[f32], w: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    /// # Safety
-    /// The CPU must have AVX-512F; `w` must have `x.len()` values.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot(x: &[f32], w: &[f32]) -> f32 {
-        let len = x.len();
-        let (xp, wp) = (x.as_ptr(), w.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 64 <= len {
-            for (j, acc) in acc.iter_mut().enumerate() {
-                let (a, b) = unsafe {
-                    (
-                        _mm512_loadu_ps(xp.add(i + 16 * j)),
-                        _mm512_loadu_ps(wp.add(i + 16 * j)),
-                    )
-                };
-                *acc = _mm512_fmadd_ps(a, b, *acc);
-            }
-            i += 64;
-        }
-        while i < len {
-            let n = (len - i).min(16);
-            let mask: __mmask16 = if n == 16 { 0xFFFF } else { (1 << n) - 1 };
-            let (a, b) = unsafe {
-                (
-                    _mm512_maskz_loadu_ps(mask, xp.add(i)),
-                    _mm512_maskz_loadu_ps(mask, wp.add(i)),
-                )
-            };
-            acc[0] = _mm512_fmadd_ps(a, b, acc[0]);
-            i += n;
-        }
-        let [a, b, c, d] = acc;
-        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)))
-    }
-}
+#[path = "x86_64/avx512.rs"]
+mod avx512;
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    /// # Safety
-    /// The CPU must have AVX2 and FMA; `w` must have `x.len()` values.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot(x: &[f32], w: &[f32]) -> f32 {
-        let len = x.len();
-        let (xp, wp) = (x.as_ptr(), w.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= len {
-            for (j, acc) in acc.iter_mut().enumerate() {
-                let (a, b) = unsafe {
-                    (
-                        _mm256_loadu_ps(xp.add(i + 8 * j)),
-                        _mm256_loadu_ps(wp.add(i + 8 * j)),
-                    )
-                };
-                *acc = _mm256_fmadd_ps(a, b, *acc);
-            }
-            i += 32;
-        }
-        let [a, b, c, d] = acc;
-        let mut lanes = [0f32; 8];
-        let v = _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d));
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
-        lanes.iter().sum::<f32>() + x[i..].iter().zip(&w[i..]).map(|(a, b)| a * b).sum::<f32>()
-    }
-}
+#[path = "x86_64/avx2.rs"]
+mod avx2;
 
 impl PartialEq for Dense {
     fn eq(&self, other: &Dense) -> bool {
@@ -418,7 +366,9 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::own::testing::{bundled_decluttered, noise, run_optimized as run};
+    use crate::ops::testing::{
+        bundled_decluttered, levels, noise, run_optimized as run, ALL_LEVELS,
+    };
 
     fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, k: usize, n: usize) -> Vec<f32> {
         x.chunks_exact(k)
@@ -462,7 +412,7 @@ mod tests {
             let (op, w, b) = dense(k, n, 10 + case, case % 2 == 0);
             let x = noise(m * k, 50 + case);
             let want = reference(&x, &w, b.as_deref(), k, n);
-            for simd in Simd::available() {
+            for simd in levels("dense", ALL_LEVELS) {
                 let mut got = vec![f32::NAN; m * n];
                 op.compute_with(&x, &mut got, simd).unwrap();
                 close(&got, &want);
@@ -486,7 +436,7 @@ mod tests {
             let mut one = vec![f32::NAN; m * 1000];
             op.compute(&x, &mut one).unwrap();
             let mut two = vec![f32::NAN; one.len()];
-            crate::model::OperatorPool::new(2)
+            crate::ops::OperatorPool::new(2)
                 .run(|| op.compute(&x, &mut two))
                 .unwrap();
             assert!(same_bits(&one, &two), "m = {m}");

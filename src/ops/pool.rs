@@ -28,7 +28,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use tract_onnx::tract_core::tract_linalg::multithread::{multithread_tract_scope, Executor};
+use std::ops::Range;
+
+use tract_onnx::prelude::TractResult;
+use tract_onnx::tract_core::tract_linalg::multithread::{
+    multithread_tract_scope, par_chunks_mut, Executor,
+};
 
 /// A rayon pool for tract's operators and the project's own, with a turn
 /// that lets one run in at a time.
@@ -113,6 +118,26 @@ impl OperatorPool {
             .map(|r| r.expect("every item was taken by a worker"))
             .collect()
     }
+}
+
+/// Splits `output` (planes of `plane` values, `channels` of them per image)
+/// over tract's executor: whole panels of `panel` planes when the channels
+/// come in panels, so no tile is computed twice, else single planes. `f`
+/// gets the chunk's planes (counted across images) and its values.
+pub(crate) fn par_planes(
+    output: &mut [f32],
+    (plane, channels, panel): (usize, usize, usize),
+    cost: usize,
+    f: impl Fn(Range<usize>, &mut [f32]) -> TractResult<()> + Sync + Send,
+) -> TractResult<()> {
+    let unit = if channels.is_multiple_of(panel) {
+        panel
+    } else {
+        1
+    };
+    par_chunks_mut(output, unit * plane, cost, |first, chunk| {
+        f(first * unit..first * unit + chunk.len() / plane, chunk)
+    })
 }
 
 #[cfg(test)]

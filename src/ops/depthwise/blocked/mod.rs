@@ -21,9 +21,11 @@ use std::ops::Range;
 use tract_onnx::prelude::*;
 
 use super::{Depthwise, Geometry};
-use crate::model::own::par_planes;
+use crate::ops::par_planes;
 
+#[path = "x86_64/avx2.rs"]
 mod avx2;
+#[path = "x86_64/avx512.rs"]
 mod avx512;
 
 pub(super) use avx2::Avx2;
@@ -275,21 +277,22 @@ pub(super) unsafe fn compute<L: Lanes>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::reference;
     use super::*;
-    use crate::model::own::testing::noise;
-    use crate::model::own::Simd;
+    use crate::ops::depthwise::tests::reference;
+    use crate::ops::testing::{noise, VECTOR_LEVELS};
+    use crate::ops::Simd;
 
     /// Every channel count around the block size, with images whose
     /// blocks run across the image boundary, strides, pads, both kernels
     /// and both clamps, against the definition.
     #[test]
     fn matches_the_definition_across_block_and_image_boundaries() {
-        let levels = Simd::available();
-        if levels.contains(&Simd::Avx512) {
+        let levels = crate::ops::testing::levels("blocked depthwise", VECTOR_LEVELS);
+        let has = |simd| levels.iter().any(|l| l.simd() == simd);
+        if has(Simd::Avx512) {
             matches_the_definition::<Avx512>();
         }
-        if levels.contains(&Simd::Avx2) {
+        if has(Simd::Avx2) {
             matches_the_definition::<Avx2>();
         }
     }

@@ -6,13 +6,14 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::{lane_values, Lanes};
-use crate::model::depthwise::Depthwise;
+use crate::ops::depthwise::Depthwise;
+use crate::ops::x86_64::avx2::{clamp, mask, transpose};
 
 /// Channels per block: one AVX2 vector.
 const BLOCK: usize = 8;
 
 /// See [`Lanes`].
-pub(in crate::model::depthwise) struct Avx2;
+pub(in crate::ops::depthwise) struct Avx2;
 
 impl Lanes for Avx2 {
     const BLOCK: usize = BLOCK;
@@ -46,7 +47,7 @@ impl Lanes for Avx2 {
             transpose(&mut rows);
             for (v, &at) in rows.iter().zip(&positions[first..first + n]) {
                 if at != usize::MAX {
-                    let v = _mm256_min_ps(_mm256_max_ps(*v, lo), hi);
+                    let v = clamp(*v, lo, hi);
                     // SAFETY: Positions::fill put `at` inside the padded block.
                     unsafe { _mm256_storeu_ps(base.add(at), v) };
                 }
@@ -121,38 +122,6 @@ impl Lanes for Avx2 {
     }
 }
 
-/// The mask of the first `n` lanes, for `maskload`/`maskstore`.
-#[target_feature(enable = "avx2")]
-fn mask(n: usize) -> __m256i {
-    let n = _mm256_set1_epi32(n.min(BLOCK) as i32);
-    _mm256_cmpgt_epi32(n, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
-}
-
-/// Transposes 8 vectors as an 8x8 matrix: lane `j` of row `i` becomes
-/// lane `i` of row `j`. In-lane unpacks and shuffles, then 128-bit lane
-/// swaps: 24 shuffles for 64 values.
-#[target_feature(enable = "avx2")]
-fn transpose(r: &mut [__m256; 8]) {
-    let mut t = [_mm256_setzero_ps(); 8];
-    for i in 0..4 {
-        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    // Per 128-bit lane, s[4h + j] holds column j of rows 4h..4h + 4.
-    let mut s = [_mm256_setzero_ps(); 8];
-    for h in 0..2 {
-        let (a, b, c, d) = (t[4 * h], t[4 * h + 1], t[4 * h + 2], t[4 * h + 3]);
-        s[4 * h] = _mm256_shuffle_ps::<0x44>(a, c);
-        s[4 * h + 1] = _mm256_shuffle_ps::<0xEE>(a, c);
-        s[4 * h + 2] = _mm256_shuffle_ps::<0x44>(b, d);
-        s[4 * h + 3] = _mm256_shuffle_ps::<0xEE>(b, d);
-    }
-    for j in 0..4 {
-        r[j] = _mm256_permute2f128_ps::<0x20>(s[j], s[4 + j]);
-        r[4 + j] = _mm256_permute2f128_ps::<0x31>(s[j], s[4 + j]);
-    }
-}
-
 /// What [`Job::pixels`] reads and writes for one block.
 struct Job {
     w: [__m256; 25],
@@ -183,39 +152,11 @@ impl Job {
         }
         for (j, a) in acc.iter().enumerate() {
             let a = match self.clamp {
-                Some((lo, hi)) => _mm256_min_ps(_mm256_max_ps(*a, lo), hi),
+                Some((lo, hi)) => clamp(*a, lo, hi),
                 None => *a,
             };
             // SAFETY: see the function's contract.
             unsafe { _mm256_storeu_ps(self.result.add((first + j) * BLOCK), a) };
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::own::Simd;
-
-    #[test]
-    fn transpose_swaps_rows_and_columns() {
-        if !Simd::available().contains(&Simd::Avx2) {
-            return;
-        }
-        let values: Vec<f32> = (0..64).map(|i| i as f32).collect();
-        let mut rows = [unsafe { _mm256_setzero_ps() }; 8];
-        for (i, r) in rows.iter_mut().enumerate() {
-            *r = unsafe { _mm256_loadu_ps(values[i * 8..].as_ptr()) };
-        }
-        unsafe { transpose(&mut rows) };
-        let mut out = [0f32; 64];
-        for (i, r) in rows.iter().enumerate() {
-            unsafe { _mm256_storeu_ps(out[i * 8..].as_mut_ptr(), *r) };
-        }
-        for i in 0..8 {
-            for j in 0..8 {
-                assert_eq!(out[i * 8 + j], values[j * 8 + i], "({i}, {j})");
-            }
         }
     }
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::own::Simd;
+use crate::ops::{Level, Simd};
 
 /// Independent accumulators per run. 12 vectors leave AVX-512's 32
 /// registers room; AVX2 has 16, so 10 (Zen 2 needs 2 pipes x 5 cycles).
@@ -57,19 +57,19 @@ impl Peak {
 /// 50 ms) at the level the project's operators run with: the best this CPU
 /// has, or what [`Simd::limit`] lowered it to.
 pub fn fma_peak() -> Peak {
-    peak_at(Simd::detect())
+    peak_at(Level::detect())
 }
 
-/// [`fma_peak`] at `simd`, a level this CPU has. The portable level counts
-/// a multiply and an add as one multiply-add, as the portable operators
-/// compute.
-fn peak_at(simd: Simd) -> Peak {
+/// [`fma_peak`] at `level`. The portable level counts a multiply and an
+/// add as one multiply-add, as the portable operators compute.
+fn peak_at(level: Level) -> Peak {
+    let simd = level.simd();
     let (lanes, chains) = shape(simd);
     let mut best = f64::INFINITY;
     for _ in 0..RUNS {
         let started = Instant::now();
         black_box(chains_sum(
-            simd,
+            level,
             black_box(STEPS),
             black_box(M),
             black_box(A),
@@ -97,9 +97,9 @@ fn shape(simd: Simd) -> (usize, usize) {
 /// `i` starting at `i`), and returns the sum of every lane: the tests check
 /// it against the same recurrence in scalar code, so the timed loop is
 /// known to do exactly the work it is credited with.
-fn chains_sum(simd: Simd, steps: usize, m: f32, a: f32) -> f32 {
-    // SAFETY (both arms): the caller's level is one this CPU has.
-    match simd {
+fn chains_sum(level: Level, steps: usize, m: f32, a: f32) -> f32 {
+    // SAFETY (both arms): a `Level` is one this CPU has.
+    match level.simd() {
         #[cfg(target_arch = "x86_64")]
         Simd::Avx512 => unsafe { x86::avx512(steps, m, a) },
         #[cfg(target_arch = "x86_64")]
@@ -127,48 +127,8 @@ fn portable(steps: usize, m: f32, a: f32) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    use super::{AVX2_CHAINS, AVX512_CHAINS};
-
-    /// # Safety
-    /// The CPU must have AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    #[inline(never)]
-    pub(super) unsafe fn avx512(steps: usize, m: f32, a: f32) -> f32 {
-        let (vm, va) = (_mm512_set1_ps(m), _mm512_set1_ps(a));
-        let mut acc: [__m512; AVX512_CHAINS] = std::array::from_fn(|i| _mm512_set1_ps(i as f32));
-        for _ in 0..steps {
-            for v in acc.iter_mut() {
-                *v = _mm512_fmadd_ps(*v, vm, va);
-            }
-        }
-        acc.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
-    }
-
-    /// # Safety
-    /// The CPU must have AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline(never)]
-    pub(super) unsafe fn avx2(steps: usize, m: f32, a: f32) -> f32 {
-        let (vm, va) = (_mm256_set1_ps(m), _mm256_set1_ps(a));
-        let mut acc: [__m256; AVX2_CHAINS] = std::array::from_fn(|i| _mm256_set1_ps(i as f32));
-        for _ in 0..steps {
-            for v in acc.iter_mut() {
-                *v = _mm256_fmadd_ps(*v, vm, va);
-            }
-        }
-        let mut sum = 0.0;
-        for v in acc {
-            let mut lanes = [0f32; 8];
-            // SAFETY: `lanes` holds 8 floats.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
-            sum += lanes.iter().sum::<f32>();
-        }
-        sum
-    }
-}
+#[path = "x86_64/mod.rs"]
+mod x86;
 
 #[cfg(test)]
 mod tests {
@@ -197,9 +157,10 @@ mod tests {
     /// give another sum (the chains start apart and move every step).
     #[test]
     fn every_level_does_the_work_it_is_credited_with() {
-        for simd in Simd::available() {
+        for level in Level::available() {
+            let simd = level.simd();
             for steps in [1, 2, 7, 1000] {
-                let got = chains_sum(simd, steps, M, A);
+                let got = chains_sum(level, steps, M, A);
                 let close = |want: f32| (got - want).abs() <= want.abs() * 1e-6;
                 assert!(close(scalar(simd, steps)), "{simd:?}, {steps} steps: {got}");
                 assert!(!close(scalar(simd, steps + 1)), "{simd:?}: {steps} steps");
@@ -209,7 +170,7 @@ mod tests {
 
     #[test]
     fn the_peak_counts_lanes_chains_and_steps() {
-        let simd = Simd::detect();
+        let simd = Level::detect().simd();
         let peak = fma_peak();
         let (lanes, chains) = shape(simd);
         assert_eq!(

@@ -1,8 +1,8 @@
 //! Our own depthwise convolution, put in place of tract's.
 //!
-//! Why: on MobileNetV2 the 17 depthwise 3x3 layers are about 3% of the
+//! Why: on MobileNetV2 the 17 depthwise 3x3 layers are about 7% of the
 //! arithmetic and, with tract's `DepthWiseConv`, half of the inference time
-//! (`onnx-lambda profile`, README): tract vectorises only stride 1 and runs a
+//! (`onnx-lambda profile`, docs/operators.md): tract vectorises only stride 1 and runs a
 //! scalar loop elsewhere. This operator handles every stride the same way,
 //! with the ReLU6 that follows each layer fused in, so the activation is
 //! written once instead of three times.
@@ -33,7 +33,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::own::{following_clamp, preceding_clamp, same_bits, same_clamp, Simd};
+use crate::ops::{following_clamp, preceding_clamp, same_bits, same_clamp, Level, Simd};
 
 #[cfg(target_arch = "x86_64")]
 mod blocked;
@@ -146,13 +146,13 @@ impl Depthwise {
     /// run of this layer's planes on this thread (the scratch is zeroed;
     /// the planes after it leave the padding zero).
     pub(crate) fn plane_into(&self, c: usize, input: &[f32], out: &mut [f32], first: bool) {
-        let simd = Simd::detect();
+        let kernels = Kernels::of(Level::detect());
         SCRATCH.with_borrow_mut(|scratch| {
             if first {
                 scratch.clear();
             }
             scratch.resize(self.geometry.scratch_len(), 0.0);
-            self.plane(c, input, out, scratch, simd);
+            self.plane(c, input, out, scratch, kernels);
         });
     }
 
@@ -172,27 +172,21 @@ impl Depthwise {
     /// Computes `output` (`n` images) from `input`, both NCHW, splitting
     /// the channel planes across tract's executor when one is installed.
     pub(crate) fn compute(&self, input: &[f32], output: &mut [f32]) -> TractResult<()> {
-        self.compute_with(input, output, Simd::detect())
+        self.compute_with(input, output, Level::detect())
     }
 
     /// [`Depthwise::compute`] with the given instruction set.
-    fn compute_with(&self, input: &[f32], output: &mut [f32], simd: Simd) -> TractResult<()> {
+    fn compute_with(&self, input: &[f32], output: &mut [f32], level: Level) -> TractResult<()> {
         let g = self.geometry;
         let in_plane = g.in_hw.0 * g.in_hw.1;
         let out_plane = g.out_hw.0 * g.out_hw.1;
         ensure!(in_plane > 0 && out_plane > 0, "empty depthwise plane");
         ensure!(input.len() / in_plane == output.len() / out_plane);
-        // SAFETY (both arms): the level comes from Simd::detect() (or the
-        // tests' Simd::available()), which checked the CPU has it.
-        #[cfg(target_arch = "x86_64")]
-        match simd {
-            Simd::Avx512 if blocked::pays::<blocked::Avx512>(&g) => {
-                return unsafe { blocked::compute::<blocked::Avx512>(self, input, output) };
-            }
-            Simd::Avx2 if blocked::pays::<blocked::Avx2>(&g) => {
-                return unsafe { blocked::compute::<blocked::Avx2>(self, input, output) };
-            }
-            _ => {}
+        let kernels = Kernels::of(level);
+        if let Some(blocked) = kernels.blocked.filter(|b| (b.pays)(&g)) {
+            // SAFETY: `Kernels::of` chose the blocked kernels for a `Level`
+            // this CPU has.
+            return unsafe { (blocked.compute)(self, input, output) };
         }
         let total = output.len();
         tract_core::tract_linalg::multithread::par_chunks_mut(
@@ -209,7 +203,7 @@ impl Depthwise {
                         let plane = first + i;
                         let c = plane % g.channels;
                         let src = &input[plane * in_plane..(plane + 1) * in_plane];
-                        self.plane(c, src, out, scratch, simd);
+                        self.plane(c, src, out, scratch, kernels);
                     }
                 });
                 Ok(())
@@ -219,9 +213,9 @@ impl Depthwise {
 
     /// One channel plane: fill the phase scratch (zero where this layer's
     /// planes do not write), then the rows.
-    fn plane(&self, c: usize, input: &[f32], out: &mut [f32], scratch: &mut [f32], simd: Simd) {
+    fn plane(&self, c: usize, input: &[f32], out: &mut [f32], scratch: &mut [f32], k: Kernels) {
         let g = &self.geometry;
-        fill_phases(g, input, scratch, self.input_clamp, simd);
+        fill_phases_with(g, input, scratch, self.input_clamp, k);
         let taps = g.kernel * g.kernel;
         let w = &self.weights[c * taps..(c + 1) * taps];
         let job = Rows {
@@ -231,21 +225,91 @@ impl Depthwise {
             clamp: self.clamp,
             scratch,
         };
-        // SAFETY (both arms): a level other than Portable comes from
-        // Simd::detect() (or the tests' Simd::available()), which checked
-        // the CPU has its features.
-        match (simd, g.kernel) {
+        k.rows(&job, out);
+    }
+}
+
+/// The kernels of one level, chosen once per run from a [`Level`]: the
+/// one place that says a kernel may run on this CPU.
+#[derive(Clone, Copy)]
+struct Kernels {
+    rows3: unsafe fn(&Rows<'_>, &mut [f32]),
+    rows5: unsafe fn(&Rows<'_>, &mut [f32]),
+    /// Deinterleaves whole vector steps; returns the outputs done.
+    deinterleave: unsafe fn(&[f32], &mut [f32], &mut [f32]) -> usize,
+    /// The channel-blocked path for small planes (`blocked.rs`).
+    blocked: Option<Blocked>,
+}
+
+#[derive(Clone, Copy)]
+struct Blocked {
+    pays: fn(&Geometry) -> bool,
+    compute: unsafe fn(&Depthwise, &[f32], &mut [f32]) -> TractResult<()>,
+}
+
+impl Kernels {
+    fn of(level: Level) -> Kernels {
+        match level.simd() {
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx512, 3) => unsafe { avx512::rows::<3>(&job, out) },
+            Simd::Avx512 => Kernels {
+                rows3: avx512::rows::<3>,
+                rows5: avx512::rows::<5>,
+                deinterleave: avx512_deinterleave,
+                blocked: Some(Blocked {
+                    pays: blocked::pays::<blocked::Avx512>,
+                    compute: blocked::compute::<blocked::Avx512>,
+                }),
+            },
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx512, _) => unsafe { avx512::rows::<5>(&job, out) },
-            #[cfg(target_arch = "x86_64")]
-            (Simd::Avx2, 3) => unsafe { avx2::rows::<3>(&job, out) },
-            #[cfg(target_arch = "x86_64")]
-            (Simd::Avx2, _) => unsafe { avx2::rows::<5>(&job, out) },
-            (_, 3) => portable_rows::<3>(&job, out),
-            _ => portable_rows::<5>(&job, out),
+            Simd::Avx2 => Kernels {
+                rows3: avx2::rows::<3>,
+                rows5: avx2::rows::<5>,
+                deinterleave: avx2::deinterleave,
+                blocked: Some(Blocked {
+                    pays: blocked::pays::<blocked::Avx2>,
+                    compute: blocked::compute::<blocked::Avx2>,
+                }),
+            },
+            _ => Kernels {
+                rows3: portable_rows::<3>,
+                rows5: portable_rows::<5>,
+                deinterleave: |_, _, _| 0,
+                blocked: None,
+            },
         }
+    }
+
+    /// One channel plane's output rows from its phase scratch.
+    fn rows(&self, job: &Rows<'_>, out: &mut [f32]) {
+        let rows = if job.g.kernel == 3 {
+            self.rows3
+        } else {
+            self.rows5
+        };
+        // SAFETY: `of` chose the kernels for a `Level` this CPU has; they
+        // read the scratch and write `out` within the geometry's bounds.
+        unsafe { rows(job, out) }
+    }
+
+    /// [`deinterleave`]'s vector part.
+    fn deinterleave(&self, src: &[f32], even: &mut [f32], odd: &mut [f32]) -> usize {
+        // SAFETY: as in `rows`; the kernels stop at each destination's end.
+        unsafe { (self.deinterleave)(src, even, odd) }
+    }
+}
+
+/// AVX2 for whole 16-input steps (measured faster than AVX-512's
+/// two-source permute on the 112-wide rows), AVX-512 masks for the tail.
+///
+/// # Safety
+/// The CPU must have AVX-512F (and AVX2 + FMA).
+#[cfg(target_arch = "x86_64")]
+unsafe fn avx512_deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) -> usize {
+    // SAFETY: forwarded.
+    unsafe {
+        let m = avx2::deinterleave(src, even, odd);
+        let (e, o) = (m.min(even.len()), m.min(odd.len()));
+        m + avx512::deinterleave(&src[2 * m..], &mut even[e..], &mut odd[o..])
     }
 }
 
@@ -326,7 +390,17 @@ pub(super) fn fill_phases(
     input: &[f32],
     scratch: &mut [f32],
     clamp: Option<(f32, f32)>,
-    simd: Simd,
+    level: Level,
+) {
+    fill_phases_with(g, input, scratch, clamp, Kernels::of(level));
+}
+
+fn fill_phases_with(
+    g: &Geometry,
+    input: &[f32],
+    scratch: &mut [f32],
+    clamp: Option<(f32, f32)>,
+    kernels: Kernels,
 ) {
     let (h, w) = g.in_hw;
     let (s, len) = (g.stride.1, g.phase_len());
@@ -357,7 +431,7 @@ pub(super) fn fill_phases(
                         &mut first[g.pad.1.div_ceil(2)..],
                     )
                 };
-                deinterleave(src, even, odd, simd);
+                deinterleave(src, even, odd, kernels);
             }
             _ => {
                 for (j, &v) in src.iter().enumerate() {
@@ -397,21 +471,8 @@ fn clamp_one(v: f32, (lo, hi): (f32, f32)) -> f32 {
 
 /// `src[2m]` to `even[m]` and `src[2m + 1]` to `odd[m]`, as far as each
 /// destination reaches.
-fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32], simd: Simd) {
-    // SAFETY (both arms): levels other than Portable were detected on this CPU.
-    // AVX2 for whole 16-input steps (measured faster than AVX-512's
-    // two-source permute on the 112-wide rows), AVX-512 masks for the tail.
-    let mut m = match simd {
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe {
-            let m = avx2::deinterleave(src, even, odd);
-            let (e, o) = (m.min(even.len()), m.min(odd.len()));
-            m + avx512::deinterleave(&src[2 * m..], &mut even[e..], &mut odd[o..])
-        },
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { avx2::deinterleave(src, even, odd) },
-        _ => 0,
-    };
+fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32], kernels: Kernels) {
+    let mut m = kernels.deinterleave(src, even, odd);
     while 2 * m < src.len() {
         if let Some(e) = even.get_mut(m) {
             *e = src[2 * m];
@@ -444,359 +505,12 @@ fn portable_rows<const K: usize>(job: &Rows<'_>, out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    use super::{Rows, LANES, ROWS};
-
-    /// The vector part of [`super::deinterleave`]: 16 inputs a step, while
-    /// all of them fit; returns how many outputs per side it wrote.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) -> usize {
-        let mut m = 0;
-        while 2 * m + 16 <= src.len() && m + 8 <= even.len() && m + 8 <= odd.len() {
-            // SAFETY: the loop condition keeps all reads and writes in bounds.
-            unsafe {
-                let a = _mm256_loadu_ps(src.as_ptr().add(2 * m));
-                let b = _mm256_loadu_ps(src.as_ptr().add(2 * m + 8));
-                // Per 128-bit lane: a0 a2 b0 b2 | a4 a6 b4 b6, then fix the lane order.
-                let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
-                let o = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
-                let e =
-                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)));
-                let o =
-                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(o)));
-                _mm256_storeu_ps(even.as_mut_ptr().add(m), e);
-                _mm256_storeu_ps(odd.as_mut_ptr().add(m), o);
-            }
-            m += 8;
-        }
-        m
-    }
-
-    /// 8 outputs per step, [`ROWS`] output rows at once sharing their
-    /// input rows' loads; the last partial step of a row goes through a
-    /// small buffer.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn rows<const K: usize>(job: &Rows<'_>, out: &mut [f32]) {
-        if K == 3 {
-            // SAFETY: forwarded.
-            return unsafe { rows3(job, out) };
-        }
-        let mut w = [_mm256_setzero_ps(); 25];
-        for (i, wt) in job.w.iter().enumerate().take(K * K) {
-            w[i] = _mm256_set1_ps(*wt);
-        }
-        let (lo, hi) = job.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-        let kernel = Kernel {
-            w,
-            bias: _mm256_set1_ps(job.bias),
-            clamp: job.clamp.map(|_| (_mm256_set1_ps(lo), _mm256_set1_ps(hi))),
-        };
-        let (ho, stride) = (job.g.out_hw.0, job.g.stride.0);
-        let mut y = 0;
-        // SAFETY (all calls): AVX2 and FMA are the caller's contract;
-        // rows y..y + R are output rows, and S is their stride.
-        while y + ROWS <= ho && stride <= 2 {
-            match stride {
-                1 => unsafe { kernel.rows::<K, ROWS, 1>(job, y, out) },
-                _ => unsafe { kernel.rows::<K, ROWS, 2>(job, y, out) },
-            }
-            y += ROWS;
-        }
-        while y < ho {
-            unsafe { kernel.rows::<K, 1, 1>(job, y, out) };
-            y += 1;
-        }
-    }
-
-    /// The 3x3 rows one at a time, two vectors of outputs a step. The
-    /// generic loop above keeps [`ROWS`] accumulators, 9 weights, the bias
-    /// and the clamp live: more than AVX2's 16 registers, and LLVM then
-    /// reloaded weights and addresses from the stack around every FMA
-    /// (the 112x112 layer ran at 9 GMAC/s on AMD EPYC Zen 2). Here 9
-    /// weights, 2 accumulators, the bias and the clamp fit. Each output is
-    /// still one chain of FMAs in tap order, so the results are the same
-    /// bits as the other paths' (`fused.rs` relies on it).
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn rows3(job: &Rows<'_>, out: &mut [f32]) {
-        let w: [__m256; 9] = std::array::from_fn(|i| _mm256_set1_ps(job.w[i]));
-        let bias = _mm256_set1_ps(job.bias);
-        let clamp = job
-            .clamp
-            .map(|(lo, hi)| (_mm256_set1_ps(lo), _mm256_set1_ps(hi)));
-        let (ho, wo) = job.g.out_hw;
-        let base = job.scratch.as_ptr();
-        for y in 0..ho {
-            let (first, cols) = job.window::<3>(y);
-            let taps: [*const f32; 9] = std::array::from_fn(|t| {
-                base.wrapping_add(first + job.row_offset(t / 3) + cols[t % 3])
-            });
-            // SAFETY: tap + x + LANES <= phase start + phase_len, inside
-            // the scratch (see Geometry::phase_len).
-            let chain = |x: usize| {
-                let mut a = bias;
-                for t in 0..9 {
-                    a = _mm256_fmadd_ps(w[t], unsafe { _mm256_loadu_ps(taps[t].add(x)) }, a);
-                }
-                match clamp {
-                    Some((lo, hi)) => _mm256_min_ps(_mm256_max_ps(a, lo), hi),
-                    None => a,
-                }
-            };
-            let row = &mut out[y * wo..(y + 1) * wo];
-            let mut x = 0;
-            while x + 2 * LANES <= wo {
-                let (a, b) = (chain(x), chain(x + LANES));
-                // SAFETY: x + 16 <= wo, inside this output row.
-                unsafe {
-                    _mm256_storeu_ps(row.as_mut_ptr().add(x), a);
-                    _mm256_storeu_ps(row.as_mut_ptr().add(x + LANES), b);
-                }
-                x += 2 * LANES;
-            }
-            while x < wo {
-                store(row, x, chain(x));
-                x += LANES;
-            }
-        }
-    }
-
-    /// Outputs `x..x + 8` of `row`, or as many as are left: a partial
-    /// vector goes through a small buffer, never past the row.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn store(row: &mut [f32], x: usize, a: __m256) {
-        if x + LANES <= row.len() {
-            // SAFETY: x + 8 <= row.len(), inside this output row.
-            unsafe { _mm256_storeu_ps(row.as_mut_ptr().add(x), a) };
-        } else {
-            let mut tail = [0f32; LANES];
-            // SAFETY: a local buffer of 8 floats.
-            unsafe { _mm256_storeu_ps(tail.as_mut_ptr(), a) };
-            let n = row.len() - x;
-            row[x..].copy_from_slice(&tail[..n]);
-        }
-    }
-
-    /// A plane's weights, bias and clamp, in registers.
-    struct Kernel {
-        w: [__m256; 25],
-        bias: __m256,
-        clamp: Option<(__m256, __m256)>,
-    }
-
-    impl Kernel {
-        /// Output rows `y..y + R`, whose vertical stride is `S` when `R > 1`:
-        /// each input vector is loaded once and feeds every row it is a tap
-        /// of.
-        ///
-        /// # Safety
-        /// AVX2 and FMA; `y + R` must not pass the plane's last output row.
-        #[target_feature(enable = "avx2,fma")]
-        #[inline]
-        unsafe fn rows<const K: usize, const R: usize, const S: usize>(
-            &self,
-            job: &Rows<'_>,
-            y: usize,
-            out: &mut [f32],
-        ) {
-            let wo = job.g.out_hw.1;
-            let (first, cols) = job.window::<K>(y);
-            let base = job.scratch.as_ptr();
-            let mut x = 0;
-            while x < wo {
-                let mut acc = [self.bias; R];
-                for i in 0..(R - 1) * S + K {
-                    for (kx, &col) in cols.iter().enumerate().take(K) {
-                        // SAFETY: tap + x + LANES <= phase start + phase_len,
-                        // inside the scratch (see Geometry::phase_len).
-                        let at = first + job.row_offset(i) + col + x;
-                        let v = unsafe { _mm256_loadu_ps(base.add(at)) };
-                        for (r, a) in acc.iter_mut().enumerate() {
-                            if (r * S..r * S + K).contains(&i) {
-                                *a = _mm256_fmadd_ps(self.w[(i - r * S) * K + kx], v, *a);
-                            }
-                        }
-                    }
-                }
-                for (r, a) in acc.iter().enumerate() {
-                    let a = match self.clamp {
-                        Some((lo, hi)) => _mm256_min_ps(_mm256_max_ps(*a, lo), hi),
-                        None => *a,
-                    };
-                    store(&mut out[(y + r) * wo..(y + r + 1) * wo], x, a);
-                }
-                x += LANES;
-            }
-        }
-    }
-}
+#[path = "x86_64/avx2.rs"]
+mod avx2;
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use super::{Rows, ROWS};
-
-    /// `src[2m]` to `even[m]`, `src[2m + 1]` to `odd[m]`, 32 inputs a step
-    /// and masked tails, so short rows (14 wide) need no scalar loop.
-    /// Returns how many outputs per side it covered (all of them).
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) -> usize {
-        let mask = |n: usize| -> __mmask16 {
-            if n >= 16 {
-                0xFFFF
-            } else {
-                (1u16 << n) - 1
-            }
-        };
-        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        let n_even = src.len().div_ceil(2).min(even.len());
-        let n_odd = (src.len() / 2).min(odd.len());
-        let mut m = 0;
-        while m < n_even.max(n_odd) {
-            let left = src.len() - 2 * m;
-            // Pointers made with wrapping_add: a fully masked access may
-            // point past the slice, and reads nothing.
-            let p = src.as_ptr().wrapping_add(2 * m);
-            // SAFETY: only the unmasked lanes are read or written, and the
-            // masks stop at the ends of `src`, `even` and `odd`.
-            unsafe {
-                let a = _mm512_maskz_loadu_ps(mask(left), p);
-                let b = _mm512_maskz_loadu_ps(mask(left.saturating_sub(16)), p.wrapping_add(16));
-                let e = _mm512_permutex2var_ps(a, evens, b);
-                let o = _mm512_permutex2var_ps(a, odds, b);
-                _mm512_mask_storeu_ps(
-                    even.as_mut_ptr().wrapping_add(m),
-                    mask(n_even.saturating_sub(m)),
-                    e,
-                );
-                _mm512_mask_storeu_ps(
-                    odd.as_mut_ptr().wrapping_add(m),
-                    mask(n_odd.saturating_sub(m)),
-                    o,
-                );
-            }
-            m += 16;
-        }
-        src.len().div_ceil(2)
-    }
-
-    /// 16 outputs per step, [`ROWS`](super::ROWS) output rows at once
-    /// sharing their input rows' loads; the last step of a row is masked
-    /// (loads and store), so no lane reads or writes past the row.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn rows<const K: usize>(job: &Rows<'_>, out: &mut [f32]) {
-        let mut w = [_mm512_setzero_ps(); 25];
-        for (i, wt) in job.w.iter().enumerate().take(K * K) {
-            w[i] = _mm512_set1_ps(*wt);
-        }
-        let (lo, hi) = job.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-        let kernel = Kernel {
-            w,
-            bias: _mm512_set1_ps(job.bias),
-            clamp: job.clamp.map(|_| (_mm512_set1_ps(lo), _mm512_set1_ps(hi))),
-        };
-        // The row groups are walked here and again in the AVX2 function
-        // on purpose: shared through a closure or an iterator of groups,
-        // the 56x56 and 112x112 layers ran 0.014-0.036 ms slower
-        // (`profile --by-node`, 5-7 alternating runs, ninth session).
-        let (ho, stride) = (job.g.out_hw.0, job.g.stride.0);
-        let mut y = 0;
-        // SAFETY (all calls): AVX-512F is the caller's contract; rows
-        // y..y + R are output rows, and S is their stride.
-        while y + ROWS <= ho && stride <= 2 {
-            match stride {
-                1 => unsafe { kernel.rows::<K, ROWS, 1>(job, y, out) },
-                _ => unsafe { kernel.rows::<K, ROWS, 2>(job, y, out) },
-            }
-            y += ROWS;
-        }
-        while y < ho {
-            unsafe { kernel.rows::<K, 1, 1>(job, y, out) };
-            y += 1;
-        }
-    }
-
-    /// A plane's weights, bias and clamp, in registers.
-    struct Kernel {
-        w: [__m512; 25],
-        bias: __m512,
-        clamp: Option<(__m512, __m512)>,
-    }
-
-    impl Kernel {
-        /// Output rows `y..y + R`, whose vertical stride is `S` when `R > 1`:
-        /// each input vector is loaded once and feeds every row it is a tap
-        /// of (for 3x3 at stride 1 and `R = 4`, 18 loads per 36 FMAs).
-        ///
-        /// # Safety
-        /// AVX-512F; `y + R` must not pass the plane's last output row.
-        #[target_feature(enable = "avx512f")]
-        #[inline]
-        unsafe fn rows<const K: usize, const R: usize, const S: usize>(
-            &self,
-            job: &Rows<'_>,
-            y: usize,
-            out: &mut [f32],
-        ) {
-            let wo = job.g.out_hw.1;
-            let (first, cols) = job.window::<K>(y);
-            let base = job.scratch.as_ptr();
-            let dst = out[y * wo..(y + R) * wo].as_mut_ptr();
-            let mut x = 0;
-            while x < wo {
-                let lanes = (wo - x).min(16);
-                let mask: __mmask16 = if lanes == 16 {
-                    0xFFFF
-                } else {
-                    (1u16 << lanes) - 1
-                };
-                let mut acc = [self.bias; R];
-                for i in 0..(R - 1) * S + K {
-                    for (kx, &col) in cols.iter().enumerate().take(K) {
-                        // SAFETY: the unmasked lanes read a tap's x .. wo,
-                        // inside the phase row (Geometry::phase_len); masked
-                        // lanes are not read.
-                        let at = first + job.row_offset(i) + col + x;
-                        let v = unsafe { _mm512_maskz_loadu_ps(mask, base.add(at)) };
-                        for (r, a) in acc.iter_mut().enumerate() {
-                            if (r * S..r * S + K).contains(&i) {
-                                *a = _mm512_fmadd_ps(self.w[(i - r * S) * K + kx], v, *a);
-                            }
-                        }
-                    }
-                }
-                for (r, a) in acc.iter().enumerate() {
-                    let a = match self.clamp {
-                        Some((lo, hi)) => _mm512_min_ps(_mm512_max_ps(*a, lo), hi),
-                        None => *a,
-                    };
-                    // SAFETY: the unmasked lanes are x .. wo of output row y + r.
-                    unsafe { _mm512_mask_storeu_ps(dst.add(r * wo + x), mask, a) };
-                }
-                x += 16;
-            }
-        }
-    }
-}
+#[path = "x86_64/avx512.rs"]
+mod avx512;
 
 impl Op for Depthwise {
     fn name(&self) -> StaticName {
@@ -1067,8 +781,7 @@ fn weights_oihw(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::own::testing::bundled_decluttered;
-    use crate::model::own::testing::noise;
+    use crate::ops::testing::{bundled_decluttered, levels, noise, ALL_LEVELS};
 
     /// The textbook definition, one output at a time.
     pub(super) fn reference(op: &Depthwise, n: usize, input: &[f32]) -> Vec<f32> {
@@ -1141,7 +854,7 @@ mod tests {
                         let n = 2;
                         let input = noise(n * 3 * h * w, cases + 13);
                         let want = reference(&op, n, &input);
-                        for simd in Simd::available() {
+                        for simd in levels("depthwise", ALL_LEVELS) {
                             let mut got = vec![f32::NAN; n * 3 * out_hw.0 * out_hw.1];
                             op.compute_with(&input, &mut got, simd).unwrap();
                             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
@@ -1158,12 +871,12 @@ mod tests {
 
     #[test]
     fn deinterleave_fills_exactly_what_fits_at_every_level_and_length() {
-        for simd in Simd::available() {
+        for simd in levels("deinterleave", ALL_LEVELS) {
             for len in 0usize..70 {
                 let src: Vec<f32> = (0..len).map(|i| i as f32).collect();
                 for room in [len / 2, len.div_ceil(2), len / 2 + 9] {
                     let (mut even, mut odd) = (vec![-1f32; room], vec![-1f32; room]);
-                    deinterleave(&src, &mut even, &mut odd, simd);
+                    deinterleave(&src, &mut even, &mut odd, Kernels::of(simd));
                     for m in 0..room {
                         let want = |i: usize| if i < len { i as f32 } else { -1.0 };
                         assert_eq!(

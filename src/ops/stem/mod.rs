@@ -28,7 +28,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use super::depthwise::{
     conv_cost, conv_eval, conv_layer, conv_output_facts, fill_phases, Geometry,
 };
-use super::own::{following_clamp, par_planes, same_bits, same_clamp, Simd};
+use crate::ops::{following_clamp, par_planes, same_bits, same_clamp, Level, Simd};
 
 /// Most input channels taken: past a few, the taps outgrow the registers'
 /// reuse and tract's matrix product is the better tool.
@@ -93,11 +93,12 @@ impl Stem {
     /// Computes `output` (`n` images) from `input`, both NCHW, splitting
     /// the output channels across tract's executor when one is installed.
     pub(crate) fn compute(&self, input: &[f32], output: &mut [f32]) -> TractResult<()> {
-        self.compute_with(input, output, Simd::detect())
+        self.compute_with(input, output, Level::detect())
     }
 
     /// [`Stem::compute`] with the given instruction set.
-    fn compute_with(&self, input: &[f32], output: &mut [f32], simd: Simd) -> TractResult<()> {
+    fn compute_with(&self, input: &[f32], output: &mut [f32], level: Level) -> TractResult<()> {
+        let kernels = Kernels::of(level);
         let g = self.geometry;
         let in_image = g.channels * g.in_hw.0 * g.in_hw.1;
         let plane = g.out_hw.0 * g.out_hw.1;
@@ -121,12 +122,12 @@ impl Stem {
                     let len = g.scratch_len();
                     for (c, phases) in scratch.chunks_exact_mut(len).enumerate() {
                         let src = &x[c * g.in_hw.0 * g.in_hw.1..][..g.in_hw.0 * g.in_hw.1];
-                        fill_phases(&g, src, phases, None, simd);
+                        fill_phases(&g, src, phases, None, level);
                     }
                     let own = rows.start.max(image * m) - image * m
                         ..rows.end.min((image + 1) * m) - image * m;
                     let out = base.wrapping_add(image * m * plane);
-                    self.image(simd, scratch, own, out);
+                    self.image(kernels, scratch, own, out);
                 }
             });
             Ok(())
@@ -134,7 +135,7 @@ impl Stem {
     }
 
     /// Output channels `channels` of one image from its phase scratch.
-    fn image(&self, simd: Simd, scratch: &[f32], channels: Range<usize>, out: *mut f32) {
+    fn image(&self, kernels: Kernels, scratch: &[f32], channels: Range<usize>, out: *mut f32) {
         let g = &self.geometry;
         let taps = self.taps();
         let (k, len) = (g.kernel, g.scratch_len());
@@ -161,17 +162,9 @@ impl Stem {
                     out: out.wrapping_add(first * g.out_hw.0 * g.out_hw.1 + y * g.out_hw.1),
                     store: store.clone(),
                 };
-                // SAFETY: levels other than Portable come from
-                // Simd::detect() (or the tests' Simd::available()), which
-                // checked the CPU; `row` writes only channels `store` of
-                // this block, which this chunk owns, at row `y`.
-                match simd {
-                    #[cfg(target_arch = "x86_64")]
-                    Simd::Avx512 => unsafe { avx512::row(&row) },
-                    #[cfg(target_arch = "x86_64")]
-                    Simd::Avx2 => unsafe { avx2::row(&row) },
-                    _ => unsafe { portable_row(&row) },
-                }
+                // SAFETY: `row` writes only channels `store` of this
+                // block, which this chunk owns, at row `y`.
+                unsafe { kernels.row(&row) }
             }
         }
     }
@@ -200,6 +193,36 @@ struct Row<'a> {
     store: Range<usize>,
 }
 
+/// The kernels of one level, chosen once per run from a [`Level`].
+#[derive(Clone, Copy)]
+struct Kernels {
+    row: unsafe fn(&Row<'_>),
+}
+
+impl Kernels {
+    fn of(level: Level) -> Kernels {
+        let row = match level.simd() {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => avx512::row,
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => avx2::row,
+            _ => portable_row,
+        };
+        Kernels { row }
+    }
+
+    /// One output row of one block of output channels.
+    ///
+    /// # Safety
+    /// As [`portable_row`]: `row.out` must be valid for writes at the
+    /// row's pixels of channels `row.store`. (The CPU has the kernel's
+    /// instruction set: `of` chose it for a `Level`.)
+    unsafe fn row(&self, row: &Row<'_>) {
+        // SAFETY: forwarded.
+        unsafe { (self.row)(row) }
+    }
+}
+
 /// # Safety
 /// `row.out` must be valid for writes at the row's pixels of channels
 /// `row.store`.
@@ -225,116 +248,15 @@ unsafe fn portable_row(row: &Row<'_>) {
 // they keep every accumulator in a register.
 #[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use super::{Row, BLOCK};
-
-    /// 16 pixels by 16 output channels a step, the last step masked.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F; see [`super::portable_row`].
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn row(row: &Row<'_>) {
-        let (lo, hi) = row.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-        let base = row.scratch.as_ptr();
-        let mut x = 0;
-        while x < row.width {
-            let n = (row.width - x).min(16);
-            let mask: __mmask16 = if n == 16 { 0xFFFF } else { (1 << n) - 1 };
-            let mut acc = [_mm512_setzero_ps(); BLOCK];
-            for o in 0..BLOCK {
-                acc[o] = _mm512_set1_ps(row.bias[o]);
-            }
-            for (t, &start) in row.offsets.iter().enumerate() {
-                // SAFETY: masked to the row's pixels, which are inside
-                // this phase row of the scratch (Geometry::phase_len).
-                let v = unsafe { _mm512_maskz_loadu_ps(mask, base.add(start + x)) };
-                let w = &row.w[t * BLOCK..][..BLOCK];
-                for o in 0..BLOCK {
-                    acc[o] = _mm512_fmadd_ps(v, _mm512_set1_ps(w[o]), acc[o]);
-                }
-            }
-            // Every channel, then skip: a loop over `store` indexed the
-            // accumulators by a variable and kept them on the stack.
-            for o in 0..BLOCK {
-                if !row.store.contains(&o) {
-                    continue;
-                }
-                let v = _mm512_min_ps(_mm512_max_ps(acc[o], lo), hi);
-                // SAFETY: channel o of the block, this row's pixels x..x+n.
-                unsafe { _mm512_mask_storeu_ps(row.out.add(o * row.plane + x), mask, v) };
-            }
-            x += 16;
-        }
-    }
-}
+#[path = "x86_64/avx512.rs"]
+mod avx512;
 
 // Indexed loops over the accumulators on purpose, as in pointwise.rs:
 // they keep every accumulator in a register.
 #[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    use super::{Row, BLOCK};
-
-    /// 8 pixels by 8 output channels a step (two halves of a block).
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and FMA; see [`super::portable_row`].
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn row(row: &Row<'_>) {
-        let (lo, hi) = row.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-        let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-        let base = row.scratch.as_ptr();
-        for half in 0..BLOCK / 8 {
-            let lanes = half * 8..half * 8 + 8;
-            if lanes.end <= row.store.start || row.store.end <= lanes.start {
-                continue;
-            }
-            let mut x = 0;
-            while x < row.width {
-                let mut acc = [_mm256_setzero_ps(); 8];
-                for o in 0..8 {
-                    acc[o] = _mm256_set1_ps(row.bias[lanes.start + o]);
-                }
-                for (t, &start) in row.offsets.iter().enumerate() {
-                    // SAFETY: x < width, and a phase row holds the width
-                    // rounded up to 8 plus the kernel (Geometry::phase_len).
-                    let v = unsafe { _mm256_loadu_ps(base.add(start + x)) };
-                    let w = &row.w[t * BLOCK + lanes.start..][..8];
-                    for o in 0..8 {
-                        acc[o] = _mm256_fmadd_ps(v, _mm256_set1_ps(w[o]), acc[o]);
-                    }
-                }
-                let n = (row.width - x).min(8);
-                for o in 0..8 {
-                    let channel = lanes.start + o;
-                    if !row.store.contains(&channel) {
-                        continue;
-                    }
-                    let v = _mm256_min_ps(_mm256_max_ps(acc[o], lo), hi);
-                    let at = row.out.wrapping_add(channel * row.plane + x);
-                    if n == 8 {
-                        // SAFETY: channel `channel`, pixels x..x + 8 <= width.
-                        unsafe { _mm256_storeu_ps(at, v) };
-                        continue;
-                    }
-                    let mut tmp = [0f32; 8];
-                    // SAFETY: a local array of 8 floats.
-                    unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), v) };
-                    for (i, value) in tmp.iter().enumerate().take(n) {
-                        // SAFETY: channel `channel`, pixel x + i < width.
-                        unsafe { *at.add(i) = *value };
-                    }
-                }
-                x += 8;
-            }
-        }
-    }
-}
+#[path = "x86_64/avx2.rs"]
+mod avx2;
 
 /// Bitwise, so an operator equals itself even with NaN in its constants.
 impl PartialEq for Stem {
@@ -433,7 +355,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::own::testing::{bundled_decluttered, noise, run_optimized};
+    use crate::ops::testing::{bundled_decluttered, levels, noise, run_optimized, ALL_LEVELS};
 
     /// The textbook definition, one output at a time.
     fn reference(op: &Stem, weights: &[f32], bias: &[f32], n: usize, input: &[f32]) -> Vec<f32> {
@@ -494,7 +416,7 @@ mod tests {
             for clamp in [None, Some((0.0, 0.5))] {
                 let op = Stem::new(g, m, &weights, &bias, clamp, true);
                 let want = reference(&op, &weights, &bias, n, &input);
-                for simd in Simd::available() {
+                for simd in levels("stem", ALL_LEVELS) {
                     let mut got = vec![f32::NAN; want.len()];
                     op.compute_with(&input, &mut got, simd).unwrap();
                     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
@@ -532,7 +454,7 @@ mod tests {
         let mut one = vec![f32::NAN; 2 * m * 400];
         op.compute(&input, &mut one).unwrap();
         let mut two = vec![f32::NAN; one.len()];
-        crate::model::OperatorPool::new(2)
+        crate::ops::OperatorPool::new(2)
             .run(|| op.compute(&input, &mut two))
             .unwrap();
         assert!(same_bits(&one, &two));

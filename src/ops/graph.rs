@@ -1,0 +1,130 @@
+//! How the operators find what they fuse in: the clamps (ReLU6, Clip)
+//! before and after a node, a node's sole successor, scalar operands, and
+//! the bitwise equality tract's deduplication needs.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+
+/// A `Max` and/or `Min` with a constant scalar right after node `id` (how
+/// ReLU6 / Clip reads once decluttered), as a clamp, and the last node of
+/// that chain.
+pub(crate) fn following_clamp(
+    model: &TypedModel,
+    id: usize,
+) -> TractResult<(Option<(f32, f32)>, usize)> {
+    let (mut lo, mut hi) = (f32::NEG_INFINITY, f32::INFINITY);
+    let mut last = id;
+    for _ in 0..2 {
+        let Some(next) = sole_successor(model, last) else {
+            break;
+        };
+        let Some(bin) = next.op_as::<TypedBinOp>() else {
+            break;
+        };
+        let Some(value) = scalar_operand(model, next, last)? else {
+            break;
+        };
+        if !tighten(bin, value, (&mut lo, &mut hi)) {
+            break;
+        }
+        last = next.id;
+    }
+    let clamp = (last != id).then_some((lo, hi));
+    Ok((
+        clamp.filter(|(lo, hi)| lo <= hi),
+        if lo <= hi { last } else { id },
+    ))
+}
+
+/// The `Max` and/or `Min` with a constant scalar that produce `outlet`
+/// and feed nothing else (a ReLU6 before a layer), as a clamp, and the
+/// outlet they read: what `outlet` is without them.
+pub(crate) fn preceding_clamp(
+    model: &TypedModel,
+    outlet: OutletId,
+) -> TractResult<(Option<(f32, f32)>, OutletId)> {
+    let (mut lo, mut hi) = (f32::NEG_INFINITY, f32::INFINITY);
+    let mut source = outlet;
+    for _ in 0..2 {
+        let node = model.node(source.node);
+        let Some(bin) = node.op_as::<TypedBinOp>() else {
+            break;
+        };
+        if node.inputs.len() != 2 || sole_successor(model, node.id).is_none() {
+            break;
+        }
+        let from = node.inputs[usize::from(model.outlet_fact(node.inputs[0])?.konst.is_some())];
+        if from.slot != 0 {
+            break;
+        }
+        let Some(value) = scalar_operand(model, node, from.node)? else {
+            break;
+        };
+        if !tighten(bin, value, (&mut lo, &mut hi)) {
+            break;
+        }
+        source = from;
+    }
+    let clamp = (source != outlet && lo <= hi).then_some((lo, hi));
+    Ok((clamp, if clamp.is_some() { source } else { outlet }))
+}
+
+/// Takes a `Max` (the lower bound) or a `Min` (the upper bound) into the
+/// clamp being built; false when it is neither or that bound is taken.
+fn tighten(bin: &TypedBinOp, value: f32, (lo, hi): (&mut f32, &mut f32)) -> bool {
+    match bin.0.name() {
+        "Max" if *lo == f32::NEG_INFINITY => *lo = value,
+        "Min" if *hi == f32::INFINITY => *hi = value,
+        _ => return false,
+    }
+    true
+}
+
+/// The one node reading node `id`'s only output, unless that output is
+/// also a model output.
+pub(crate) fn sole_successor(model: &TypedModel, id: usize) -> Option<&TypedNode> {
+    let node = model.node(id);
+    let outlet = OutletId::new(id, 0);
+    if node.outputs.len() != 1
+        || node.outputs[0].successors.len() != 1
+        || model.outputs.contains(&outlet)
+    {
+        return None;
+    }
+    Some(model.node(node.outputs[0].successors[0].node))
+}
+
+/// The constant scalar `node` combines with the output of `from`, if its
+/// other input is one and the output keeps `from`'s shape.
+fn scalar_operand(model: &TypedModel, node: &TypedNode, from: usize) -> TractResult<Option<f32>> {
+    if node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let other = if node.inputs[0].node == from {
+        node.inputs[1]
+    } else {
+        node.inputs[0]
+    };
+    let same_shape = model.outlet_fact(OutletId::new(from, 0))?.shape
+        == model.outlet_fact(OutletId::new(node.id, 0))?.shape;
+    let Some(konst) = model.outlet_fact(other)?.konst.clone() else {
+        return Ok(None);
+    };
+    if !same_shape || konst.datum_type() != f32::datum_type() {
+        return Ok(None);
+    }
+    Ok(konst
+        .as_uniform()
+        .and_then(|t| t.try_as_plain_ram().ok()?.to_scalar::<f32>().ok().copied()))
+}
+
+/// Bitwise equality, so an operator equals itself even with NaN in its
+/// constants (tract compares operators when it deduplicates nodes).
+pub(crate) fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// [`same_bits`] for an optional clamp.
+pub(crate) fn same_clamp(a: Option<(f32, f32)>, b: Option<(f32, f32)>) -> bool {
+    a.map(|(lo, hi)| (lo.to_bits(), hi.to_bits())) == b.map(|(lo, hi)| (lo.to_bits(), hi.to_bits()))
+}
