@@ -5,6 +5,8 @@
 #
 #   MODEL_BUCKET=my-models scripts/deploy.sh         # required: the model's bucket
 #   optional: STACK_NAME (onnx-lambda), MODEL_KEY (models/mobilenetv2-1.0-fp32.onnx),
+#             MODEL_LABELS_KEY (the labels file its manifest names; default:
+#             synset.txt beside MODEL_KEY; empty string for a manifest without labels),
 #             MODEL_SHA256 (default: the bundled model's, when MODEL_KEY is the default),
 #             INPUT_BUCKET, INPUT_PREFIX, ARCH (x86_64 | arm64), MEMORY_SIZE (2048),
 #             FUNCTION_URL_AUTH (AWS_IAM | NONE), ALARM_TOPIC_ARN
@@ -19,9 +21,15 @@ if [ -z "${MODEL_SHA256:-}" ] && [ "$model_key" = models/mobilenetv2-1.0-fp32.on
   MODEL_SHA256=$(sha256sum models/mobilenetv2-1.0-fp32.onnx | cut -d' ' -f1)
 fi
 
+# The functions' role may read the labels file only if the template names it.
+model_dir=$(dirname "$model_key")
+[ "$model_dir" = . ] && labels_default=synset.txt || labels_default="$model_dir/synset.txt"
+labels_key="${MODEL_LABELS_KEY-$labels_default}"
+
 overrides=(
   "ModelBucket=$MODEL_BUCKET"
   "ModelKey=$model_key"
+  "ModelLabelsKey=$labels_key"
   "Architecture=${ARCH:-x86_64}"
   "MemorySize=${MEMORY_SIZE:-2048}"
   "FunctionUrlAuthType=${FUNCTION_URL_AUTH:-AWS_IAM}"

@@ -123,14 +123,27 @@ pub fn parse_s3_uri(uri: &str) -> Result<(String, String), FetchError> {
             version_id: None,
         }) => Ok((bucket, key)),
         Ok(_) => Err(FetchError::InvalidUri {
-            uri: uri.into(),
+            uri: shown(uri),
             reason: "expected s3://bucket/key".into(),
         }),
         Err(e) => Err(FetchError::InvalidUri {
-            uri: uri.into(),
+            uri: shown(uri),
             reason: e.expected,
         }),
     }
+}
+
+/// A refused URI as error messages and logs repeat it: without its query
+/// (a presigned URL carries its signature and credentials there) and cut
+/// to a length worth reading.
+fn shown(uri: &str) -> String {
+    const MAX_CHARS: usize = 120;
+    let bare = uri.split('?').next().unwrap_or_default();
+    let mut out: String = bare.chars().take(MAX_CHARS).collect();
+    if out.len() < uri.len() {
+        out.push_str("...");
+    }
+    out
 }
 
 /// Parses a request's `s3://bucket/key` and checks it against the allow-list.
@@ -202,6 +215,23 @@ impl InputFetcher {
 mod tests {
     use super::*;
     use crate::location::parse_allowlist;
+
+    /// Regression: the refusal of a presigned URL repeated its signature and
+    /// credentials in the error body (and the logs), and an over-long key
+    /// was repeated whole.
+    #[test]
+    fn refused_uris_are_shown_without_query_and_cut_short() {
+        let presigned =
+            "https://b.s3.amazonaws.com/k.jpg?X-Amz-Credential=AKIA/x&X-Amz-Signature=abc";
+        let e = parse_s3_uri(presigned).unwrap_err().to_string();
+        assert!(e.contains("https://b.s3.amazonaws.com/k.jpg"), "{e}");
+        assert!(!e.contains("Signature") && !e.contains("AKIA"), "{e}");
+        let long = format!("s3://bucket/{}", "k".repeat(70_000));
+        let e = parse_s3_uri(&long).unwrap_err();
+        assert_eq!(e.code(), "invalid_s3_uri");
+        assert!(e.to_string().len() < 400, "{}", e.to_string().len());
+        assert!(e.to_string().contains("1,024 bytes"), "{e}");
+    }
 
     #[test]
     fn allowlist_is_by_bucket_and_prefix() {

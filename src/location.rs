@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::ConfigError;
 
+/// The longest object key S3 stores, in bytes of UTF-8.
+const MAX_KEY_BYTES: usize = 1024;
+
 /// A place holding model, manifest or labels bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
@@ -68,10 +71,19 @@ impl Location {
                     "expected s3://bucket/key: the key must name an object, not a prefix",
                 ));
             }
+            // S3's own limit; a longer key also overflows the request URI the
+            // SDK builds (which panics rather than returning an error).
+            if key.len() > MAX_KEY_BYTES {
+                return Err(bad(
+                    "expected s3://bucket/key with a key of at most 1,024 bytes (S3's limit)",
+                ));
+            }
             let version_id = match query {
                 None => None,
                 Some(q) => match q.strip_prefix("versionId=") {
-                    Some(v) if !v.is_empty() && !v.contains('&') => Some(v.to_string()),
+                    Some(v) if !v.is_empty() && v.len() <= MAX_KEY_BYTES && !v.contains('&') => {
+                        Some(v.to_string())
+                    }
                     _ => {
                         return Err(bad(
                             "expected s3://bucket/key?versionId=VERSION as the only query",
@@ -227,6 +239,25 @@ mod tests {
             "http://h/m",
         ] {
             assert!(Location::parse("MODEL_URI", bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Regression: a 70,000-byte key reached the AWS SDK, which panicked
+    /// building the request URI (a 500 over HTTP, a stranded SQS batch).
+    #[test]
+    fn keys_and_versions_longer_than_s3_allows_are_refused() {
+        let longest = "k".repeat(MAX_KEY_BYTES);
+        assert!(Location::parse("s3_uri", &format!("s3://bucket/{longest}")).is_ok());
+        // Multi-byte UTF-8 counts in bytes, as S3 counts.
+        let multibyte = "é".repeat(MAX_KEY_BYTES / 2 + 1);
+        for too_long in [
+            format!("s3://bucket/{longest}k"),
+            format!("s3://bucket/{multibyte}"),
+            format!("s3://bucket/in/{}", "k".repeat(70_000)),
+            format!("s3://bucket/k?versionId={}", "v".repeat(70_000)),
+        ] {
+            let e = Location::parse("s3_uri", &too_long).unwrap_err();
+            assert!(e.to_string().contains("1,024 bytes") || e.to_string().contains("versionId"));
         }
     }
 

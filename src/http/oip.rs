@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
+use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -165,7 +166,85 @@ struct InferInput {
     datatype: String,
     #[serde(default)]
     parameters: Map<String, Value>,
-    data: Option<Value>,
+    #[serde(default)]
+    data: TensorData,
+}
+
+/// A tensor's JSON `data`, flattened while it is parsed. A JSON value tree
+/// costs tens of bytes per number, so a body of a few MB of `0,` held
+/// hundreds of MB before its shape could be checked; flat, a number costs
+/// the 4 bytes of its f32, less than its text.
+#[derive(Debug, Default)]
+enum TensorData {
+    #[default]
+    Absent,
+    Numbers(Vec<f32>),
+    Strings(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for TensorData {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut data = TensorData::Absent;
+        d.deserialize_any(Flatten(&mut data))?;
+        Ok(data)
+    }
+}
+
+/// Appends every number or string of nested arrays to one [`TensorData`].
+struct Flatten<'a>(&'a mut TensorData);
+
+impl Flatten<'_> {
+    fn number<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        match self.0 {
+            TensorData::Absent => *self.0 = TensorData::Numbers(vec![v as f32]),
+            TensorData::Numbers(n) => n.push(v as f32),
+            TensorData::Strings(_) => return Err(E::custom("data mixes numbers and strings")),
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("numbers or strings, in (nested) arrays")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let data = self.0;
+        while seq.next_element_seed(Flatten(&mut *data))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.number(v)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.number(v as f64)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.number(v as f64)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        match self.0 {
+            TensorData::Absent => *self.0 = TensorData::Strings(vec![v.to_string()]),
+            TensorData::Strings(s) => s.push(v.to_string()),
+            TensorData::Numbers(_) => return Err(E::custom("data mixes numbers and strings")),
+        }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,39 +273,6 @@ fn split_binary(req: &HttpRequest) -> Result<(&[u8], &[u8]), V2Error> {
             }
             Ok(body.split_at(n))
         }
-    }
-}
-
-fn flatten_numbers(v: &Value, out: &mut Vec<f32>) -> Result<(), V2Error> {
-    match v {
-        Value::Array(items) => items.iter().try_for_each(|i| flatten_numbers(i, out)),
-        Value::Number(n) => {
-            out.push(
-                n.as_f64()
-                    .ok_or_else(|| V2Error::bad("a number is out of range"))?
-                    as f32,
-            );
-            Ok(())
-        }
-        _ => Err(V2Error::bad(
-            "FP32 data must be numbers (nested arrays allowed)",
-        )),
-    }
-}
-
-fn flatten_strings(v: &Value, out: &mut Vec<Vec<u8>>) -> Result<(), V2Error> {
-    match v {
-        Value::Array(items) => items.iter().try_for_each(|i| flatten_strings(i, out)),
-        Value::String(s) => {
-            let bytes = decode_base64("BYTES data", s).map_err(|e| {
-                V2Error::bad(format!(
-                    "BYTES data in JSON must be base64-encoded images: {e}"
-                ))
-            })?;
-            out.push(bytes);
-            Ok(())
-        }
-        _ => Err(V2Error::bad("BYTES data must be strings")),
     }
 }
 
@@ -361,24 +407,42 @@ async fn fp32_scores(app: &Arc<App>, input: &Input<'_>) -> Result<Vec<Vec<f32>>,
             input.input.shape
         )));
     }
+    let want = expected.iter().product::<i64>() as usize;
     let values: Vec<f32> = match (input.binary()?, &input.input.data) {
+        (Some(raw), _) if raw.len() != want * 4 => {
+            return Err(V2Error::bad(format!(
+                "binary FP32 data is {} bytes; shape {:?} needs exactly {} (4 per value)",
+                raw.len(),
+                input.input.shape,
+                want * 4
+            )))
+        }
         (Some(raw), _) => raw
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
-        (None, Some(data)) => {
-            let mut v = Vec::new();
-            flatten_numbers(data, &mut v)?;
-            v
+        (None, TensorData::Numbers(v)) => v.clone(),
+        (None, TensorData::Strings(_)) => {
+            return Err(V2Error::bad(
+                "FP32 data must be numbers (nested arrays allowed)",
+            ))
         }
-        (None, None) => return Err(V2Error::bad("the input has no data")),
+        (None, TensorData::Absent) => return Err(V2Error::bad("the input has no data")),
     };
-    let want = expected.iter().product::<i64>() as usize;
     if values.len() != want {
         return Err(V2Error::unprocessable(format!(
             "FP32 input has {} values; shape {:?} needs {want}",
             values.len(),
             input.input.shape
+        )));
+    }
+    // Triton passes NaN and infinities through; here they are refused: a
+    // preprocessed image holds finite values, and a NaN would come back as
+    // a NaN score with a meaningless top class.
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(V2Error::bad(format!(
+            "FP32 input value {i} is {}: send finite, preprocessed values",
+            values[i]
         )));
     }
     app.scores_for_tensor(values, input.n)
@@ -396,12 +460,18 @@ async fn bytes_scores(app: &Arc<App>, input: &Input<'_>) -> Result<Vec<Vec<f32>>
     }
     let images = match (input.binary()?, &input.input.data) {
         (Some(raw), _) => binary_strings(raw)?,
-        (None, Some(data)) => {
-            let mut v = Vec::new();
-            flatten_strings(data, &mut v)?;
-            v
-        }
-        (None, None) => return Err(V2Error::bad("the input has no data")),
+        (None, TensorData::Strings(encoded)) => encoded
+            .iter()
+            .map(|s| {
+                decode_base64("BYTES data", s).map_err(|e| {
+                    V2Error::bad(format!(
+                        "BYTES data in JSON must be base64-encoded images: {e}"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        (None, TensorData::Numbers(_)) => return Err(V2Error::bad("BYTES data must be strings")),
+        (None, TensorData::Absent) => return Err(V2Error::bad("the input has no data")),
     };
     if images.len() != input.n {
         return Err(V2Error::unprocessable(format!(

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use serde_json::Value;
 
 use super::message::{
@@ -17,7 +18,7 @@ use crate::error::ClassifyError;
 use crate::inputs::decode_base64;
 
 /// Time kept back before a deadline to write the results already done.
-pub(crate) const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 
 /// What happened to a batch.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -225,9 +226,23 @@ async fn write(app: &App, messages: &[InMessage], progress: Progress) -> BatchOu
     outcome
 }
 
+/// One job's input bytes. A panic while fetching (inside the AWS SDK, say)
+/// becomes this job's error result: the other jobs of the batch go on.
 async fn fetch(app: &App, job: &Job) -> Result<Vec<u8>, JobError> {
-    Ok(match &job.source {
-        ImageSource::Base64(b64) => decode_base64("image.base64", b64)?,
-        ImageSource::S3 { bucket, key } => app.inputs().fetch(bucket, key).await?,
-    })
+    let fetch = async {
+        Ok(match &job.source {
+            ImageSource::Base64(b64) => decode_base64("image.base64", b64)?,
+            ImageSource::S3 { bucket, key } => app.inputs().fetch(bucket, key).await?,
+        })
+    };
+    std::panic::AssertUnwindSafe(fetch)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = crate::error::panic_message(panic.as_ref());
+            tracing::error!(job_id = %job.job_id, panic = %what, "fetching the input panicked");
+            Err(JobError::Classify(ClassifyError::Panicked(format!(
+                "fetching the input failed unexpectedly ({what}); report this as a bug"
+            ))))
+        })
 }

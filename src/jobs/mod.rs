@@ -19,4 +19,5 @@ pub(crate) mod message;
 pub mod submit;
 pub mod worker;
 
+pub use batch::DEADLINE_MARGIN;
 pub use message::{JobError, JobResult};

@@ -166,17 +166,17 @@ async fn handle(
         let timeout_ms = u64::try_from(options.visibility_timeout).unwrap_or(1) * 1000;
         let every = Duration::from_millis((timeout_ms / 3).max(200));
         let timeout = options.visibility_timeout;
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 extend_visibility(&sqs, &queue, &handles, timeout).await;
             }
-        })
+        }))
     };
     let messages: Vec<InMessage> = batch.iter().map(|(m, _)| m.clone()).collect();
     // No deadline: the heartbeat keeps the batch invisible however long it takes.
     let outcome = process_batch(&app, &messages, None).await;
-    heartbeat.abort();
+    drop(heartbeat);
     counters.ok.fetch_add(outcome.ok, Ordering::Relaxed);
     counters.errors.fetch_add(outcome.errors, Ordering::Relaxed);
     counters
@@ -190,4 +190,16 @@ async fn handle(
     let deleted = delete_messages(&sqs, &options.queue_url, &done).await;
     counters.deleted.fetch_add(deleted, Ordering::Relaxed);
     outcome.log(batch.len());
+}
+
+/// Stops a task when dropped: the visibility heartbeat ends with its batch
+/// even if the batch unwinds, so its messages become visible again and are
+/// retried (then dead-lettered) instead of staying invisible while the
+/// worker runs.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
