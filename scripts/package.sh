@@ -5,7 +5,7 @@
 # Both run offline once the crates are fetched, and share one cargo target
 # directory, so the second build is only a copy. Prints the bootstrap's and
 # the zip's sizes, and the bootstrap's path on the last line (CI hands it to
-# tests/lambda_watch.rs as BOOTSTRAP).
+# tests/lambda/lambda_watch.rs as BOOTSTRAP).
 #
 #   scripts/package.sh            # x86_64 bootstrap + zip
 #   scripts/package.sh --sam      # ... and `sam build` of template.yaml

@@ -1,7 +1,7 @@
 """Drives `onnx-lambda serve` with the stock Triton/KServe V2 HTTP client.
 
 Usage: triton_client.py HOST:PORT IMAGES_DIR. Prints a JSON report on its last
-line; tests/http.rs asserts on it. Uses the client's defaults (binary tensor
+line; tests/servers/http.rs asserts on it. Uses the client's defaults (binary tensor
 data for inputs), so the server must speak the binary extension.
 """
 import json

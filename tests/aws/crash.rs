@@ -7,7 +7,7 @@
 //! tenfold; the producer keeps the job queue short instead, as a real
 //! producer feeding a fleet would not need to.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::io::Cursor;
@@ -150,6 +150,13 @@ async fn two_thousand_jobs_survive_a_worker_killed_mid_batch() {
         "{summary}"
     );
     assert_eq!(queue_depth(&sqs, &jobs).await, 0, "the job queue is empty");
+    // The kill hit a worker holding jobs: they came again (attempt 2 or
+    // later) and were done then, none dead-lettered for it.
+    assert!(
+        lines.iter().any(|l| l["attempt"].as_u64() >= Some(2)),
+        "no job was redelivered: the killed worker held none; {summary}; workers {stats:?}"
+    );
+    assert!(dead.is_empty(), "dead-lettered: {dead:?}");
     eprintln!(
         "{JOBS} jobs in {:?}: {} results, {} dead-lettered, {} duplicates seen by collect; workers {stats:?}",
         started.elapsed(),

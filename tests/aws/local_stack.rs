@@ -1,7 +1,7 @@
 //! `scripts/local-stack.sh` (moto with the template's queues and buckets)
 //! and `scripts/deploy.sh` (its dry run: no AWS account here), as a user runs them.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -163,4 +163,13 @@ fn deploy_dry_run_overrides_only_template_parameters() {
         "the bundled model's digest"
     );
     assert_eq!(overrides["InputPrefix"], "in/");
+    // The role may read the labels file the bundled model's manifest names.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root().join("models/mobilenetv2-1.0-fp32.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        overrides["ModelLabelsKey"],
+        format!("models/{}", manifest["labels"].as_str().unwrap())
+    );
 }

@@ -3,7 +3,7 @@
 //! redelivered and end in the dead-letter queue, and a stopped worker loses
 //! nothing.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
@@ -16,7 +16,7 @@ use common::{
     sqs_event, unique_bucket, Worker,
 };
 use onnx_lambda::config::Config;
-use onnx_lambda::jobs::JobResult;
+use onnx_lambda::jobs::{JobResult, DEADLINE_MARGIN};
 use onnx_lambda::App;
 use onnx_lambda::ModelLoader;
 use serde_json::{json, Value};
@@ -91,6 +91,53 @@ fn collect(results: &str, expect: usize, timeout: u64) -> (HashMap<String, JobRe
         .collect();
     std::fs::remove_file(&out).ok();
     (results, summary)
+}
+
+/// Regression: a job naming a 70,000-byte key made the AWS SDK panic while
+/// building the request; the batch task died with it, and none of the five
+/// jobs of its `SendMessageBatch` got a result or reached the dead-letter
+/// queue (the visibility heartbeat kept them invisible).
+#[tokio::test]
+async fn a_job_with_an_over_long_key_gets_an_error_and_its_batch_completes() {
+    let sqs = sqs_client().await;
+    let bucket = photo_bucket().await;
+    let jobs = create_queue(&sqs, "long-key-jobs", &[("VisibilityTimeout", "30".into())]).await;
+    let results = create_queue(&sqs, "long-key-results", &[]).await;
+    let mut bodies: Vec<String> = PHOTOS[..4]
+        .iter()
+        .enumerate()
+        .map(|(i, (photo, _))| {
+            json!({"job_id": format!("ok-{i}"), "image": {"s3_uri": format!("s3://{bucket}/in/{photo}")}})
+                .to_string()
+        })
+        .collect();
+    let long_key = format!("s3://{bucket}/in/{}", "k".repeat(70_000));
+    bodies.insert(
+        2,
+        json!({"job_id": "long-key", "image": {"s3_uri": long_key}}).to_string(),
+    );
+    send_all(&sqs, &jobs, &bodies).await; // one SendMessageBatch of five
+    let worker = Worker::start(&jobs, &results, &[]);
+    let (got, summary) = tokio::task::spawn_blocking({
+        let results = results.clone();
+        move || collect(&results, 5, 90)
+    })
+    .await
+    .unwrap();
+    let stats = worker.stop();
+    assert_eq!(summary["complete"], true, "{summary}; worker {stats}");
+    for (i, (_, family)) in PHOTOS[..4].iter().enumerate() {
+        let r = &got[&format!("ok-{i}")];
+        assert_eq!(r.status, "ok", "{:?}", r.error);
+        let top = r.predictions.as_ref().unwrap()[0].index as u64;
+        assert!(family.contains(&top), "ok-{i}: {top}");
+    }
+    let bad = &got["long-key"];
+    assert_eq!(bad.status, "error");
+    let error = bad.error.as_ref().unwrap();
+    assert_eq!(error.code, "invalid_s3_uri", "{}", error.message);
+    assert!(error.message.len() < 2_000, "the key is not echoed whole");
+    assert_eq!(queue_depth(&sqs, &jobs).await, 0, "every message deleted");
 }
 
 #[tokio::test]
@@ -484,26 +531,39 @@ async fn sqs_batches_stop_before_the_invocation_deadline_and_lose_nothing() {
     assert_eq!(common::batch_failures(&out), all, "{out}");
     assert!(results_in(&sqs, &results).await.is_empty());
 
-    // The deadline falls somewhere in the work: every message is either
-    // written or failed, never both, never neither.
-    let tight = Instant::now() + Duration::from_millis(2_150);
-    let out = common::invoke_until(app.clone(), sqs_event(&bodies, 2), "tight", Some(tight)).await;
+    // Time enough: all done. How long that took places the next deadline.
+    let later = Instant::now() + Duration::from_secs(300);
+    let started = Instant::now();
+    let out = common::invoke_until(app.clone(), sqs_event(&bodies, 2), "ok", Some(later)).await;
+    let whole = started.elapsed();
+    assert!(common::batch_failures(&out).is_empty(), "{out}");
+    let got = results_in(&sqs, &results).await;
+    assert_eq!(got.len(), 10);
+    assert!(got.iter().all(|r| r.status == "ok"));
+
+    // The deadline falls in the middle of the work: the invocation returns
+    // before it, and every message is either written or failed, never both,
+    // never neither; some of each.
+    let tight = Instant::now() + DEADLINE_MARGIN + whole / 2;
+    let out = common::invoke_until(app.clone(), sqs_event(&bodies, 3), "tight", Some(tight)).await;
+    let returned = Instant::now();
     let failed = common::batch_failures(&out);
     let written: HashSet<String> = results_in(&sqs, &results)
         .await
         .into_iter()
         .map(|r| r.message_id)
         .collect();
+    assert!(
+        returned <= tight,
+        "returned {:?} after the deadline",
+        returned - tight
+    );
     assert!(failed.is_disjoint(&written), "{failed:?} / {written:?}");
     assert_eq!(&failed | &written, all);
-
-    // Time enough: all done.
-    let later = Instant::now() + Duration::from_secs(300);
-    let out = common::invoke_until(app, sqs_event(&bodies, 3), "ok", Some(later)).await;
-    assert!(common::batch_failures(&out).is_empty(), "{out}");
-    let got = results_in(&sqs, &results).await;
-    assert_eq!(got.len(), 10);
-    assert!(got.iter().all(|r| r.status == "ok"));
+    assert!(
+        !failed.is_empty() && !written.is_empty(),
+        "half the batch's time: some written, some redelivered ({whole:?}): {failed:?} / {written:?}"
+    );
 }
 
 #[tokio::test]

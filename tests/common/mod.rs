@@ -77,49 +77,77 @@ pub fn moto_endpoint() -> &'static str {
                     _child: None,
                 };
             }
-            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
-            let program = if venv.exists() {
-                venv
-            } else {
-                PathBuf::from("moto_server")
-            };
-            let port = free_port();
-            let mut cmd = Command::new(&program);
-            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            // Kill moto when this test process exits, however it exits.
-            unsafe {
-                use std::os::unix::process::CommandExt;
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            // PR_SET_PDEATHSIG fires when the spawning *thread* ends, and a
-            // test's thread ends with the test: spawn from a thread that
-            // lives as long as the process, or moto dies after the first test.
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                tx.send(cmd.spawn()).unwrap();
-                loop {
-                    std::thread::park();
-                }
-            });
-            let child = rx.recv().unwrap().unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {}: {e}. Run scripts/test.sh, which installs moto into .venv",
-                    program.display()
-                )
-            });
-            let endpoint = format!("http://127.0.0.1:{port}");
-            wait_for_port(port, Duration::from_secs(30));
+            let (endpoint, child) = spawn_moto();
             Moto {
                 endpoint,
                 _child: Some(child),
             }
         })
         .endpoint
+}
+
+/// A moto server of one test's own, killed when dropped: for tests that
+/// change server-wide settings, such as turning on IAM enforcement.
+pub struct OwnMoto {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    child: Child,
+}
+
+impl OwnMoto {
+    /// Starts one on a free port and waits until it listens.
+    pub fn start() -> OwnMoto {
+        let (endpoint, child) = spawn_moto();
+        OwnMoto { endpoint, child }
+    }
+}
+
+impl Drop for OwnMoto {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// Starts `moto_server` (the venv's) on a free loopback port.
+fn spawn_moto() -> (String, Child) {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+    let program = if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("moto_server")
+    };
+    let port = free_port();
+    let mut cmd = Command::new(&program);
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // Kill moto when this test process exits, however it exits.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    // PR_SET_PDEATHSIG fires when the spawning *thread* ends, and a test's
+    // thread ends with the test: spawn from a thread that lives as long as
+    // the process, or moto dies after the first test.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tx.send(cmd.spawn()).unwrap();
+        loop {
+            std::thread::park();
+        }
+    });
+    let child = rx.recv().unwrap().unwrap_or_else(|e| {
+        panic!(
+            "cannot start {}: {e}. Run scripts/test.sh, which installs moto into .venv",
+            program.display()
+        )
+    });
+    wait_for_port(port, Duration::from_secs(30));
+    (format!("http://127.0.0.1:{port}"), child)
 }
 
 /// Waits until something listens on `port`.

@@ -16,7 +16,7 @@
 //! what this one cannot do: invocation deadlines chosen by the test, and
 //! an init failure reported to `/runtime/init/error` (`tests/s3_model.rs`).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -150,7 +150,7 @@ fn check_event(name: &str, answer: &Value) {
                 "{name}: {answer}"
             );
         }
-        other => panic!("events/{other} has no expectation in tests/lambda_watch.rs"),
+        other => panic!("events/{other} has no expectation in tests/lambda/lambda_watch.rs"),
     }
 }
 
@@ -168,7 +168,7 @@ async fn stage_s3() -> (String, String) {
         ("m/synset.txt", labels),
     ];
     put_objects(&s3, &bucket, &objects).await;
-    // `in/cat.jpg` stays missing, as tests/sqs.rs expects of the same event
+    // `in/cat.jpg` stays missing, as tests/aws/sqs.rs expects of the same event
     // (the moto server is shared): that job must end as an error result.
     let cat = std::fs::read(data("images/chelsea.png")).unwrap();
     put_objects(&s3, "my-images", &[("in/my cat.jpg", cat)]).await;
@@ -359,6 +359,22 @@ fn check_logs_and_metrics(dir: &Path, invocations: usize) {
         .map(Vec::len)
         .sum();
     assert_eq!(inference, 8, "one inference time per image");
+    for stage in ["decode", "preprocess"] {
+        let times: Vec<f64> = lines
+            .iter()
+            .filter_map(|l| l[stage].as_array())
+            .flatten()
+            .map(|t| t.as_f64().unwrap())
+            .collect();
+        // 8 classified images and the 2 whose bytes failed to decode.
+        assert!(times.len() >= 8, "{stage}: {times:?}");
+        assert!(times.iter().all(|t| *t >= 0.0), "{stage}: {times:?}");
+    }
+    assert!(total("images") >= 8.0, "images: {}", total("images"));
+    assert!(
+        lines.iter().all(|l| l["FunctionName"] == "_"),
+        "each line carries its FunctionName dimension's value"
+    );
     let directive = &lines[0]["_aws"]["CloudWatchMetrics"][0];
     assert_eq!(directive["Namespace"], "onnx-lambda-test");
     assert_eq!(

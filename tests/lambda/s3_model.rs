@@ -2,7 +2,7 @@
 //! loading, manifests, integrity checks, start-up failures, and the real
 //! Lambda runtime loop proving one download for many invocations.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -343,7 +343,7 @@ async fn bad_model_settings_fail_start_up_with_a_clear_message() {
 
 /// The project's own Runtime API emulator, because `cargo lambda watch`
 /// cannot show what a function posts to `/runtime/init/error` (the happy
-/// path, one download for many invocations, is `tests/lambda_watch.rs`).
+/// path, one download for many invocations, is `tests/lambda/lambda_watch.rs`).
 #[tokio::test]
 async fn a_failed_init_is_reported_to_the_runtime_api() {
     let s3 = s3_client().await;

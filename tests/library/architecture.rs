@@ -2,7 +2,7 @@
 //! only from layers below it, and no function outside tests grows past
 //! [`MAX_FN_LINES`] without a comment saying why.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("memory", 0),
     ("metrics", 0),
     ("location", 1),
+    ("ops", 1),
     ("config", 2),
     ("aws", 3),
     ("model", 4),
@@ -61,11 +62,14 @@ fn library_files() -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-/// Code lines before the file's `#[cfg(test)]`, comments dropped.
+/// Code lines before the file's `#[cfg(test)]`, comments dropped; none for
+/// a test-only file (`#![cfg(test)]`).
 fn code_lines(file: &Path) -> Vec<String> {
-    std::fs::read_to_string(file)
-        .unwrap()
-        .lines()
+    let text = std::fs::read_to_string(file).unwrap();
+    if text.lines().any(|l| l.trim() == "#![cfg(test)]") {
+        return Vec::new();
+    }
+    text.lines()
         .take_while(|l| l.trim() != "#[cfg(test)]")
         .map(|l| l.split("//").next().unwrap_or("").to_string())
         .collect()
@@ -89,7 +93,7 @@ fn every_library_module_has_a_layer() {
     for (module, file) in library_files() {
         assert!(
             LAYERS.iter().any(|(m, _)| *m == module),
-            "{} is in module {module}, which has no layer in tests/architecture.rs",
+            "{} is in module {module}, which has no layer in tests/library/architecture.rs",
             file.display()
         );
     }
@@ -137,6 +141,88 @@ fn the_import_checker_sees_paths_in_use_lines_and_expressions() {
     assert!(crate_paths("use onnx_crate::x;").is_empty());
 }
 
+/// Whether a (trimmed) line starts a function: any visibility (`pub`,
+/// `pub(crate)`, `pub(in path)`), then any of `const`, `async`, `unsafe`,
+/// `extern "ABI"`, then `fn `.
+fn is_fn_signature(line: &str) -> bool {
+    let mut rest = line;
+    if let Some(r) = rest.strip_prefix("pub") {
+        rest = match r.strip_prefix('(') {
+            Some(inner) => match inner.split_once(')') {
+                Some((_, after)) => after,
+                None => return false,
+            },
+            None => r,
+        }
+        .trim_start();
+    }
+    loop {
+        let before = rest;
+        for q in ["const ", "async ", "unsafe "] {
+            rest = rest.strip_prefix(q).unwrap_or(rest);
+        }
+        if let Some(r) = rest.strip_prefix("extern ") {
+            rest = r.trim_start();
+            if rest.starts_with('"') {
+                rest = rest[1..]
+                    .split_once('"')
+                    .map_or("", |(_, a)| a)
+                    .trim_start();
+            }
+        }
+        if rest == before {
+            break;
+        }
+    }
+    rest.starts_with("fn ")
+}
+
+#[test]
+fn the_function_finder_sees_every_kind_of_signature() {
+    for f in [
+        "fn a() {",
+        "pub fn a() {",
+        "pub(crate) async fn a() {",
+        "pub(in crate::ops) unsafe fn a() {",
+        "pub(super) const fn a() {",
+        "const unsafe fn a() {",
+        "unsafe extern \"C\" fn a() {",
+        "pub async unsafe fn a() {",
+    ] {
+        assert!(is_fn_signature(f), "{f}");
+    }
+    for not in [
+        "let fnord = 1;",
+        "pub struct Fn;",
+        "// fn a()",
+        "impl Fn for X {",
+    ] {
+        assert!(!is_fn_signature(not), "{not}");
+    }
+}
+
+/// Modules name their grandparents' items through `crate::` paths, not
+/// `super::super::`: a move then breaks loudly at the import.
+#[test]
+fn no_super_super_imports() {
+    let mut files = Vec::new();
+    rust_files(&common::root().join("src"), &mut files);
+    let mut found = Vec::new();
+    for file in files {
+        for (n, line) in std::fs::read_to_string(&file).unwrap().lines().enumerate() {
+            if line
+                .split("//")
+                .next()
+                .unwrap_or("")
+                .contains("super::super::")
+            {
+                found.push(format!("{}:{}", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "super::super:: in\n{}", found.join("\n"));
+}
+
 /// Function bodies over `MAX_FN_LINES` lines, unless the line before the
 /// signature (or a doc line) says why with "long because".
 #[test]
@@ -152,19 +238,7 @@ fn functions_stay_short_or_say_why() {
             .collect();
         for (i, line) in lines.iter().enumerate() {
             let t = line.trim_start();
-            let is_fn = [
-                "fn ",
-                "pub fn ",
-                "async fn ",
-                "pub async fn ",
-                "pub(crate) fn ",
-                "pub(crate) async fn ",
-                "pub(super) fn ",
-                "pub(super) async fn ",
-            ]
-            .iter()
-            .any(|p| t.starts_with(p));
-            if !is_fn {
+            if !is_fn_signature(t) {
                 continue;
             }
             let indent = line.len() - t.len();

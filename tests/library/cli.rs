@@ -1,6 +1,6 @@
 //! The `onnx-lambda` binary as a user runs it: JSON Lines out, exit status.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! The environment variables are listed once, in `config::SETTINGS`; the
 //! README's configuration table and `--help` must say the same.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
@@ -72,4 +72,132 @@ fn help_lists_every_variable_with_its_flag() {
             assert!(line.contains(flag), "{line}");
         }
     }
+}
+
+/// The project's own text files: sources, scripts, build files and docs.
+fn project_text_files() -> Vec<std::path::PathBuf> {
+    let out = Command::new("git")
+        .args(["ls-files", "--cached", "--others", "--exclude-standard"])
+        .current_dir(common::root())
+        .output()
+        .expect("git is installed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|f| {
+            [".rs", ".md", ".sh", ".py", ".toml", ".yaml", ".lua"]
+                .iter()
+                .any(|e| f.ends_with(e))
+                || f.starts_with(".ci/")
+        })
+        .map(|f| common::root().join(f))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// Whether `text` speaks of work sessions: the word on its own, not as
+/// part of an AWS name (`AWS_SESSION_TOKEN`, `RoleSessionName`).
+fn speaks_of_sessions(text: &str) -> Option<usize> {
+    let lower = text.to_lowercase();
+    let word = ["ses", "sion"].concat();
+    lower.match_indices(&word).map(|(i, _)| i).find(|&i| {
+        let before = lower[..i].chars().next_back();
+        let after = &lower[i + word.len()..];
+        let part_of_name = before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+            || after.starts_with(|c: char| c == '_' || c.is_alphanumeric() && c != 's')
+            || after.starts_with(" token");
+        !part_of_name
+    })
+}
+
+/// History belongs to git log: the code, README and docs say what is, not
+/// who measured what in which sitting.
+#[test]
+fn the_projects_text_does_not_speak_of_sessions() {
+    assert!(speaks_of_sessions("the fourteenth Session's run").is_some());
+    assert!(speaks_of_sessions("AWS_SESSION_TOKEN and RoleSessionName").is_none());
+    let mut found = Vec::new();
+    for path in project_text_files() {
+        let rel = path.strip_prefix(common::root()).unwrap().to_path_buf();
+        // Scripts and tests may name an ONNX Runtime or AWS session object.
+        let in_scope = ["src/", "docs/", "README.md", "Cargo.toml"]
+            .iter()
+            .any(|p| rel.starts_with(p));
+        if !in_scope {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if speaks_of_sessions(line).is_some() {
+                found.push(format!("{}:{}: {}", rel.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+/// Repository paths a text names (`src/model/dense.rs`, `scripts/test.sh`).
+fn named_paths(text: &str) -> Vec<String> {
+    const ROOTS: &[&str] = &[
+        "src/",
+        "tests/",
+        "scripts/",
+        "docs/",
+        "events/",
+        "models/",
+        "benches/",
+        "examples/",
+        "fuzz/",
+    ];
+    const EXTENSIONS: &[&str] = &[
+        ".rs", ".py", ".sh", ".md", ".json", ".toml", ".yaml", ".txt", ".lua", ".onnx",
+    ];
+    let mut out = Vec::new();
+    for root in ROOTS {
+        for (i, _) in text.match_indices(root) {
+            let prev = text[..i].chars().next_back();
+            if prev.is_some_and(|c| c.is_alphanumeric() || "_-./".contains(c)) {
+                continue;
+            }
+            let path: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || "_-./".contains(*c))
+                .collect();
+            let path = path.trim_end_matches('.');
+            if EXTENSIONS.iter().any(|e| path.ends_with(e)) && !path.contains("..") {
+                out.push(path.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Every file a comment or doc names exists: a moved file leaves no
+/// pointer to where it was.
+#[test]
+fn paths_named_in_the_projects_text_exist() {
+    assert_eq!(
+        named_paths("see `src/model/dense.rs`, tests/library/docs.rs. and xsrc/a.rs"),
+        ["src/model/dense.rs", "tests/library/docs.rs"]
+    );
+    let mut missing = Vec::new();
+    for path in project_text_files() {
+        let rel = path.strip_prefix(common::root()).unwrap().to_path_buf();
+        if rel.starts_with("tests/data") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            for named in named_paths(line) {
+                if !common::root().join(&named).exists() {
+                    missing.push(format!("{}:{}: {named}", rel.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "named but missing:\n{}",
+        missing.join("\n")
+    );
 }

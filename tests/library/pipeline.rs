@@ -1,7 +1,7 @@
 //! The inference core against real data: ONNX Runtime's logits, real photos,
 //! re-encodings, and hostile inputs.
 
-mod common;
+use crate::common;
 
 use std::io::Cursor;
 use std::path::Path;

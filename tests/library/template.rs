@@ -3,7 +3,7 @@
 //! advises, alarms and outputs; and it configures the functions only with
 //! settings the service reads.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
@@ -36,12 +36,42 @@ fn sam_validate_lint_accepts_the_template() {
     );
 }
 
-/// Every IAM statement names its actions and resources: no wildcard action,
-/// no `*` resource, and each grant is the one the function needs.
+/// One granted resource as the template writes it: a `Fn::Sub` string, a
+/// `Fn::GetAtt` as `X.Attr`, a conditional grant's "then" branch.
+fn resource_text(r: &Value) -> String {
+    if let Some(s) = r.as_str() {
+        return s.to_string();
+    }
+    if let Some(sub) = r.get("Fn::Sub") {
+        return sub
+            .as_str()
+            .unwrap_or_else(|| sub[0].as_str().unwrap())
+            .to_string();
+    }
+    if let Some(att) = r.get("Fn::GetAtt") {
+        return format!("{}.{}", att[0].as_str().unwrap(), att[1].as_str().unwrap());
+    }
+    if let Some(branches) = r.get("Fn::If") {
+        return resource_text(&branches[1]);
+    }
+    panic!("unexpected resource {r}")
+}
+
+fn strings(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(items) => items.iter().collect(),
+        one => vec![one],
+    }
+}
+
+/// Each role's grants, exactly: no wildcard action, no wildcard resource
+/// but the input prefix and the log streams, and nothing the function does
+/// not need (the IAM-enforced tests in tests/lambda/iam.rs prove it needs
+/// each of them).
 #[test]
 fn roles_are_least_privilege() {
     let t = template();
-    let mut grants: Vec<(String, String, String)> = Vec::new();
+    let mut grants: std::collections::BTreeSet<(String, String, String)> = Default::default();
     for role in ["PredictRole", "BatchRole"] {
         for policy in t["Resources"][role]["Properties"]["Policies"]
             .as_array()
@@ -50,53 +80,55 @@ fn roles_are_least_privilege() {
             // A conditional policy: its "then" branch.
             let policy = policy.get("Fn::If").map_or(policy, |f| &f[1]);
             for st in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
-                let actions = match &st["Action"] {
-                    Value::String(a) => vec![a.clone()],
-                    v => v
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|a| a.as_str().unwrap().to_string())
-                        .collect(),
-                };
-                let resource = st["Resource"].to_string();
-                assert_ne!(resource, "\"*\"", "{role}: {st}");
-                for a in actions {
+                assert_eq!(st["Effect"], "Allow", "{role}: {st}");
+                for a in strings(&st["Action"]) {
+                    let a = a.as_str().unwrap();
                     assert!(!a.contains('*'), "{role}: {a}");
-                    grants.push((role.to_string(), a, resource.clone()));
+                    for r in strings(&st["Resource"]) {
+                        let r = resource_text(r);
+                        let wildcard_ok =
+                            r.ends_with("${InputPrefix}*") || r.ends_with("Logs.Arn}:*");
+                        assert!(!r.contains('*') || wildcard_ok, "{role}: {a} on {r}");
+                        grants.insert((role.to_string(), a.to_string(), r));
+                    }
                 }
             }
         }
     }
-    let has = |role: &str, action: &str, resource: &str| {
-        grants
-            .iter()
-            .any(|(r, a, res)| r == role && a == action && res.contains(resource))
-    };
-    for role in ["PredictRole", "BatchRole"] {
-        assert!(
-            has(role, "s3:GetObject", "${ModelBucket}/${ModelKey}"),
-            "{grants:?}"
+    let s3 = "arn:${AWS::Partition}:s3:::";
+    let mut expected: std::collections::BTreeSet<(String, String, String)> = Default::default();
+    for (role, logs) in [("PredictRole", "PredictLogs"), ("BatchRole", "BatchLogs")] {
+        let mut add = |a: &str, r: String| expected.insert((role.to_string(), a.to_string(), r));
+        add("logs:CreateLogStream", format!("${{{logs}.Arn}}:*"));
+        add("logs:PutLogEvents", format!("${{{logs}.Arn}}:*"));
+        for object in ["${ModelKey}", "${Stem}.json", "${ModelLabelsKey}"] {
+            add("s3:GetObject", format!("{s3}${{ModelBucket}}/{object}"));
+        }
+        add(
+            "s3:GetObject",
+            format!("{s3}${{InputBucket}}/${{InputPrefix}}*"),
         );
-        assert!(
-            has(role, "s3:GetObject", "${InputBucket}/${InputPrefix}*"),
-            "{grants:?}"
-        );
+        add("s3:ListBucket", format!("{s3}${{InputBucket}}"));
     }
-    assert!(has("BatchRole", "sqs:SendMessage", "ResultsQueue"));
-    let sends: Vec<_> = grants
-        .iter()
-        .filter(|(_, a, _)| a == "sqs:SendMessage")
-        .collect();
-    assert_eq!(
-        sends.len(),
-        1,
-        "only the batch function sends, to the results queue: {sends:?}"
+    for a in [
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes",
+    ] {
+        expected.insert(("BatchRole".into(), a.into(), "JobsQueue.Arn".into()));
+    }
+    expected.insert((
+        "BatchRole".into(),
+        "sqs:SendMessage".into(),
+        "ResultsQueue.Arn".into(),
+    ));
+    let extra: Vec<_> = grants.difference(&expected).collect();
+    let missing: Vec<_> = expected.difference(&grants).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "granted but not needed: {extra:?}\nneeded but not granted: {missing:?}"
     );
-    assert!(has("BatchRole", "sqs:ReceiveMessage", "JobsQueue"));
-    assert!(!grants
-        .iter()
-        .any(|(r, a, _)| r == "PredictRole" && a.starts_with("sqs:")));
 }
 
 #[test]
@@ -121,6 +153,9 @@ fn the_jobs_queue_follows_aws_advice_for_sqs_event_sources() {
         redrive["deadLetterTargetArn"],
         json!({"Fn::GetAtt": ["JobsDeadLetterQueue", "Arn"]})
     );
+    // A job failing transiently gets several attempts, not endless ones.
+    let receives = redrive["maxReceiveCount"].as_u64().unwrap();
+    assert!((3..=10).contains(&receives), "maxReceiveCount {receives}");
     let source = &r["BatchFunction"]["Properties"]["Events"]["Jobs"]["Properties"];
     assert_eq!(
         source["FunctionResponseTypes"],
@@ -145,6 +180,16 @@ fn alarms_outputs_and_architecture_are_declared() {
     let r = &t["Resources"];
     let dlq = &r["DeadLetterAlarm"]["Properties"];
     assert_eq!(dlq["MetricName"], "ApproximateNumberOfMessagesVisible");
+    // Every alarm fires on the first message or error, not after a backlog.
+    for alarm in ["DeadLetterAlarm", "PredictErrorsAlarm", "BatchErrorsAlarm"] {
+        let p = &r[alarm]["Properties"];
+        assert_eq!(
+            (p["Threshold"].as_u64(), p["ComparisonOperator"].as_str()),
+            (Some(0), Some("GreaterThanThreshold")),
+            "{alarm}"
+        );
+        assert_eq!(p["EvaluationPeriods"], 1, "{alarm}");
+    }
     assert_eq!(
         dlq["Dimensions"][0]["Value"],
         json!({"Fn::GetAtt": ["JobsDeadLetterQueue", "QueueName"]})

@@ -4,7 +4,7 @@
 //! each door, and nothing panics. Then the request-level hostile inputs
 //! each door has of its own.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::process::Command;

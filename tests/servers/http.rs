@@ -2,7 +2,7 @@
 //! `events/`, every error code through the router, and the local server
 //! driven by real clients (curl, the Triton/KServe Python client).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -463,6 +463,51 @@ async fn open_inference_protocol_in_process() {
             405,
         ),
     ];
+    // Regression: binary FP32 data one value short, or with bytes left
+    // over, or holding NaN or an infinity, reached the model.
+    let binary = |values: &[f32], extra: &[u8]| {
+        let mut raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        raw.extend_from_slice(extra);
+        let header =
+            json!({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32",
+                                        "parameters": {"binary_data_size": raw.len()}}]})
+            .to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend_from_slice(&raw);
+        http::Request::builder()
+            .method("POST")
+            .uri("/v2/models/mobilenetv2-1.0/infer")
+            .header("content-type", "application/octet-stream")
+            .header("inference-header-content-length", header.len())
+            .body(Bytes::from(body))
+            .unwrap()
+    };
+    let (s, r) = call(a(), binary(&input, &[])).await;
+    assert_eq!(s, 200, "the whole tensor in binary: {r}");
+    let mut nan = input.clone();
+    nan[1234] = f32::NAN;
+    let mut inf = input.clone();
+    inf[0] = f32::INFINITY;
+    let mut errors = errors;
+    errors.extend([
+        (binary(&input[1..], &[]), 400),
+        (binary(&input, &[0, 0, 0]), 400),
+        (binary(&nan, &[]), 400),
+        (binary(&inf, &[]), 400),
+    ]);
+    // A JSON number past f32's range would be an infinity.
+    let mut big: Vec<Value> = input.iter().map(|v| json!(v)).collect();
+    big[7] = json!(1e300);
+    let mixed = json!([0.5, "AAAA"]);
+    for data in [Value::Array(big), mixed] {
+        errors.push((
+            json_post(
+                "/v2/models/mobilenetv2-1.0/infer",
+                &json!({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": data}]}),
+            ),
+            400,
+        ));
+    }
     for (req, status) in errors {
         let what = format!("{} {}", req.method(), req.uri());
         let (s, b) = call(a(), req).await;

@@ -1,9 +1,9 @@
 //! `GET /metrics` on `serve` and on the worker's `--metrics-addr`, read by
 //! curl and parsed by a real Prometheus parser (`prometheus_client.parser`,
 //! `tests/tools/parse_prometheus.py`); the counts must match the requests
-//! and jobs sent. The Lambda side (EMF) is in `tests/lambda_watch.rs`.
+//! and jobs sent. The Lambda side (EMF) is in `tests/lambda/lambda_watch.rs`.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -118,7 +118,10 @@ fn serve_counts_predictions_errors_and_stage_times() {
     assert_eq!(get(per_request, &format!("{per_request}_sum"), &[]), 7.0);
     let info = &m["onnx_lambda_model_info"]["samples"][0][1];
     assert_eq!(info["name"], "mobilenetv2-1.0", "{info}");
-    assert_eq!(info["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        info["sha256"], "8cdd0539566d8c48e81e8e8f5bdec67b53da39881abb4d56ce1a7e66fd10ea02",
+        "the bundled model's digest"
+    );
     assert!(
         get(
             "onnx_lambda_model_load_seconds",
@@ -157,7 +160,16 @@ async fn worker_exposes_job_counts_on_metrics_addr() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_onnx-lambda"));
     cmd.args(["worker", "--queue", &jobs, "--results-queue", &results])
         .args(["--wait-seconds", "1", "--metrics-addr", "127.0.0.1:0"])
+        .args(["--visibility-timeout", "2"])
         .envs(aws_env())
+        // S3 that refuses connections: a job reading it fails transiently.
+        .env(
+            "AWS_ENDPOINT_URL_S3",
+            format!("http://127.0.0.1:{}", common::free_port()),
+        )
+        .env("S3_INPUT_ALLOWLIST", "s3://metrics-in")
+        .env("SDK_TIMEOUT_SECS", "1")
+        .env("AWS_MAX_ATTEMPTS", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut worker = cmd.spawn().unwrap();
@@ -169,6 +181,9 @@ async fn worker_exposes_job_counts_on_metrics_addr() {
         .collect();
     bodies.push(json!({"job_id": "bad-b64", "image": {"base64": "%%%"}}).to_string());
     bodies.push("not json".to_string());
+    bodies.push(
+        json!({"job_id": "s3-down", "image": {"s3_uri": "s3://metrics-in/a.jpg"}}).to_string(),
+    );
     send_all(&sqs, &jobs, &bodies).await;
     let start = Instant::now();
     let m = loop {
@@ -181,7 +196,12 @@ async fn worker_exposes_job_counts_on_metrics_addr() {
             })
             .and_then(|s| s[2].as_f64())
             .unwrap_or(0.0);
-        if done >= 6.0 {
+        let failures = m["onnx_lambda_sqs_batch_item_failures"]["samples"]
+            .as_array()
+            .and_then(|s| s.first())
+            .and_then(|s| s[2].as_f64())
+            .unwrap_or(0.0);
+        if done >= 7.0 && failures >= 1.0 {
             break m;
         }
         assert!(
@@ -209,10 +229,10 @@ async fn worker_exposes_job_counts_on_metrics_addr() {
         1.0
     );
     let failures = "onnx_lambda_sqs_batch_item_failures_total";
-    assert_eq!(
-        get("onnx_lambda_sqs_batch_item_failures", failures, &[]),
-        0.0
-    );
+    // The transient failure, delivered again (and failing) each time.
+    assert!(get("onnx_lambda_sqs_batch_item_failures", failures, &[]) >= 1.0);
+    let (s, b) = curl(&[&url.replace("/metrics", "/health")]);
+    assert_eq!(s, 200, "{b}");
     let (s, _) = curl(&[&url.replace("/metrics", "/predict")]);
     assert_eq!(s, 404, "the worker serves only /metrics and /health");
     worker.kill().ok();

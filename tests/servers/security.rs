@@ -3,7 +3,7 @@
 //! carrying all three, with our crate logging at its most verbose, and
 //! their logs are scanned.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

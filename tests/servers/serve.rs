@@ -3,7 +3,7 @@
 //! past its deadline, a panicking handler, more connections than allowed.
 //! Each test asserts both the refusal and that the server goes on serving.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

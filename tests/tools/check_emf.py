@@ -10,7 +10,7 @@ JSON object with an "_aws" member, and validates it:
   line is at most 1 MB.
 
 Prints {"lines": [...]} (each EMF line, parsed) as JSON and exits 0, or
-prints what is wrong and exits 1. Used by tests/lambda_watch.rs.
+prints what is wrong and exits 1. Used by tests/lambda/lambda_watch.rs.
 """
 
 import json

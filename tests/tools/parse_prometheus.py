@@ -3,7 +3,7 @@
 Reads the body from a file (or stdin with "-") and prints, as JSON, every
 family: {"name": {"type": ..., "samples": [[sample_name, labels, value], ...]}}.
 A body the parser rejects makes it exit 1 with the parser's error. Used by
-the /metrics tests (tests/metrics.rs), so they check the format with a real
+the /metrics tests (tests/servers/metrics.rs), so they check the format with a real
 parser rather than with string matching.
 """
 

@@ -1,6 +1,6 @@
 """Prints template.yaml as JSON, read by cfn-lint's own CloudFormation YAML
 decoder (short-form tags such as !Ref become {"Ref": ...}), for the
-template tests in tests/template.rs."""
+template tests in tests/library/template.rs."""
 
 import json
 import sys

@@ -1,0 +1,11 @@
+//! Integration tests against the AWS emulation (moto's S3 and SQS): the
+//! job queue end to end, fault injection, a crash at volume, and the local
+//! stack scripts.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod crash;
+mod faults;
+mod local_stack;
+mod sqs;
