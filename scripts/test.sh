@@ -13,7 +13,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/onnx-lambda/target}"
 source scripts/venv.sh
 
 # The Lambda package, built as a user builds it (cargo lambda build --release,
-# then sam build, which reuses that build). tests/lambda_watch.rs runs this
+# then sam build, which reuses that build). tests/lambda/lambda_watch.rs runs this
 # very bootstrap under `cargo lambda watch`. SKIP_PACKAGE=1 skips the release
 # build while iterating; the test then runs the debug binary.
 if [ "${SKIP_PACKAGE:-0}" != 1 ]; then
@@ -38,4 +38,11 @@ done
 export MOTO_ENDPOINT="http://127.0.0.1:$port"
 echo "== moto server at $MOTO_ENDPOINT (log: $moto_log)"
 
+# The library's unit tests and the four integration test binaries (tests/*/
+# by what they start); examples and benches are type-checked by clippy in
+# CI, not linked here. There are no doctests.
+echo "== cargo test ($(date -u +%H:%M:%S))"
+if [ $# -eq 0 ]; then
+  set -- --lib --bins --tests
+fi
 cargo test --locked "$@"
