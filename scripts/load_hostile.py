@@ -13,6 +13,14 @@ peak, at the end), beside the CPU model and the command.
 
 Valid requests must get 200 (or 503 + Retry-After: back-pressure, retried);
 hostile ones must get 4xx. Anything else is counted as a failure.
+
+With --no-backoff the clients send again at once whatever they got, and a
+valid request's 503 is a failure: the overload check. --baseline first runs
+4 well-behaved clients sending only photos for --baseline-seconds, and the
+report gives the goodput (valid photos answered 200 per second) of the
+loaded run against theirs:
+
+    python3 scripts/load_hostile.py --seconds 45 --clients 64 --no-backoff --baseline
 """
 import argparse
 import base64
@@ -147,6 +155,9 @@ def main():
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--loris", type=int, default=4)
     ap.add_argument("--warmup", type=float, default=10, help="seconds of the same load before the baseline RSS")
+    ap.add_argument("--no-backoff", action="store_true", help="send again at once; a valid request's 503 is a failure")
+    ap.add_argument("--baseline", action="store_true", help="first measure the goodput of 4 well-behaved photo clients")
+    ap.add_argument("--baseline-seconds", type=float, default=15)
     ap.add_argument("--binary", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "onnx-lambda"))
     args = ap.parse_args()
     if not os.access(args.binary, os.X_OK):
@@ -166,18 +177,19 @@ def main():
         lock = threading.Lock()
         peak = [0]
 
-        def client(seed, until, record):
+        def client(seed, until, record, hostile_share=0.5, backoff=not args.no_backoff, tally=None):
             """Sends the mix until `until`; a 503 with Retry-After is
             back-pressure: wait and send the same request again, as a
-            well-behaved client does, until it gets its final answer."""
+            well-behaved client does, until it gets its final answer
+            (unless --no-backoff)."""
             rng = random.Random(seed)
             while time.time() < until:
-                valid = rng.random() < 0.5
+                valid = rng.random() >= hostile_share
                 name, method, path, ctype, body = rng.choice(photos if valid else hostile)
                 kind = "valid" if valid else "hostile"
                 while True:
                     status, retry = request(base, method, path, ctype, body)
-                    if status != 503 or not retry:
+                    if status != 503 or not retry or not backoff:
                         break
                     if record:
                         with lock:
@@ -191,6 +203,20 @@ def main():
                     key = (kind, "photos" if valid else name, outcome)
                     with lock:
                         stats[key] = stats.get(key, 0) + 1
+                if tally is not None and valid and status == 200:
+                    with lock:
+                        tally[0] += 1
+
+        goodput_base = None
+        if args.baseline:
+            served = [0]
+            until = time.time() + args.baseline_seconds
+            polite = [threading.Thread(target=client, args=(500 + i, until, False, 0.0, True, served)) for i in range(4)]
+            for t in polite:
+                t.start()
+            for t in polite:
+                t.join()
+            goodput_base = served[0] / args.baseline_seconds
 
         # Warm-up: the same mix for a while (every thread's buffers and
         # caches in place), then the baseline RSS.
@@ -227,7 +253,9 @@ def main():
                 peak[0] = max(peak[0], rss(server.pid)["VmRSS"])
                 time.sleep(0.1)
 
-        threads = [threading.Thread(target=client, args=(i, stop, True)) for i in range(args.clients)]
+        served = [0]
+        started = time.time()
+        threads = [threading.Thread(target=client, args=(i, stop, True, 0.5, not args.no_backoff, served)) for i in range(args.clients)]
         threads += [threading.Thread(target=loris) for _ in range(args.loris)]
         threads.append(threading.Thread(target=sampler))
         for t in threads:
@@ -238,9 +266,14 @@ def main():
         end = rss(server.pid)
         hwm = end["VmHWM"]
         failed = sum(n for (_, _, o), n in stats.items() if o.startswith("FAILED"))
+        goodput = served[0] / (stop - started)
+        valid_total = sum(n for (k, _, _), n in stats.items() if k == "valid")
+        valid_ok = sum(n for (k, _, o), n in stats.items() if k == "valid" and o == "200")
+        conn_errors = sum(n for (_, _, o), n in stats.items() if "conn:" in o)
         mib = lambda b: f"{b / 2**20:.0f} MiB"
         malloc = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_"))
-        print(f"`{malloc + ' ' if malloc else ''}python3 scripts/load_hostile.py --seconds {args.seconds:g} --clients {args.clients} --loris {args.loris}`, "
+        flags = (" --no-backoff" if args.no_backoff else "") + (f" --baseline --baseline-seconds {args.baseline_seconds:g}" if args.baseline else "")
+        print(f"`{malloc + ' ' if malloc else ''}python3 scripts/load_hostile.py --seconds {args.seconds:g} --clients {args.clients} --loris {args.loris}{flags}`, "
               f"release build, {cpu_model()}\n")
         print("| kind | request | outcome | count |\n| --- | --- | --- | --- |")
         for (kind, name, outcome), n in sorted(stats.items()):
@@ -250,6 +283,13 @@ def main():
         print(f"slow-loris connections closed by the server: {loris_closed[0]}")
         print(f"RSS after warm-up {mib(warm)}, peak {mib(hwm)} (sampled {mib(peak[0])}), at the end {mib(end['VmRSS'])} "
               f"({(end['VmRSS'] / warm - 1) * 100:+.0f}% of warm-up)")
+        print(f"valid requests answered 200: {valid_ok} of {valid_total} ({100 * valid_ok / max(valid_total, 1):.2f}%); "
+              f"connection errors: {conn_errors}")
+        if goodput_base is not None:
+            print(f"goodput: {goodput:.1f} photos/s against {goodput_base:.1f} from 4 well-behaved clients "
+                  f"({goodput / max(goodput_base, 1e-9):.2f}x)")
+        else:
+            print(f"goodput: {goodput:.1f} photos/s")
         print(f"failures: {failed}")
         sys.exit(1 if failed else 0)
     finally:

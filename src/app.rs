@@ -6,7 +6,7 @@
 //! call [`App::classify`], the one place that moves CPU-bound work onto the
 //! blocking pool, so inference never stalls the async reactor.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use serde_json::{json, Value};
@@ -30,6 +30,10 @@ pub struct App {
     /// One permit per thread: images in decode or inference at once, across
     /// every request, job and door of the process.
     work: Arc<Semaphore>,
+    /// Thread-nanoseconds one unit of work (a request's or a batch's
+    /// classification) took, as an exponentially weighted mean: what
+    /// `serve`'s admission estimates a queue's wait from.
+    service_ns: AtomicU64,
     cold: AtomicBool,
     metrics: Metrics,
 }
@@ -60,6 +64,7 @@ impl App {
         );
         App {
             work: Arc::new(Semaphore::new(classifier.threads())),
+            service_ns: AtomicU64::new(0),
             config,
             classifier,
             inputs,
@@ -223,10 +228,35 @@ impl App {
         let app = self.clone();
         tokio::task::spawn_blocking(move || {
             let _permits = permits;
-            f(&app.classifier)
+            let started = std::time::Instant::now();
+            let result = f(&app.classifier);
+            app.record_service(started.elapsed() * wanted as u32);
+            result
         })
         .await
         .map_err(|e| ClassifyError::Internal(format!("the classification task failed: {e}")))
+    }
+
+    /// Thread-time one unit of work takes, as recently measured (zero until
+    /// the first): requests queued for threads wait about this, times
+    /// their number, divided by the threads.
+    pub fn service_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.service_ns.load(Ordering::Relaxed))
+    }
+
+    /// Folds one unit of work's thread-time into [`App::service_time`]
+    /// (weight 1/8: a few requests move it, one outlier does not).
+    fn record_service(&self, took: std::time::Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .service_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |mean| {
+                Some(if mean == 0 {
+                    took
+                } else {
+                    mean - mean / 8 + took / 8
+                })
+            });
     }
 
     /// The input shape with batch dimension `batch` (-1 for "any").

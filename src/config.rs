@@ -41,7 +41,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "RESULTS_QUEUE_URL", flag: Some("--results-queue"), meaning: "where SQS job results go" },
     Setting { name: "SDK_TIMEOUT_SECS", flag: None, meaning: "S3/SQS: time to connect and to first byte, per attempt" },
     Setting { name: "MAX_CONNECTIONS", flag: None, meaning: "serve: open connections at once" },
-    Setting { name: "MAX_QUEUED_REQUESTS", flag: None, meaning: "serve: inference requests waiting for a thread; more get 503" },
+    Setting { name: "MAX_QUEUED_REQUESTS", flag: None, meaning: "serve: most inference requests waiting for a thread; more get 503" },
+    Setting { name: "ADMISSION_WAIT_SECS", flag: None, meaning: "serve: longest expected wait for a thread before 503" },
     Setting { name: "HEADER_TIMEOUT_SECS", flag: None, meaning: "serve: time to send the request headers" },
     Setting { name: "BODY_TIMEOUT_SECS", flag: None, meaning: "serve: time to send the request body" },
     Setting { name: "REQUEST_TIMEOUT_SECS", flag: None, meaning: "serve: time from headers to response" },
@@ -153,8 +154,14 @@ pub struct Config {
     /// in the listen backlog.
     pub max_connections: usize,
     /// `MAX_QUEUED_REQUESTS`: inference requests `serve` admits beyond one
-    /// per thread; more are refused at once with 503. Default: 4 per thread.
+    /// per thread at most; more are refused with 503. Default: 64 per
+    /// thread, so the expected wait decides first.
     pub max_queued_requests: Option<usize>,
+    /// `ADMISSION_WAIT_SECS`: `serve` admits an inference request while the
+    /// wait it can expect for a thread (requests ahead x their measured
+    /// service time / threads) is at most this; past it, 503 `overloaded`
+    /// with `Retry-After` from the estimate.
+    pub admission_wait: Duration,
     /// `HEADER_TIMEOUT_SECS`, `BODY_TIMEOUT_SECS`, `REQUEST_TIMEOUT_SECS`.
     pub timeouts: Timeouts,
     /// `SDK_TIMEOUT_SECS`: each S3/SQS attempt's time to connect and to the
@@ -168,6 +175,11 @@ pub struct Config {
 /// Default `SDK_TIMEOUT_SECS`: generous for S3 and SQS, which answer in
 /// milliseconds, while a dead endpoint is known within a minute of retries.
 pub const DEFAULT_SDK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default `ADMISSION_WAIT_SECS`: a client waits at most about this long
+/// for a thread before its inference starts; longer, and a retry elsewhere
+/// (or later) serves it sooner.
+pub const DEFAULT_ADMISSION_WAIT: Duration = Duration::from_secs(2);
 
 /// Default `MAX_CONNECTIONS`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
@@ -198,6 +210,7 @@ impl Default for Config {
             results_queue_url: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_queued_requests: None,
+            admission_wait: DEFAULT_ADMISSION_WAIT,
             timeouts: Timeouts::default(),
             sdk_timeout: DEFAULT_SDK_TIMEOUT,
             emf: EmfTarget {
@@ -271,6 +284,9 @@ impl Config {
         if let Some(v) = get("MAX_QUEUED_REQUESTS") {
             c.max_queued_requests = Some(parse_count("MAX_QUEUED_REQUESTS", &v)?);
         }
+        if let Some(v) = get("ADMISSION_WAIT_SECS") {
+            c.admission_wait = parse_seconds("ADMISSION_WAIT_SECS", &v)?;
+        }
         if let Some(v) = get("HEADER_TIMEOUT_SECS") {
             c.timeouts.header = parse_seconds("HEADER_TIMEOUT_SECS", &v)?;
         }
@@ -300,7 +316,7 @@ impl Config {
     /// Inference requests `serve` admits: one per thread plus the queue.
     pub fn admitted_requests(&self) -> usize {
         let threads = self.worker_threads();
-        threads + self.max_queued_requests.unwrap_or(4 * threads)
+        threads + self.max_queued_requests.unwrap_or(64 * threads)
     }
 
     /// Whether the model or its manifest is read from S3.

@@ -14,7 +14,7 @@
 //!
 //! The project's own emulator (`tests/common/runtime_api.rs`) stays for
 //! what this one cannot do: invocation deadlines chosen by the test, and
-//! an init failure reported to `/runtime/init/error` (`tests/s3_model.rs`).
+//! an init failure reported to `/runtime/init/error` (`tests/lambda/s3_model.rs`).
 
 use crate::common;
 

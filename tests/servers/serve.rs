@@ -1,6 +1,7 @@
-//! `serve` under hostile clients, in process on ephemeral ports: slow
-//! headers and bodies, more inference requests than it admits, a request
-//! past its deadline, a panicking handler, more connections than allowed.
+//! `serve` under hostile and busy clients, in process on ephemeral ports:
+//! slow headers and bodies, more inference requests than it admits, many
+//! clients at once, a request past its deadline, a panicking handler, more
+//! connections than allowed.
 //! Each test asserts both the refusal and that the server goes on serving.
 
 use crate::common;
@@ -142,52 +143,126 @@ fn past_the_request_deadline_the_answer_is_503_with_retry_after() {
     assert_eq!(json_body(&response)["error"]["code"], "deadline_exceeded");
 }
 
+/// A photo as a whole `POST /predict` request, with `extra` headers.
+fn photo_request(extra: &str) -> Vec<u8> {
+    let photo = std::fs::read(common::data("images/chelsea.png")).unwrap();
+    let mut request = format!(
+        "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        photo.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&photo);
+    request
+}
+
+/// Regression: a request refused for load got its 503 before its body was
+/// read, and the connection closed while the client was still uploading,
+/// so it saw a broken pipe; and slow uploads held every admission slot,
+/// so valid requests got 503 while they lasted. Now a slow upload holds a
+/// connection only, and a refusal comes after the body.
 #[test]
-fn beyond_the_admitted_requests_inference_is_refused_at_once_and_others_are_served() {
-    let server = InProcessServer::start(config(&[("THREADS", "1"), ("MAX_QUEUED_REQUESTS", "0")]));
-    // One admitted request, holding its permit while its body is awaited.
-    let mut holder = TcpStream::connect(addr(&server)).unwrap();
-    holder
-        .write_all(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100\r\n\r\n")
+fn slow_uploads_hold_no_inference_slot_and_refusals_come_after_the_body() {
+    use futures::FutureExt;
+    // One request in flight at most; requests marked `x-hold` keep theirs
+    // for 3 s before the real router answers.
+    let router = onnx_lambda::serve::router();
+    let handler: onnx_lambda::serve::Handler = std::sync::Arc::new(move |app, req| {
+        let router = router.clone();
+        async move {
+            if req.headers().contains_key("x-hold") {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            router(app, req).await
+        }
+        .boxed()
+    });
+    let server = InProcessServer::start_with(
+        config(&[("THREADS", "1"), ("MAX_QUEUED_REQUESTS", "0")]),
+        handler,
+    );
+    // A slow upload: headers and a part of its body, then nothing.
+    let mut slow = TcpStream::connect(addr(&server)).unwrap();
+    slow.write_all(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100\r\n\r\n0123")
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let started = Instant::now();
-    let refused = exchange(
-        &server,
-        b"POST /v2/models/mobilenetv2-1.0/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000000\r\n\r\n{",
-        Duration::from_secs(10),
-    );
+    let ok = exchange(&server, &photo_request(""), Duration::from_secs(30));
+    assert_eq!(status(&ok), 200, "a slow upload holds no slot: {ok}");
+    assert_eq!(json_body(&ok)["predictions"][0]["index"], 285);
+
+    // One request holds the only slot; the next is refused, and reads the
+    // refusal after sending its whole 1 MB body (a write error here is the
+    // broken pipe of the old behaviour).
+    let occupant = {
+        let addr = addr(&server);
+        std::thread::spawn(move || {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            stream.write_all(&photo_request("x-hold: 1\r\n")).unwrap();
+            read_response(&mut stream)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    let mut big = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1048576\r\n\r\n".to_vec();
+    big.extend(std::iter::repeat_n(7u8, 1 << 20));
+    let refused = exchange(&server, &big, Duration::from_secs(10));
     assert_eq!(status(&refused), 503, "{refused}");
     assert!(
-        refused.to_ascii_lowercase().contains("retry-after: 1"),
+        refused.to_ascii_lowercase().contains("retry-after: "),
         "{refused}"
     );
     assert_eq!(json_body(&refused)["error"]["code"], "overloaded");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "refused at once, without the body"
-    );
     assert_eq!(
         health(&server),
         200,
         "non-inference routes need no admission"
     );
-    // The holder finishes; its permit comes back and inference is admitted again.
-    holder.write_all(&[0u8; 100]).unwrap();
-    holder
-        .set_read_timeout(Some(Duration::from_secs(10)))
+    let occupied = occupant.join().unwrap();
+    assert_eq!(status(&occupied), 200, "{occupied}");
+
+    // The slow upload, finished at last, is still served.
+    slow.write_all(&[0u8; 96]).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    assert_eq!(status(&read_response(&mut holder)), 400);
-    let photo = std::fs::read(common::data("images/chelsea.png")).unwrap();
-    let mut request = format!(
-        "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        photo.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(&photo);
-    let ok = exchange(&server, &request, Duration::from_secs(30));
-    assert_eq!(status(&ok), 200, "{ok}");
-    assert_eq!(json_body(&ok)["predictions"][0]["index"], 285);
+    assert_eq!(status(&read_response(&mut slow)), 400);
+}
+
+/// A small-scale overload: 16 clients at once, each sending valid photos
+/// with no backoff, on two threads: every request is served (the expected
+/// wait stays under `ADMISSION_WAIT_SECS`), none refused, none dropped.
+/// `scripts/load_hostile.py --no-backoff --baseline` runs the full-size
+/// version (docs/performance.md, "Under hostile load").
+#[test]
+fn sixteen_clients_without_backoff_are_all_served() {
+    // The test profile runs slower than a release build: a wait budget
+    // that admits every request here; the default is sized by the load
+    // script on a release build.
+    let server = InProcessServer::start(config(&[("THREADS", "2"), ("ADMISSION_WAIT_SECS", "10")]));
+    let request = std::sync::Arc::new(photo_request(""));
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (addr, request) = (addr(&server), request.clone());
+            std::thread::spawn(move || {
+                (0..4)
+                    .map(|_| {
+                        let mut stream = TcpStream::connect(&addr).unwrap();
+                        stream
+                            .set_read_timeout(Some(Duration::from_secs(60)))
+                            .unwrap();
+                        stream.write_all(&request).unwrap();
+                        status(&read_response(&mut stream))
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    assert_eq!(statuses.len(), 64);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
 
 #[test]
