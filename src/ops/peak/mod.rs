@@ -101,9 +101,9 @@ fn chains_sum(level: Level, steps: usize, m: f32, a: f32) -> f32 {
     // SAFETY (both arms): a `Level` is one this CPU has.
     match level.simd() {
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { x86::avx512(steps, m, a) },
+        Simd::Avx512 => unsafe { avx512::chains_sum(steps, m, a) },
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { x86::avx2(steps, m, a) },
+        Simd::Avx2 => unsafe { avx2::chains_sum(steps, m, a) },
         _ => portable(steps, m, a),
     }
 }
@@ -127,8 +127,11 @@ fn portable(steps: usize, m: f32, a: f32) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[path = "x86_64/mod.rs"]
-mod x86;
+#[path = "x86_64/avx2.rs"]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+#[path = "x86_64/avx512.rs"]
+mod avx512;
 
 #[cfg(test)]
 mod tests {
