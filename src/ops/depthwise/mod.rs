@@ -841,32 +841,73 @@ mod tests {
                             stride,
                             pad: (ph, pw),
                         };
-                        let taps = kernel * kernel;
-                        let clamp = (cases % 2 == 0).then_some((0.0, 0.6));
-                        let op = Depthwise::new(
-                            g,
-                            noise(3 * taps, cases + 7),
-                            noise(3, cases + 11),
-                            clamp,
-                            true,
-                        )
-                        .with_input_clamp((cases % 3 == 0).then_some((-0.3, 0.4)));
-                        let n = 2;
-                        let input = noise(n * 3 * h * w, cases + 13);
-                        let want = reference(&op, n, &input);
-                        for simd in levels("depthwise", ALL_LEVELS) {
-                            let mut got = vec![f32::NAN; n * 3 * out_hw.0 * out_hw.1];
-                            op.compute_with(&input, &mut got, simd).unwrap();
-                            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                                assert!((a - b).abs() <= 1e-5, "{g:?} {simd:?} at {i}: {a} vs {b}");
-                            }
-                        }
+                        check_against_definition(g, cases);
                         cases += 1;
                     }
                 }
             }
         }
         assert!(cases > 100, "{cases}");
+    }
+
+    /// One geometry against the definition at every level this CPU has:
+    /// two images, clamps on the way in and out by `seed`.
+    fn check_against_definition(g: Geometry, seed: u32) {
+        let (h, w, kernel, out_hw) = (g.in_hw.0, g.in_hw.1, g.kernel, g.out_hw);
+        let cases = seed;
+        let taps = kernel * kernel;
+        let clamp = cases.is_multiple_of(2).then_some((0.0, 0.6));
+        let op = Depthwise::new(
+            g,
+            noise(3 * taps, cases + 7),
+            noise(3, cases + 11),
+            clamp,
+            true,
+        )
+        .with_input_clamp(cases.is_multiple_of(3).then_some((-0.3, 0.4)));
+        let n = 2;
+        let input = noise(n * 3 * h * w, cases + 13);
+        let want = reference(&op, n, &input);
+        for simd in levels("depthwise", ALL_LEVELS) {
+            let mut got = vec![f32::NAN; n * 3 * out_hw.0 * out_hw.1];
+            op.compute_with(&input, &mut got, simd).unwrap();
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= 1e-5, "{g:?} {simd:?} at {i}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// Planes over the blocked path's 28 x 28 output pixels run the row
+    /// kernels (the AVX2 and AVX-512 rows, the stride-2 deinterleave),
+    /// which the odd-shape cases above, all smaller, never reach.
+    #[test]
+    fn large_planes_run_the_row_kernels_and_match_the_definition() {
+        let mut cases = 0;
+        for (h, w) in [(30, 31), (57, 29), (61, 63)] {
+            for kernel in [3, 5] {
+                for stride in [(1, 1), (2, 2)] {
+                    let pad = (kernel / 2, kernel / 2);
+                    let out_hw = (
+                        (h + 2 * pad.0 - kernel) / stride.0 + 1,
+                        (w + 2 * pad.1 - kernel) / stride.1 + 1,
+                    );
+                    if out_hw.0 * out_hw.1 <= 28 * 28 {
+                        continue;
+                    }
+                    let g = Geometry {
+                        channels: 3,
+                        in_hw: (h, w),
+                        out_hw,
+                        kernel,
+                        stride,
+                        pad,
+                    };
+                    check_against_definition(g, cases);
+                    cases += 1;
+                }
+            }
+        }
+        assert_eq!(cases, 8);
     }
 
     #[test]
