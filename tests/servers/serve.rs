@@ -143,6 +143,36 @@ fn past_the_request_deadline_the_answer_is_503_with_retry_after() {
     assert_eq!(json_body(&response)["error"]["code"], "deadline_exceeded");
 }
 
+/// The request deadline holds while the handler works too, not only while
+/// the body stalls: a handler slower than `REQUEST_TIMEOUT_SECS` is cut off
+/// with 503 `deadline_exceeded`, and the server goes on serving.
+#[test]
+fn a_handler_slower_than_the_request_deadline_gets_503() {
+    use futures::FutureExt;
+    let router = onnx_lambda::serve::router();
+    let handler: onnx_lambda::serve::Handler = std::sync::Arc::new(move |app, req| {
+        let router = router.clone();
+        async move {
+            if req.uri().path() == "/predict" {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            router(app, req).await
+        }
+        .boxed()
+    });
+    let server = InProcessServer::start_with(config(&[("REQUEST_TIMEOUT_SECS", "1")]), handler);
+    let started = Instant::now();
+    let response = exchange(&server, &photo_request(""), Duration::from_secs(20));
+    assert_eq!(status(&response), 503, "{response}");
+    assert_eq!(json_body(&response)["error"]["code"], "deadline_exceeded");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(health(&server), 200);
+}
+
 /// A photo as a whole `POST /predict` request, with `extra` headers.
 fn photo_request(extra: &str) -> Vec<u8> {
     let photo = std::fs::read(common::data("images/chelsea.png")).unwrap();

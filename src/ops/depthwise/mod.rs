@@ -829,18 +829,7 @@ mod tests {
                         if h + 2 * ph < kernel || w + 2 * pw < kernel {
                             continue;
                         }
-                        let out_hw = (
-                            (h + 2 * ph - kernel) / stride.0 + 1,
-                            (w + 2 * pw - kernel) / stride.1 + 1,
-                        );
-                        let g = Geometry {
-                            channels: 3,
-                            in_hw: (h, w),
-                            out_hw,
-                            kernel,
-                            stride,
-                            pad: (ph, pw),
-                        };
+                        let g = three_channels((h, w), kernel, stride, (ph, pw));
                         check_against_definition(g, cases);
                         cases += 1;
                     }
@@ -848,6 +837,28 @@ mod tests {
             }
         }
         assert!(cases > 100, "{cases}");
+    }
+
+    /// A three-channel layer of `in_hw` with square `kernel`, its output
+    /// size from the stride and the padding on each side.
+    fn three_channels(
+        in_hw: (usize, usize),
+        kernel: usize,
+        stride: (usize, usize),
+        pad: (usize, usize),
+    ) -> Geometry {
+        let out_hw = (
+            (in_hw.0 + 2 * pad.0 - kernel) / stride.0 + 1,
+            (in_hw.1 + 2 * pad.1 - kernel) / stride.1 + 1,
+        );
+        Geometry {
+            channels: 3,
+            in_hw,
+            out_hw,
+            kernel,
+            stride,
+            pad,
+        }
     }
 
     /// One geometry against the definition at every level this CPU has:
@@ -886,22 +897,10 @@ mod tests {
         for (h, w) in [(30, 31), (57, 29), (61, 63)] {
             for kernel in [3, 5] {
                 for stride in [(1, 1), (2, 2)] {
-                    let pad = (kernel / 2, kernel / 2);
-                    let out_hw = (
-                        (h + 2 * pad.0 - kernel) / stride.0 + 1,
-                        (w + 2 * pad.1 - kernel) / stride.1 + 1,
-                    );
-                    if out_hw.0 * out_hw.1 <= 28 * 28 {
+                    let g = three_channels((h, w), kernel, stride, (kernel / 2, kernel / 2));
+                    if g.out_hw.0 * g.out_hw.1 <= 28 * 28 {
                         continue;
                     }
-                    let g = Geometry {
-                        channels: 3,
-                        in_hw: (h, w),
-                        out_hw,
-                        kernel,
-                        stride,
-                        pad,
-                    };
                     check_against_definition(g, cases);
                     cases += 1;
                 }
