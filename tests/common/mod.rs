@@ -176,15 +176,28 @@ pub fn aws_env() -> Vec<(&'static str, String)> {
 /// An S3 client for `endpoint` with a read timeout and a number of attempts
 /// (for fault injection through [`proxy::Proxy`]).
 pub fn s3_client_at(endpoint: &str, timeout: Duration, attempts: u32) -> aws_sdk_s3::Client {
+    s3_client_as(endpoint, timeout, attempts, test_credentials())
+}
+
+/// The credentials moto takes while it enforces no IAM.
+fn test_credentials() -> aws_sdk_s3::config::Credentials {
+    aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "tests")
+}
+
+/// [`s3_client_at`] signing with `credentials` (an IAM identity's).
+pub fn s3_client_as(
+    endpoint: &str,
+    timeout: Duration,
+    attempts: u32,
+    credentials: aws_sdk_s3::config::Credentials,
+) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::config::Builder::new()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .force_path_style(true)
         .http_client(onnx_lambda::aws::http_client())
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "testing", "testing", None, None, "tests",
-        ))
+        .credentials_provider(credentials)
         .timeout_config(
             aws_sdk_s3::config::timeout::TimeoutConfig::builder()
                 .connect_timeout(timeout)
@@ -200,13 +213,21 @@ pub fn s3_client_at(endpoint: &str, timeout: Duration, attempts: u32) -> aws_sdk
 
 /// An SQS client for `endpoint` with a read timeout and a number of attempts.
 pub fn sqs_client_at(endpoint: &str, timeout: Duration, attempts: u32) -> aws_sdk_sqs::Client {
+    sqs_client_as(endpoint, timeout, attempts, test_credentials())
+}
+
+/// [`sqs_client_at`] signing with `credentials`.
+pub fn sqs_client_as(
+    endpoint: &str,
+    timeout: Duration,
+    attempts: u32,
+    credentials: aws_sdk_sqs::config::Credentials,
+) -> aws_sdk_sqs::Client {
     let conf = aws_sdk_sqs::config::Builder::new()
         .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
         .region(aws_sdk_sqs::config::Region::new("us-east-1"))
         .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "testing", "testing", None, None, "tests",
-        ))
+        .credentials_provider(credentials)
         .http_client(onnx_lambda::aws::http_client())
         .timeout_config(
             aws_sdk_sqs::config::timeout::TimeoutConfig::builder()

@@ -19,6 +19,9 @@ use serde_json::{json, Value};
 use crate::common::runtime_api::{lambda_env, Outcome, RuntimeApi};
 use crate::common::{self, data, root, OwnMoto};
 
+/// Each SDK attempt's connect and first-byte timeout.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A moto server set up as the template's deployment, IAM enforced.
 struct Stack {
     moto: OwnMoto,
@@ -68,26 +71,11 @@ impl Stack {
     }
 
     fn s3(&self, who: &str) -> aws_sdk_s3::Client {
-        let conf = aws_sdk_s3::config::Builder::new()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(&self.moto.endpoint)
-            .force_path_style(true)
-            .http_client(onnx_lambda::aws::http_client())
-            .credentials_provider(self.credentials(who))
-            .build();
-        aws_sdk_s3::Client::from_conf(conf)
+        common::s3_client_as(&self.moto.endpoint, TIMEOUT, 3, self.credentials(who))
     }
 
     fn sqs(&self, who: &str) -> aws_sdk_sqs::Client {
-        let conf = aws_sdk_sqs::config::Builder::new()
-            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-            .endpoint_url(&self.moto.endpoint)
-            .http_client(onnx_lambda::aws::http_client())
-            .credentials_provider(self.credentials(who))
-            .build();
-        aws_sdk_sqs::Client::from_conf(conf)
+        common::sqs_client_as(&self.moto.endpoint, TIMEOUT, 3, self.credentials(who))
     }
 
     fn queue(&self, name: &str) -> String {
