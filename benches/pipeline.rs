@@ -14,7 +14,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use onnx_lambda::preprocess::{self, Preprocessor};
+use onnx_lambda::decode;
+use onnx_lambda::preprocess::Preprocessor;
 use onnx_lambda::{Classifier, InputLimits, LoadOptions, Model};
 
 fn photo(name: &str) -> Vec<u8> {
@@ -51,7 +52,7 @@ fn decode_preprocess(c: &mut Criterion) {
         group.bench_function(name, |b| {
             let mut out = vec![0f32; pre.image_len()];
             b.iter(|| {
-                let img = preprocess::decode(&bytes, cls.limits()).unwrap();
+                let img = decode::decode(&bytes, cls.limits()).unwrap();
                 pre.preprocess_into(img, &mut out);
             })
         });

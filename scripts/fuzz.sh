@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of the parsers that take
 # untrusted input: decode + preprocess, SQS job messages, whole HTTP
-# requests (including KServe V2 and its binary extension), each for a
+# requests (including KServe V2 and its binary extension, and s3_uri
+# references read from a refusing endpoint), each for a
 # bounded time. A crash fails the run and leaves its input under
 # fuzz/artifacts/TARGET/; add it as a regression test.
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 20)

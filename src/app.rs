@@ -61,6 +61,8 @@ impl App {
             s3,
             config.s3_input_allowlist.clone(),
             config.limits.max_bytes,
+            config.max_input_bytes_in_flight,
+            config.admission_wait,
         );
         App {
             work: Arc::new(Semaphore::new(classifier.threads())),

@@ -28,10 +28,11 @@ use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::Tensor;
 
 use crate::config::{Config, InputLimits};
-use crate::error::{panic_message, ClassifyError, ModelError};
+use crate::decode::{self, DecodeBudget, Reservation};
+use crate::error::{panic_message, ClassifyError, InputError, ModelError};
 use crate::model::{Layout, Model};
 use crate::ops::OperatorPool;
-use crate::preprocess::{self, Preprocessor};
+use crate::preprocess::Preprocessor;
 
 /// One class and its probability.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +76,8 @@ pub struct Classifier {
     model: Arc<Model>,
     pre: Preprocessor,
     limits: InputLimits,
+    /// The memory decodes may hold at once, shared by every clone.
+    budget: Arc<DecodeBudget>,
     threads: usize,
     /// `threads` workers for one image's operators, made on first use.
     pool: Arc<OnceLock<OperatorPool>>,
@@ -88,6 +91,7 @@ impl Classifier {
         Classifier {
             pre: Preprocessor::new(model.manifest()),
             model,
+            budget: DecodeBudget::new(limits.max_decode_bytes),
             limits,
             threads,
             pool: Arc::new(OnceLock::new()),
@@ -157,15 +161,28 @@ impl Classifier {
         })
     }
 
+    /// Decodes at the size the preprocessing needs, holding the decode's
+    /// memory from the shared budget until the reservation is dropped
+    /// (after preprocessing, which frees the image).
+    fn decode(&self, bytes: &[u8]) -> Result<(image::DynamicImage, Reservation), InputError> {
+        decode::decode_reserved(
+            bytes,
+            &self.limits,
+            self.pre.min_decode_side(),
+            &self.budget,
+        )
+    }
+
     /// The raw model output for one encoded image, and where the time went.
     fn scores_timed(&self, bytes: &[u8]) -> Result<(Vec<f32>, Timing), ClassifyError> {
         let started = Instant::now();
-        let image = preprocess::decode_for(bytes, &self.limits, self.pre.min_decode_side())?;
+        let (image, held) = self.decode(bytes)?;
         let decoded = Instant::now();
         let batch = self.model.plan_batch();
         let mut input = vec![0f32; self.pre.image_len() * batch];
         self.pre
             .preprocess_into(image, &mut input[..self.pre.image_len()]);
+        drop(held);
         let preprocessed = Instant::now();
         let scores = self.run(input)?.swap_remove(0);
         let done = Instant::now();
@@ -249,11 +266,11 @@ impl Classifier {
         let prepared = self.map(inputs, |bytes| {
             contain(|| {
                 let started = Instant::now();
-                let image =
-                    preprocess::decode_for(bytes, &self.limits, self.pre.min_decode_side())?;
+                let (image, held) = self.decode(bytes)?;
                 let decoded = Instant::now();
                 let mut values = vec![0f32; len];
                 self.pre.preprocess_into(image, &mut values);
+                drop(held);
                 Ok((values, ms(decoded - started), ms(decoded.elapsed())))
             })
         });

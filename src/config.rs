@@ -34,6 +34,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "TOP_K", flag: Some("--top-k"), meaning: "classes per image, 1 to 1000" },
     Setting { name: "MAX_INPUT_BYTES", flag: Some("--max-input-bytes"), meaning: "largest encoded image accepted" },
     Setting { name: "MAX_IMAGE_PIXELS", flag: Some("--max-image-pixels"), meaning: "largest decoded image accepted" },
+    Setting { name: "MAX_DECODE_BYTES", flag: None, meaning: "memory all image decodes may hold at once" },
+    Setting { name: "MAX_INPUT_BYTES_IN_FLIGHT", flag: None, meaning: "bytes of S3 inputs held at once, by all requests and jobs" },
     Setting { name: "THREADS", flag: Some("--threads"), meaning: "images classified at once" },
     Setting { name: "S3_INPUT_ALLOWLIST", flag: None, meaning: "s3://bucket[/prefix] list requests may read images from" },
     Setting { name: "MAX_REQUEST_BYTES", flag: None, meaning: "largest HTTP request body" },
@@ -80,19 +82,34 @@ pub struct InputLimits {
     /// Largest decoded image accepted, in pixels (width x height). Checked
     /// from the header, before the pixel buffer is allocated.
     pub max_pixels: u64,
+    /// Most bytes the decodes of a process hold at once
+    /// (`decode::DecodeBudget`), and so the most one image's decode may
+    /// need. Estimated from the header, before the pixel buffer exists.
+    pub max_decode_bytes: u64,
 }
 
 impl Default for InputLimits {
     /// 20 MiB and 50 megapixels: room for a full-resolution phone photo
-    /// (48 MP), while a decoded image stays under ~400 MiB even at 16 bits
-    /// per channel with alpha.
+    /// (48 MP); `MAX_DECODE_BYTES` then bounds what deeper pixels cost.
     fn default() -> Self {
         InputLimits {
             max_bytes: 20 * 1024 * 1024,
             max_pixels: 50_000_000,
+            max_decode_bytes: DEFAULT_MAX_DECODE_BYTES,
         }
     }
 }
+
+/// Default `MAX_DECODE_BYTES`: with the model (~60 MB resident), the S3
+/// inputs in flight and the request bodies in flight, what keeps a
+/// process under 300 MB (`tests/servers/memory.rs`). A 40-megapixel RGB
+/// PNG fits; 16-bit RGBA at 7000x7000 does not; JPEGs are decoded at the
+/// scale the model needs, so any baseline JPEG within `MAX_IMAGE_PIXELS`.
+pub const DEFAULT_MAX_DECODE_BYTES: u64 = 128 << 20;
+
+/// Default `MAX_INPUT_BYTES_IN_FLIGHT`: two inputs of the largest size
+/// (`MAX_INPUT_BYTES`), many of a photo's.
+pub const DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT: u64 = 48 << 20;
 
 /// File name of the bundled model, looked up by [`bundled_model_path`].
 pub const BUNDLED_MODEL_FILE: &str = "mobilenetv2-1.0-fp32.onnx";
@@ -144,6 +161,9 @@ pub struct Config {
     /// `S3_INPUT_ALLOWLIST`: where requests may reference images by
     /// `s3://` (comma-separated `s3://bucket[/prefix]`); empty by default.
     pub s3_input_allowlist: Vec<AllowedPrefix>,
+    /// `MAX_INPUT_BYTES_IN_FLIGHT`: bytes of S3 inputs read and not yet
+    /// classified, all requests and jobs together.
+    pub max_input_bytes_in_flight: u64,
     /// `MAX_REQUEST_BYTES`: largest HTTP request body.
     pub max_request_bytes: usize,
     /// `MAX_BATCH_IMAGES`: most images in one `{"images": [...]}` request.
@@ -205,6 +225,7 @@ impl Default for Config {
             limits: InputLimits::default(),
             threads: None,
             s3_input_allowlist: Vec::new(),
+            max_input_bytes_in_flight: DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_batch_images: DEFAULT_MAX_BATCH_IMAGES,
             results_queue_url: None,
@@ -254,12 +275,7 @@ impl Config {
         if let Some(v) = get("TOP_K") {
             c.top_k = parse_top_k("TOP_K", &v)?;
         }
-        if let Some(v) = get("MAX_INPUT_BYTES") {
-            c.limits.max_bytes = parse_positive("MAX_INPUT_BYTES", &v, "a number of bytes")?;
-        }
-        if let Some(v) = get("MAX_IMAGE_PIXELS") {
-            c.limits.max_pixels = parse_positive("MAX_IMAGE_PIXELS", &v, "a number of pixels")?;
-        }
+        c.read_input_limits(get)?;
         if let Some(v) = get("THREADS") {
             let n = parse_positive("THREADS", &v, "a number of threads")?;
             c.threads = Some(usize::try_from(n).unwrap_or(usize::MAX).min(256));
@@ -304,6 +320,31 @@ impl Config {
             lookup("AWS_LAMBDA_FUNCTION_NAME")
         })?;
         Ok(c)
+    }
+
+    /// The limits on what inputs may cost, from `get`.
+    fn read_input_limits(
+        &mut self,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let bytes = |var| {
+            get(var)
+                .map(|v| parse_positive(var, &v, "a number of bytes"))
+                .transpose()
+        };
+        if let Some(n) = bytes("MAX_INPUT_BYTES")? {
+            self.limits.max_bytes = n;
+        }
+        if let Some(v) = get("MAX_IMAGE_PIXELS") {
+            self.limits.max_pixels = parse_positive("MAX_IMAGE_PIXELS", &v, "a number of pixels")?;
+        }
+        if let Some(n) = bytes("MAX_DECODE_BYTES")? {
+            self.limits.max_decode_bytes = n;
+        }
+        if let Some(n) = bytes("MAX_INPUT_BYTES_IN_FLIGHT")? {
+            self.max_input_bytes_in_flight = n;
+        }
+        Ok(())
     }
 
     /// Images classified at once: `THREADS`, or one per core.
@@ -545,6 +586,8 @@ mod tests {
             ("TOP_K", "3"),
             ("MAX_INPUT_BYTES", "2_000_000"),
             ("MAX_IMAGE_PIXELS", "1000000"),
+            ("MAX_DECODE_BYTES", "67108864"),
+            ("MAX_INPUT_BYTES_IN_FLIGHT", "1000"),
             ("THREADS", "4"),
             ("S3_INPUT_ALLOWLIST", "s3://in-bucket/a/, s3://other-bucket"),
             ("MAX_REQUEST_BYTES", "300000"),
@@ -564,6 +607,7 @@ mod tests {
             ["s3://in-bucket/a/", "s3://other-bucket/"]
         );
         assert_eq!((c.max_request_bytes, c.max_batch_images), (300_000, 7));
+        assert_eq!(c.max_input_bytes_in_flight, 1000);
         assert_eq!(
             c.results_queue_url.as_deref(),
             Some("https://sqs.eu-west-1.amazonaws.com/1/results")
@@ -589,7 +633,8 @@ mod tests {
             c.limits,
             InputLimits {
                 max_bytes: 2_000_000,
-                max_pixels: 1_000_000
+                max_pixels: 1_000_000,
+                max_decode_bytes: 64 << 20,
             }
         );
         assert!(c.manifest_location().1);

@@ -104,6 +104,21 @@ pub enum InputError {
         /// Configured limit.
         limit: u64,
     },
+    /// Decoding the image would hold more memory than the configured limit
+    /// (deep or many-channel pixels, a progressive JPEG's coefficients).
+    #[error("decoding this {width}x{height} {kind} image needs about {} MiB, more than the limit of {} MiB: downscale it, save it with 8 bits per channel (or as a baseline JPEG), or raise MAX_DECODE_BYTES", bytes >> 20, limit >> 20)]
+    TooMuchMemory {
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+        /// What makes it costly, e.g. "16-bit RGBA Tiff".
+        kind: String,
+        /// The decode's estimated peak, in bytes.
+        bytes: u64,
+        /// Configured limit (`MAX_DECODE_BYTES`).
+        limit: u64,
+    },
 }
 
 impl ErrorCode for InputError {
@@ -113,7 +128,9 @@ impl ErrorCode for InputError {
             InputError::TooManyBytes { .. } => "input_too_large",
             InputError::UnsupportedFormat { .. } => "unsupported_format",
             InputError::Corrupt(_) => "corrupt_image",
-            InputError::TooManyPixels { .. } => "image_too_large",
+            InputError::TooManyPixels { .. } | InputError::TooMuchMemory { .. } => {
+                "image_too_large"
+            }
         }
     }
 }

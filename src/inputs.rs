@@ -7,8 +7,12 @@
 //! turned into a reader of everything the function's role can see). SQS jobs
 //! come from producers the operator trusts: for them IAM is the boundary.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use base64::Engine;
 use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::aws::s3::{self, ObjectRef, S3Error};
 use crate::error::ErrorCode;
@@ -63,6 +67,23 @@ pub enum FetchError {
         /// The limit.
         limit: u64,
     },
+    /// The process already holds as many input bytes as its memory budget
+    /// allows, and none came free in time.
+    #[error("no room to read {uri} now: {message}; retry later")]
+    Busy {
+        /// What was asked for.
+        uri: String,
+        /// How long it waited, and for how much.
+        message: String,
+    },
+    /// With the inputs a request already holds, more than the fetch budget.
+    #[error("{uri} was not read: {message}; send fewer or smaller images per request")]
+    TooMuchAtOnce {
+        /// What was asked for.
+        uri: String,
+        /// The sizes and the limit.
+        message: String,
+    },
     /// S3 failed (after the SDK's retries): throttling, 5xx, network.
     #[error("reading {uri} from S3 failed: {message}; retry later")]
     Unavailable {
@@ -81,8 +102,9 @@ impl ErrorCode for FetchError {
             FetchError::NotAllowed { .. } => "s3_uri_not_allowed",
             FetchError::NotFound { .. } => "s3_object_not_found",
             FetchError::AccessDenied { .. } => "s3_access_denied",
-            FetchError::TooLarge { .. } => "input_too_large",
+            FetchError::TooLarge { .. } | FetchError::TooMuchAtOnce { .. } => "input_too_large",
             FetchError::Unavailable { .. } => "s3_unavailable",
+            FetchError::Busy { .. } => "overloaded",
         }
     }
 }
@@ -90,7 +112,10 @@ impl ErrorCode for FetchError {
 impl FetchError {
     /// Whether retrying the same input later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, FetchError::Unavailable { .. })
+        matches!(
+            self,
+            FetchError::Unavailable { .. } | FetchError::Busy { .. }
+        )
     }
 
     fn from_s3(e: S3Error, uri: &str) -> FetchError {
@@ -100,6 +125,14 @@ impl FetchError {
             S3Error::AccessDenied => FetchError::AccessDenied { uri },
             S3Error::TooLarge { size, limit } => FetchError::TooLarge { uri, size, limit },
             S3Error::Unavailable(message) => FetchError::Unavailable { uri, message },
+            S3Error::NoRoom {
+                message,
+                retry: true,
+            } => FetchError::Busy { uri, message },
+            S3Error::NoRoom {
+                message,
+                retry: false,
+            } => FetchError::TooMuchAtOnce { uri, message },
         }
     }
 }
@@ -163,36 +196,93 @@ pub fn check_allowed(uri: &str, allowed: &[AllowedPrefix]) -> Result<(String, St
     })
 }
 
+/// Image bytes, with their share of the fetch budget: hold it until the
+/// image has been classified.
+#[derive(Debug)]
+pub struct Input {
+    /// The encoded image.
+    pub bytes: Vec<u8>,
+    /// The budget share; `None` for inline (base64) data, which the request
+    /// body already bounds.
+    pub held: Option<OwnedSemaphorePermit>,
+}
+
+impl Input {
+    /// Bytes that came with the request or the message.
+    pub fn inline(bytes: Vec<u8>) -> Input {
+        Input { bytes, held: None }
+    }
+}
+
 /// Reads input images from S3 within the size limit; built once, shared.
+///
+/// All reads of a process share one byte budget (`MAX_INPUT_BYTES_IN_FLIGHT`):
+/// a download waits, once its size is known and before its body is read,
+/// until the bytes it needs are free. Requests and jobs naming many large
+/// objects then queue for memory instead of holding them all at once.
 #[derive(Debug, Clone)]
 pub struct InputFetcher {
     s3: Option<aws_sdk_s3::Client>,
     allowlist: Vec<AllowedPrefix>,
     max_bytes: u64,
+    /// The budget, in KiB permits.
+    in_flight: Arc<Semaphore>,
+    /// Its size, in KiB.
+    capacity_kib: u64,
+    /// How long an HTTP request's read waits for room before `overloaded`.
+    request_wait: Duration,
 }
 
 impl InputFetcher {
-    /// A fetcher reading with `s3` (None: every S3 input is unavailable).
+    /// A fetcher reading with `s3` (None: every S3 input is unavailable),
+    /// at most `max_bytes` an object and `in_flight` bytes at once (at
+    /// least one object's worth); a request waits `request_wait` for room.
     pub fn new(
         s3: Option<aws_sdk_s3::Client>,
         allowlist: Vec<AllowedPrefix>,
         max_bytes: u64,
+        in_flight: u64,
+        request_wait: Duration,
     ) -> InputFetcher {
+        let kib = in_flight
+            .max(max_bytes)
+            .div_ceil(1024)
+            .min(Semaphore::MAX_PERMITS as u64)
+            .min(u64::from(u32::MAX));
         InputFetcher {
             s3,
             allowlist,
             max_bytes,
+            in_flight: Arc::new(Semaphore::new(kib as usize)),
+            capacity_kib: kib,
+            request_wait,
         }
     }
 
-    /// A request's `s3://` image: only from the allow-list.
-    pub async fn fetch_allowed(&self, uri: &str) -> Result<Vec<u8>, FetchError> {
+    /// A request's `s3://` image: only from the allow-list, and only if
+    /// room for it comes free within the request wait. `held`: bytes the
+    /// request already holds; an image that would take it past the whole
+    /// budget is refused at once (waiting could not help).
+    pub async fn fetch_allowed(&self, uri: &str, held: u64) -> Result<Input, FetchError> {
         let (bucket, key) = check_allowed(uri, &self.allowlist)?;
-        self.fetch(&bucket, &key).await
+        self.fetch_within(&bucket, &key, Some((self.request_wait, held)))
+            .await
     }
 
-    /// A job's image, by bucket and key (no allow-list: see the module docs).
-    pub async fn fetch(&self, bucket: &str, key: &str) -> Result<Vec<u8>, FetchError> {
+    /// A job's image, by bucket and key (no allow-list: see the module
+    /// docs), waiting as long as it takes for room: a batch's caller bounds
+    /// the time.
+    pub async fn fetch(&self, bucket: &str, key: &str) -> Result<Input, FetchError> {
+        self.fetch_within(bucket, key, None).await
+    }
+
+    /// `request`: how long to wait for room, and the bytes already held.
+    async fn fetch_within(
+        &self,
+        bucket: &str,
+        key: &str,
+        request: Option<(Duration, u64)>,
+    ) -> Result<Input, FetchError> {
         let uri = format!("s3://{bucket}/{key}");
         let Some(s3) = &self.s3 else {
             return Err(FetchError::Unavailable {
@@ -205,8 +295,44 @@ impl InputFetcher {
             key,
             version_id: None,
         };
-        s3::get_object(s3, object, self.max_bytes)
+        let capacity = self.capacity_kib;
+        let hold = |bytes: u64| {
+            let kib = bytes.div_ceil(1024).clamp(1, capacity);
+            let permits = self.in_flight.clone().acquire_many_owned(kib as u32);
+            async move {
+                let no_room = |message: String, retry| S3Error::NoRoom { message, retry };
+                let Some((wait, held)) = request else {
+                    return permits.await.map_err(|e| no_room(e.to_string(), true));
+                };
+                if kib + held.div_ceil(1024) > capacity {
+                    return Err(no_room(
+                        format!(
+                            "with the {held} bytes before it, the request's images need more than \
+                             MAX_INPUT_BYTES_IN_FLIGHT ({} bytes)",
+                            capacity * 1024
+                        ),
+                        false,
+                    ));
+                }
+                match tokio::time::timeout(wait, permits).await {
+                    Ok(permit) => permit.map_err(|e| no_room(e.to_string(), true)),
+                    Err(_) => Err(no_room(
+                        format!(
+                            "{bytes} bytes did not come free within {} s \
+                             (MAX_INPUT_BYTES_IN_FLIGHT)",
+                            wait.as_secs_f64()
+                        ),
+                        true,
+                    )),
+                }
+            }
+        };
+        s3::get_object_held(s3, object, self.max_bytes, hold)
             .await
+            .map(|(bytes, held)| Input {
+                bytes,
+                held: Some(held),
+            })
             .map_err(|e| FetchError::from_s3(e, &uri))
     }
 }

@@ -12,7 +12,7 @@
 //!    Lambda SQS events, the worker, `submit`/`collect`).
 //! 3. The application service: [`app`]'s [`App`], built once per process.
 //! 4. The pipeline: `inputs` (image bytes by base64 or `s3://`),
-//!    [`bench`](mod@bench), `classify` ([`Classifier`]), [`preprocess`].
+//!    [`bench`](mod@bench), `classify` ([`Classifier`]), [`preprocess`], [`decode`].
 //! 5. The model: [`model`] (load once from S3 or a file, optimise, run).
 //! 6. Foundations: [`aws`] (clients, the one bounded S3 GET, SQS batching),
 //!    [`config`] (every setting, validated once), `location` (`s3://` and
@@ -25,6 +25,7 @@ pub mod aws;
 pub mod bench;
 mod classify;
 pub mod config;
+pub mod decode;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;

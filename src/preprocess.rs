@@ -1,5 +1,5 @@
-//! Encoded bytes to input tensor: decode, orient, convert, resize, crop,
-//! normalise. Owns the limits on untrusted input.
+//! Decoded image to input tensor: convert, resize, crop, normalise (the
+//! decode, and the limits on untrusted input, are `decode`'s).
 //!
 //! The resize and the centre crop happen in one pass: instead of resizing the
 //! whole photo so its shorter side is 256 and then cutting 224x224 out of it
@@ -8,217 +8,32 @@
 //! filter support, same sample positions) without allocating the
 //! intermediate image.
 
-use std::io::Cursor;
-
 use fast_image_resize as fir;
-use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
+use image::{DynamicImage, RgbImage};
 
-use crate::config::InputLimits;
-use crate::error::InputError;
 use crate::model::manifest::{ChannelOrder, Crop, Interpolation, Layout, Manifest};
-
-/// Formats we decode; anything else is `unsupported_format`.
-const SUPPORTED: [ImageFormat; 7] = [
-    ImageFormat::Jpeg,
-    ImageFormat::Png,
-    ImageFormat::WebP,
-    ImageFormat::Gif,
-    ImageFormat::Bmp,
-    ImageFormat::Tiff,
-    ImageFormat::Pnm,
-];
-
-/// Decodes an image at full size and returns it upright (EXIF orientation
-/// applied).
-///
-/// GIFs give their first frame. Size limits are enforced before any large
-/// allocation: first the byte count, then the dimensions from the header.
-pub fn decode(bytes: &[u8], limits: &InputLimits) -> Result<DynamicImage, InputError> {
-    decode_for(bytes, limits, 0)
-}
-
-/// [`decode`], for a preprocessor that only needs the shorter side to be
-/// `min_side` pixels: a JPEG at least twice that is decoded at 1/2, 1/4 or
-/// 1/8 scale in the DCT domain, as libjpeg's `scale_num` and Pillow's
-/// `draft` do. A 12-megapixel photo then costs a fraction of a full
-/// decode, in time and memory, and the resize that follows sees nearly the
-/// same pixels (`tests/library/pipeline.rs` checks the top-5 agree).
-pub fn decode_for(
-    bytes: &[u8],
-    limits: &InputLimits,
-    min_side: u32,
-) -> Result<DynamicImage, InputError> {
-    if bytes.is_empty() {
-        return Err(InputError::Empty);
-    }
-    if bytes.len() as u64 > limits.max_bytes {
-        return Err(InputError::TooManyBytes {
-            actual: bytes.len() as u64,
-            limit: limits.max_bytes,
-        });
-    }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .expect("reading from memory cannot fail");
-    let format = match reader.format() {
-        Some(f) if SUPPORTED.contains(&f) => f,
-        Some(f) => {
-            return Err(InputError::UnsupportedFormat {
-                detail: format!(": {f:?} images are not supported"),
-            })
-        }
-        None => {
-            return Err(InputError::UnsupportedFormat {
-                detail: ": the first bytes match no known image signature".into(),
-            })
-        }
-    };
-    // The JPEG decoder fills a truncated scan with grey instead of failing;
-    // a half-grey photo would get a confident, wrong answer.
-    if format == ImageFormat::Jpeg && !jpeg_reaches_end_marker(bytes) {
-        return Err(InputError::Corrupt(
-            "the JPEG data ends before its end-of-image marker (truncated upload or download?)"
-                .into(),
-        ));
-    }
-    // Decoders also cap their own working memory: the pixel limit at 8 bytes
-    // a pixel (RGBA, 16 bits) plus headroom for line buffers and palettes.
-    let mut image_limits = image::Limits::default();
-    image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8) + (64 << 20));
-    reader.limits(image_limits);
-    let mut decoder = reader.into_decoder().map_err(|e| map_error(e, format))?;
-    let (width, height) = decoder.dimensions();
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > limits.max_pixels {
-        return Err(InputError::TooManyPixels {
-            width,
-            height,
-            pixels,
-            limit: limits.max_pixels,
-        });
-    }
-    if pixels == 0 {
-        return Err(InputError::Corrupt(format!(
-            "the {format:?} header declares a {width}x{height} image"
-        )));
-    }
-    // A broken EXIF block is not worth rejecting the photo for.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let scaled = (format == ImageFormat::Jpeg && min_side > 0 && width.min(height) / 2 >= min_side)
-        .then(|| decode_jpeg_scaled(bytes, (width, height), min_side))
-        .flatten();
-    let mut image = match scaled {
-        Some(image) => image,
-        None => DynamicImage::from_decoder(decoder).map_err(|e| map_error(e, format))?,
-    };
-    image.apply_orientation(orientation);
-    Ok(image)
-}
-
-/// Decodes a JPEG at the smallest DCT scale whose shorter side is still at
-/// least `min_side`; `None` (the caller decodes at full size) for what this
-/// path does not handle: CMYK, 16-bit, or anything the decoder refuses.
-fn decode_jpeg_scaled(bytes: &[u8], (w, h): (u32, u32), min_side: u32) -> Option<DynamicImage> {
-    let shorter = u64::from(w.min(h));
-    let request = |side: u32| {
-        let v = (u64::from(side) * u64::from(min_side)).div_ceil(shorter);
-        u16::try_from(v).ok()
-    };
-    let mut decoder = jpeg_decoder::Decoder::new(bytes);
-    let (sw, sh) = decoder.scale(request(w)?, request(h)?).ok()?;
-    if u32::from(sw.min(sh)) < min_side {
-        return None;
-    }
-    let pixels = decoder.decode().ok()?;
-    let info = decoder.info()?;
-    let (sw, sh) = (u32::from(info.width), u32::from(info.height));
-    match info.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => {
-            RgbImage::from_raw(sw, sh, pixels).map(DynamicImage::ImageRgb8)
-        }
-        jpeg_decoder::PixelFormat::L8 => {
-            image::GrayImage::from_raw(sw, sh, pixels).map(DynamicImage::ImageLuma8)
-        }
-        jpeg_decoder::PixelFormat::L16 | jpeg_decoder::PixelFormat::CMYK32 => None,
-    }
-}
-
-/// Walks a JPEG's segments and entropy-coded scans and reports whether it
-/// reaches the end-of-image marker (FF D9). Linear in the input, no allocation.
-///
-/// Segment lengths are followed (so an EXIF thumbnail's own markers are
-/// skipped), and inside a scan `FF 00` (stuffing) and `FF D0..D7` (restart)
-/// are data, so the first other marker after a scan is real.
-pub(crate) fn jpeg_reaches_end_marker(b: &[u8]) -> bool {
-    if b.len() < 4 || b[0] != 0xFF || b[1] != 0xD8 {
-        return false;
-    }
-    let mut i = 2;
-    loop {
-        // Tolerate junk between segments: resynchronise on the next 0xFF.
-        while i < b.len() && b[i] != 0xFF {
-            i += 1;
-        }
-        while i < b.len() && b[i] == 0xFF {
-            i += 1;
-        }
-        let Some(&marker) = b.get(i) else {
-            return false;
-        };
-        i += 1;
-        match marker {
-            0xD9 => return true,
-            0x01 | 0xD0..=0xD7 => continue,
-            _ => {}
-        }
-        let Some(len) = b
-            .get(i..i + 2)
-            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
-        else {
-            return false;
-        };
-        if len < 2 {
-            return false;
-        }
-        i += len;
-        if marker == 0xDA {
-            // Entropy-coded data runs to the next marker that is not
-            // stuffing, a restart or a fill byte.
-            loop {
-                match (b.get(i), b.get(i + 1)) {
-                    (Some(0xFF), Some(0x00 | 0xD0..=0xD7 | 0xFF)) => i += 1,
-                    (Some(0xFF), Some(_)) => break,
-                    (Some(_), _) => i += 1,
-                    (None, _) => return false,
-                }
-            }
-        }
-    }
-}
-
-fn map_error(e: ImageError, format: ImageFormat) -> InputError {
-    match e {
-        ImageError::Unsupported(u) => InputError::UnsupportedFormat {
-            detail: format!(": {u}"),
-        },
-        ImageError::Limits(l) => InputError::Corrupt(format!(
-            "decoding this {format:?} image needs more memory than allowed ({l})"
-        )),
-        ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            InputError::Corrupt(format!("the {format:?} data ends too early"))
-        }
-        other => InputError::Corrupt(format!("{format:?}: {other}")),
-    }
-}
 
 /// Converts any colour type to 8-bit RGB: grey is replicated, alpha is
 /// dropped (as Pillow's `convert("RGB")`), 16-bit and float are scaled.
 /// CMYK JPEGs are already RGB when they leave the decoder.
+///
+/// 8-bit RGBA (every GIF, most PNGs and WebPs with alpha) is narrowed in
+/// its own buffer, so the conversion needs no second image: the decode's
+/// memory budget (`decode::peak_bytes`) counts on it.
 pub(crate) fn to_rgb8(image: DynamicImage) -> RgbImage {
     match image {
         DynamicImage::ImageRgb8(rgb) => rgb,
+        DynamicImage::ImageRgba8(rgba) => {
+            let (w, h) = rgba.dimensions();
+            let mut raw = rgba.into_raw();
+            let pixels = raw.len() / 4;
+            // Pixel i moves from 4i to 3i: never over a pixel not yet moved.
+            for i in 1..pixels {
+                raw.copy_within(4 * i..4 * i + 3, 3 * i);
+            }
+            raw.truncate(3 * pixels);
+            RgbImage::from_raw(w, h, raw).expect("3 bytes a pixel fill the dimensions")
+        }
         other => other.into_rgb8(),
     }
 }
@@ -285,7 +100,8 @@ impl Preprocessor {
     }
 
     /// The shorter side a decoded image needs for this preprocessing to see
-    /// (nearly) the pixels it would see at full size: see [`decode_for`].
+    /// (nearly) the pixels it would see at full size: see
+    /// [`decode_for`](crate::decode::decode_for).
     pub fn min_decode_side(&self) -> u32 {
         match self.crop {
             Crop::None => self.width.max(self.height),
@@ -398,69 +214,6 @@ mod tests {
         Preprocessor::new(&Manifest::imagenet_defaults("t"))
     }
 
-    /// Names of this process's threads right now.
-    fn thread_names() -> Vec<String> {
-        std::fs::read_dir("/proc/self/task")
-            .map(|dir| {
-                dir.flatten()
-                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-                    .map(|n| n.trim().to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Regression: `jpeg-decoder` without its `rayon` feature started a
-    /// thread per colour component for every decode wider than 128 pixels
-    /// ("worker thread for component N") and sent it each row through a
-    /// channel. A scaled decode on one of our pool's workers must start
-    /// none.
-    #[test]
-    #[cfg(target_os = "linux")]
-    fn a_scaled_jpeg_decode_starts_no_threads_of_its_own() {
-        let (w, h) = (1600u32, 1200u32);
-        let img = RgbImage::from_fn(w, h, |x, y| {
-            image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
-        });
-        let mut jpeg = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
-            .encode_image(&img)
-            .unwrap();
-        let done = std::sync::atomic::AtomicBool::new(false);
-        let seen = std::thread::scope(|scope| {
-            let watcher = scope.spawn(|| {
-                let mut seen = Vec::new();
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    seen.extend(
-                        thread_names()
-                            .into_iter()
-                            .filter(|n| n.starts_with("worker thread")),
-                    );
-                }
-                seen
-            });
-            let pool = crate::ops::OperatorPool::new(1);
-            for _ in 0..10 {
-                let image = pool
-                    .run(|| decode_for(&jpeg, &InputLimits::default(), 256))
-                    .unwrap();
-                assert_eq!(
-                    (image.width(), image.height()),
-                    (400, 300),
-                    "decoded at 1/4"
-                );
-            }
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
-            watcher.join().unwrap()
-        });
-        let names: std::collections::BTreeSet<_> = seen.iter().collect();
-        assert!(
-            seen.is_empty(),
-            "the decoder started threads, seen {} times: {names:?}",
-            seen.len()
-        );
-    }
-
     #[test]
     fn crop_box_matches_resize_then_center_crop() {
         // 640x480 -> 341x256 (341.33 rounded) -> crop at (117 // 2, 32 // 2) = (58, 16).
@@ -481,22 +234,13 @@ mod tests {
     }
 
     #[test]
-    fn jpeg_end_marker_walk() {
-        // SOI, APP1 segment whose payload contains a fake EOI, SOS, scan data
-        // with stuffing and a restart marker, EOI.
-        let mut j = vec![0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x06, 0xFF, 0xD9, 0x00, 0x00];
-        j.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x04, 0x01, 0x02]);
-        j.extend_from_slice(&[0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD3, 0x56]);
-        assert!(
-            !jpeg_reaches_end_marker(&j),
-            "no EOI yet: the APP1 one is payload"
-        );
-        j.extend_from_slice(&[0xFF, 0xD9]);
-        assert!(jpeg_reaches_end_marker(&j));
-        for cut in 0..j.len() - 1 {
-            assert!(!jpeg_reaches_end_marker(&j[..cut]), "cut at {cut}");
-        }
-        assert!(!jpeg_reaches_end_marker(b"\xFF\xD8\xFF\xDA\x00\x01"));
+    fn rgba_is_narrowed_in_place_as_the_image_crate_converts_it() {
+        let rgba = image::RgbaImage::from_fn(37, 11, |x, y| {
+            image::Rgba([x as u8, y as u8, (x * y) as u8, (x + y) as u8])
+        });
+        let expected = DynamicImage::ImageRgba8(rgba.clone()).into_rgb8();
+        let ours = to_rgb8(DynamicImage::ImageRgba8(rgba));
+        assert_eq!(ours, expected);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! The model loader and request inputs both read through it and add their
 //! own context (which setting, which request) on top.
 
+use std::future::Future;
 use std::time::Duration;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -49,6 +50,15 @@ pub enum S3Error {
     /// Anything else, after the SDK's retries: throttling, 5xx, network.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller's `hold` found no room for the body: not in time
+    /// (`retry`), or never.
+    #[error("{message}")]
+    NoRoom {
+        /// Why.
+        message: String,
+        /// Whether room may come later.
+        retry: bool,
+    },
 }
 
 /// Reads one object, refusing more than `limit` bytes.
@@ -57,9 +67,24 @@ pub async fn get_object(
     object: ObjectRef<'_>,
     limit: u64,
 ) -> Result<Vec<u8>, S3Error> {
+    get_object_held(client, object, limit, |_| async { Ok(()) })
+        .await
+        .map(|(bytes, ())| bytes)
+}
+
+/// [`get_object`], calling `hold(bytes)` once the object's size is known
+/// (`limit` if S3 sends none) and before its body is read: the guard it
+/// returns, given back with the bytes, is how a caller bounds the bytes of
+/// all its downloads at once. A retried download holds afresh.
+pub async fn get_object_held<G, F: Future<Output = Result<G, S3Error>>>(
+    client: &aws_sdk_s3::Client,
+    object: ObjectRef<'_>,
+    limit: u64,
+    hold: impl Fn(u64) -> F,
+) -> Result<(Vec<u8>, G), S3Error> {
     let mut attempt = 1;
     loop {
-        match get_once(client, object, limit).await {
+        match get_once(client, object, limit, &hold).await {
             Err(Interrupted(message)) if attempt < STREAM_ATTEMPTS => {
                 tracing::warn!(bucket = object.bucket, key = object.key, %message, attempt, "S3 download interrupted, retrying");
                 tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
@@ -74,11 +99,12 @@ pub async fn get_object(
 /// A download that broke off mid-stream: the one failure retried here.
 struct Interrupted(String);
 
-async fn get_once(
+async fn get_once<G, F: Future<Output = Result<G, S3Error>>>(
     client: &aws_sdk_s3::Client,
     object: ObjectRef<'_>,
     limit: u64,
-) -> Result<Result<Vec<u8>, S3Error>, Interrupted> {
+    hold: &impl Fn(u64) -> F,
+) -> Result<Result<(Vec<u8>, G), S3Error>, Interrupted> {
     let response = client
         .get_object()
         .bucket(object.bucket)
@@ -97,6 +123,10 @@ async fn get_once(
             limit,
         }));
     }
+    let guard = match hold(if declared > 0 { declared } else { limit }).await {
+        Ok(g) => g,
+        Err(e) => return Ok(Err(e)),
+    };
     let mut body = response.body;
     let mut bytes = Vec::with_capacity(declared as usize);
     let idle = client
@@ -119,7 +149,7 @@ async fn get_once(
                 }
                 bytes.extend_from_slice(&chunk);
             }
-            Ok(None) => return Ok(Ok(bytes)),
+            Ok(None) => return Ok(Ok((bytes, guard))),
             Err(e) => return Err(Interrupted(format!("the download was interrupted: {e}"))),
         }
     }

@@ -79,8 +79,11 @@ impl From<FetchError> for ApiError {
             FetchError::InvalidBase64 { .. }
             | FetchError::InvalidUri { .. }
             | FetchError::NotFound { .. } => StatusCode::BAD_REQUEST,
-            FetchError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            FetchError::TooLarge { .. } | FetchError::TooMuchAtOnce { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             FetchError::Unavailable { .. } => StatusCode::BAD_GATEWAY,
+            FetchError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError {
             status,

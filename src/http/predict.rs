@@ -12,7 +12,7 @@ use super::{ApiError, HttpRequest};
 use crate::app::App;
 use crate::classify::Classification;
 use crate::error::{ClassifyError, ErrorBody};
-use crate::inputs::decode_base64;
+use crate::inputs::{decode_base64, Input};
 
 /// One image in a JSON request.
 #[derive(Debug, Deserialize)]
@@ -80,8 +80,10 @@ async fn predict_json(app: &Arc<App>, body: &[u8], top_k: usize) -> Result<Value
     match (body.image, body.s3_uri, body.images) {
         (Some(b64), None, None) => single(app, decode_base64("\"image\"", &b64)?, top_k).await,
         (None, Some(uri), None) => {
-            let bytes = app.inputs().fetch_allowed(&uri).await?;
-            single(app, bytes, top_k).await
+            let input = app.inputs().fetch_allowed(&uri, 0).await?;
+            let answer = single(app, input.bytes, top_k).await;
+            drop(input.held);
+            answer
         }
         (None, None, Some(images)) => batch(app, images, top_k).await,
         _ => Err(ApiError::bad_request(
@@ -166,20 +168,28 @@ async fn batch(app: &Arc<App>, images: Vec<ImageRef>, top_k: usize) -> Result<Va
         ));
     }
     // Resolve every entry; a bad entry is an error result, not a failed batch.
-    let mut resolved: Vec<Result<Vec<u8>, ApiError>> = Vec::with_capacity(images.len());
+    let mut resolved: Vec<Result<Input, ApiError>> = Vec::with_capacity(images.len());
     for (i, img) in images.into_iter().enumerate() {
+        let held: u64 = resolved
+            .iter()
+            .flatten()
+            .filter(|input| input.held.is_some())
+            .map(|input| input.bytes.len() as u64)
+            .sum();
         resolved.push(match img {
             ImageRef::Base64(s)
             | ImageRef::Object {
                 image: Some(s),
                 s3_uri: None,
-            } => decode_base64(&format!("images[{i}]"), &s).map_err(ApiError::from),
+            } => decode_base64(&format!("images[{i}]"), &s)
+                .map(Input::inline)
+                .map_err(ApiError::from),
             ImageRef::Object {
                 image: None,
                 s3_uri: Some(uri),
             } => app
                 .inputs()
-                .fetch_allowed(&uri)
+                .fetch_allowed(&uri, held)
                 .await
                 .map_err(ApiError::from),
             ImageRef::Object { .. } => Err(ApiError::bad_request(
@@ -188,9 +198,15 @@ async fn batch(app: &Arc<App>, images: Vec<ImageRef>, top_k: usize) -> Result<Va
             )),
         });
     }
+    // The budget shares (`held`) stay in `resolved` until the images are
+    // classified.
     let ok: Vec<Vec<u8>> = resolved
         .iter_mut()
-        .filter_map(|r| r.as_mut().ok().map(std::mem::take))
+        .filter_map(|r| {
+            r.as_mut()
+                .ok()
+                .map(|input| std::mem::take(&mut input.bytes))
+        })
         .collect();
     let mut classified = app.classify(ok, top_k).await?.into_iter();
     let results: Vec<Value> = resolved

@@ -1,13 +1,13 @@
 //! One batch of messages, shared by the Lambda SQS handler and the worker:
-//! parse, fetch S3 inputs concurrently, classify (one image per thread at a
-//! time), write results in batched sends, and say which messages must come
-//! again.
+//! parse, read S3 inputs concurrently while classifying those read (one
+//! image per thread at a time), write results in batched sends, and say
+//! which messages must come again.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::Value;
 
 use super::message::{
@@ -15,7 +15,7 @@ use super::message::{
 };
 use crate::app::App;
 use crate::error::ClassifyError;
-use crate::inputs::decode_base64;
+use crate::inputs::{decode_base64, Input};
 
 /// Time kept back before a deadline to write the results already done.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
@@ -93,88 +93,146 @@ pub async fn process_batch(
             }
         }
     }
-    let fetched = fetch_all(app, work, stop_at, &mut progress).await;
-    classify_all(app, fetched, stop_at, &mut progress).await;
+    fetch_and_classify(app, work, stop_at, &mut progress).await;
     let outcome = write(app, messages, progress).await;
     app.metrics()
         .observe_batch(messages.len(), outcome.failed.len());
     outcome
 }
 
-/// Fetches every input concurrently; jobs not fetched by `stop_at` come again.
-async fn fetch_all<'m>(
-    app: &App,
+/// Inputs read ahead of the classification: enough to cover S3's latency
+/// while the threads work; their bytes are bounded by the fetch budget
+/// (`MAX_INPUT_BYTES_IN_FLIGHT`), not by this count.
+const FETCH_AHEAD: usize = 16;
+
+/// One job's input, as the reading side hands it over.
+enum Fetched<'m> {
+    Ready(&'m InMessage, Job, Input),
+    Failed(&'m InMessage, Job, JobError),
+    /// Not read before `stop_at`: the message comes again.
+    Late(&'m InMessage),
+}
+
+/// Reads the inputs (up to [`FETCH_AHEAD`] at once, as the fetch budget
+/// allows) and classifies them as they arrive, one image per thread, so a
+/// batch naming many large objects holds only those being classified and
+/// read next. Nothing starts after `stop_at`; what was not done comes again.
+async fn fetch_and_classify<'m>(
+    app: &Arc<App>,
     work: Vec<(&'m InMessage, Job)>,
     stop_at: Option<Instant>,
     progress: &mut Progress,
-) -> Vec<(&'m InMessage, Job, Vec<u8>)> {
-    let fetches = futures::future::join_all(work.iter().map(|(_, job)| fetch(app, job)));
-    let fetched = match stop_at {
-        Some(t) => tokio::time::timeout_at(t.into(), fetches).await.ok(),
-        None => Some(fetches.await),
-    };
-    let Some(fetched) = fetched else {
-        tracing::warn!(
-            jobs = work.len(),
-            "the deadline came during the input fetches; these jobs will be delivered again"
-        );
-        let ids = work.iter().map(|(m, _)| m.message_id.clone());
-        progress.redeliver.extend(ids);
-        return Vec::new();
-    };
-    let mut ready = Vec::new();
-    for ((m, job), bytes) in work.into_iter().zip(fetched) {
-        match bytes {
-            Ok(bytes) => ready.push((m, job, bytes)),
-            Err(e) => progress.fail(m, &job.job_id, &e),
+) {
+    let threads = app.threads();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Fetched<'m>>(threads);
+    let read = async move {
+        // Futures made up front, started only as `buffer_unordered` polls
+        // them (a closure in the stream trips the spawned task's `Send`).
+        let reads: Vec<_> = work
+            .into_iter()
+            .map(|(m, job)| read_one(app, m, job, stop_at))
+            .collect();
+        let mut reads = futures::stream::iter(reads).buffer_unordered(FETCH_AHEAD);
+        while let Some(f) = reads.next().await {
+            if tx.send(f).await.is_err() {
+                break;
+            }
         }
-    }
-    ready
+    };
+    let classify = async {
+        while let Some(first) = rx.recv().await {
+            // What has arrived, up to a thread's worth each: never wait for
+            // more while holding some, so the budget always drains.
+            let mut ready = Vec::new();
+            let mut next = Some(first);
+            while let Some(f) = next.take() {
+                match f {
+                    Fetched::Ready(m, job, input) => ready.push((m, job, input)),
+                    Fetched::Failed(m, job, e) => progress.fail(m, &job.job_id, &e),
+                    Fetched::Late(m) => {
+                        progress.redeliver.insert(m.message_id.clone());
+                    }
+                }
+                if ready.len() < threads {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !ready.is_empty() {
+                classify_chunk(app, ready, stop_at, progress).await;
+            }
+        }
+    };
+    futures::join!(read, classify);
 }
 
-/// Classifies one image per thread at a time, so no image starts after
-/// `stop_at`; the jobs not started come again.
-async fn classify_all(
+/// One job's input, unless `stop_at` comes first.
+async fn read_one<'m>(
+    app: &App,
+    m: &'m InMessage,
+    job: Job,
+    stop_at: Option<Instant>,
+) -> Fetched<'m> {
+    let fetched = match stop_at {
+        Some(t) if Instant::now() >= t => return Fetched::Late(m),
+        Some(t) => match tokio::time::timeout_at(t.into(), fetch(app, &job)).await {
+            Ok(r) => r,
+            Err(_) => return Fetched::Late(m),
+        },
+        None => fetch(app, &job).await,
+    };
+    match fetched {
+        Ok(input) => Fetched::Ready(m, job, input),
+        Err(e) => Fetched::Failed(m, job, e),
+    }
+}
+
+/// Classifies a few fetched inputs at once (at most one per thread); if
+/// `stop_at` has passed, their messages come again instead.
+async fn classify_chunk(
     app: &Arc<App>,
-    fetched: Vec<(&InMessage, Job, Vec<u8>)>,
+    chunk: Vec<(&InMessage, Job, Input)>,
     stop_at: Option<Instant>,
     progress: &mut Progress,
 ) {
-    let max_k = fetched.iter().map(|(_, j, _)| j.top_k).max().unwrap_or(1);
-    let mut fetched = fetched.into_iter().peekable();
-    while fetched.peek().is_some() {
-        let chunk: Vec<_> = fetched.by_ref().take(app.threads()).collect();
-        if stop_at.is_some_and(|t| Instant::now() >= t) {
-            tracing::warn!(
-                jobs = chunk.len(),
-                "the deadline is near; jobs not started will be delivered again"
-            );
-            let ids = chunk.iter().map(|(m, _, _)| m.message_id.clone());
-            progress.redeliver.extend(ids);
-            continue;
+    if stop_at.is_some_and(|t| Instant::now() >= t) {
+        tracing::warn!(
+            jobs = chunk.len(),
+            "the deadline is near; jobs not started will be delivered again"
+        );
+        let ids = chunk.iter().map(|(m, _, _)| m.message_id.clone());
+        progress.redeliver.extend(ids);
+        return;
+    }
+    let max_k = chunk.iter().map(|(_, j, _)| j.top_k).max().unwrap_or(1);
+    let mut jobs = Vec::with_capacity(chunk.len());
+    let mut images = Vec::with_capacity(chunk.len());
+    let mut held = Vec::with_capacity(chunk.len());
+    for (m, job, input) in chunk {
+        jobs.push((m, job));
+        images.push(input.bytes);
+        held.push(input.held);
+    }
+    let classified = app.classify(images, max_k).await;
+    drop(held);
+    let classified = match classified {
+        Ok(classified) => classified,
+        Err(e) => {
+            // The work died, not any one input: these jobs come again.
+            let e = JobError::Classify(ClassifyError::Internal(e.to_string()));
+            jobs.iter()
+                .for_each(|(m, job)| progress.fail(m, &job.job_id, &e));
+            return;
         }
-        let (jobs, images): (Vec<_>, Vec<_>) =
-            chunk.into_iter().map(|(m, j, b)| ((m, j), b)).unzip();
-        let classified = match app.classify(images, max_k).await {
-            Ok(classified) => classified,
-            Err(e) => {
-                // The work died, not any one input: these jobs come again.
-                let e = JobError::Classify(ClassifyError::Internal(e.to_string()));
-                jobs.iter()
-                    .for_each(|(m, job)| progress.fail(m, &job.job_id, &e));
-                continue;
+    };
+    for ((m, job), c) in jobs.into_iter().zip(classified) {
+        match c {
+            Ok(mut c) => {
+                c.predictions.truncate(job.top_k);
+                let model = progress.model.clone();
+                let r = JobResult::ok(job.job_id, m, model, c.predictions, c.timing_ms);
+                progress.results.push(r);
             }
-        };
-        for ((m, job), c) in jobs.into_iter().zip(classified) {
-            match c {
-                Ok(mut c) => {
-                    c.predictions.truncate(job.top_k);
-                    let model = progress.model.clone();
-                    let r = JobResult::ok(job.job_id, m, model, c.predictions, c.timing_ms);
-                    progress.results.push(r);
-                }
-                Err(e) => progress.fail(m, &job.job_id, &JobError::from(e)),
-            }
+            Err(e) => progress.fail(m, &job.job_id, &JobError::from(e)),
         }
     }
 }
@@ -228,10 +286,10 @@ async fn write(app: &App, messages: &[InMessage], progress: Progress) -> BatchOu
 
 /// One job's input bytes. A panic while fetching (inside the AWS SDK, say)
 /// becomes this job's error result: the other jobs of the batch go on.
-async fn fetch(app: &App, job: &Job) -> Result<Vec<u8>, JobError> {
+async fn fetch(app: &App, job: &Job) -> Result<Input, JobError> {
     let fetch = async {
         Ok(match &job.source {
-            ImageSource::Base64(b64) => decode_base64("image.base64", b64)?,
+            ImageSource::Base64(b64) => Input::inline(decode_base64("image.base64", b64)?),
             ImageSource::S3 { bucket, key } => app.inputs().fetch(bucket, key).await?,
         })
     };

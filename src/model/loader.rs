@@ -294,7 +294,9 @@ impl LoadError {
             S3Error::NoSuchKey => LoadError::NoSuchKey { var, uri },
             S3Error::AccessDenied => LoadError::AccessDenied { uri },
             S3Error::TooLarge { size, limit } => LoadError::TooLarge { uri, size, limit },
-            S3Error::Unavailable(message) => LoadError::S3 { uri, message },
+            S3Error::Unavailable(message) | S3Error::NoRoom { message, .. } => {
+                LoadError::S3 { uri, message }
+            }
         }
     }
 }

@@ -8,4 +8,5 @@ mod common;
 mod crash;
 mod faults;
 mod local_stack;
+mod memory;
 mod sqs;

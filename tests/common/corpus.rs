@@ -37,7 +37,7 @@ fn photo() -> DynamicImage {
 }
 
 /// CRC-32 (IEEE), as PNG chunks need.
-fn crc32(bytes: &[u8]) -> u32 {
+pub fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = 0xffff_ffffu32;
     for &b in bytes {
         crc ^= u32::from(b);
@@ -92,7 +92,7 @@ fn jpeg_declaring(w: u16, h: u16) -> Vec<u8> {
 }
 
 /// A real lossless WebP whose VP8L header declares `side`x`side`.
-fn webp_declaring(side: u32) -> Vec<u8> {
+pub fn webp_declaring(side: u32) -> Vec<u8> {
     let mut w = encode(&photo(), ImageFormat::WebP);
     let at = w
         .windows(4)

@@ -2,6 +2,7 @@
 //! Lambda Runtime API emulator for driving the real runtime loop.
 #![allow(dead_code)]
 
+pub mod bombs;
 pub mod corpus;
 pub mod proxy;
 pub mod runtime_api;
@@ -504,6 +505,11 @@ impl Worker {
         Worker(cmd.spawn().unwrap())
     }
 
+    /// The process id, to read its `/proc` status.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     /// SIGTERM, then wait: the worker must exit cleanly on its own.
     pub fn stop(mut self) -> serde_json::Value {
         unsafe {
@@ -596,6 +602,119 @@ pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
         .attributes
         .unwrap()[&QueueAttributeName::QueueArn]
         .clone()
+}
+
+/// A field of `/proc/PID/status` in bytes (`VmHWM:` is the peak resident
+/// size, `VmRSS:` the current one).
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    kb * 1024
+}
+
+/// What the README promises: peak RSS of a process at default settings.
+pub const PEAK_LIMIT: u64 = 300 * 1000 * 1000;
+
+/// `serve` on a free port, as a process of its own, killed when dropped.
+pub struct ServeProcess {
+    child: Child,
+    pub url: String,
+}
+
+impl ServeProcess {
+    /// Starts `serve` with `env` on top of this process's environment.
+    pub fn start(env: &[(&str, String)]) -> ServeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_onnx-lambda"))
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .current_dir(root())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("serve printed {line:?}"))
+            .to_string();
+        ServeProcess { child, url }
+    }
+
+    /// A field of the process's `/proc` status, in bytes.
+    pub fn status(&self, field: &str) -> u64 {
+        proc_status_bytes(self.child.id(), field)
+    }
+
+    /// Waits until a prediction of the sample photo succeeds.
+    pub fn wait_ready(&self) {
+        let photo = std::fs::read(data("images/chelsea.png")).unwrap();
+        let started = Instant::now();
+        loop {
+            let (status, body) = self
+                .post_all("/predict", "image/png", std::slice::from_ref(&photo))
+                .remove(0);
+            if status == 200 {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{status} {body}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts a new peak at the current resident size.
+    pub fn reset_peak(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").unwrap();
+        assert!(self.status("VmHWM:") <= self.status("VmRSS:") + (1 << 20));
+    }
+
+    /// Posts every body at once (one curl each) and returns the answers.
+    pub fn post_all(
+        &self,
+        path: &str,
+        content_type: &str,
+        bodies: &[Vec<u8>],
+    ) -> Vec<(u16, serde_json::Value)> {
+        let dir = std::env::temp_dir().join(format!("onnx-lambda-memory-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::thread::scope(|s| {
+            let calls: Vec<_> = bodies
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    let file = dir.join(format!("body-{i}"));
+                    std::fs::write(&file, body).unwrap();
+                    let url = format!("{}{path}", self.url);
+                    s.spawn(move || {
+                        let header = format!("Content-Type: {content_type}");
+                        let data = format!("@{}", file.display());
+                        curl(&["-H", &header, "--data-binary", &data, &url])
+                    })
+                })
+                .collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        })
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// curl with `args`: the status and the body as JSON (`Null` if it is not).

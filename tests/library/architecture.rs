@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 2),
     ("aws", 3),
     ("model", 4),
+    ("decode", 5),
     ("preprocess", 5),
     ("classify", 6),
     ("bench", 7),

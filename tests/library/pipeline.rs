@@ -76,8 +76,8 @@ fn large_jpegs_decode_scaled_and_keep_onnxruntimes_top5() {
     let limits = InputLimits::default();
     for (file, ort_top5) in expected_top5() {
         let big = twelve_megapixel_jpeg(&std::fs::read(data(&format!("images/{file}"))).unwrap());
-        let full = onnx_lambda::preprocess::decode(&big, &limits).unwrap();
-        let scaled = onnx_lambda::preprocess::decode_for(&big, &limits, 256).unwrap();
+        let full = onnx_lambda::decode::decode(&big, &limits).unwrap();
+        let scaled = onnx_lambda::decode::decode_for(&big, &limits, 256).unwrap();
         assert_eq!(full.width().max(full.height()), 4032, "{file}");
         assert_eq!(
             (scaled.width(), scaled.height()),
@@ -457,7 +457,7 @@ fn preprocessing_matches_pillow_reference_tensor() {
     let reference = read_f32le(&data("testdata/chelsea.input.1x3x224x224.f32le"));
     let bytes = std::fs::read(data("images/chelsea.png")).unwrap();
     let pre = onnx_lambda::preprocess::Preprocessor::new(classifier().model().manifest());
-    let img = onnx_lambda::preprocess::decode(&bytes, &InputLimits::default()).unwrap();
+    let img = onnx_lambda::decode::decode(&bytes, &InputLimits::default()).unwrap();
     let mut ours = vec![0f32; pre.image_len()];
     pre.preprocess_into(img, &mut ours);
     assert_eq!(

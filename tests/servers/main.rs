@@ -7,6 +7,7 @@ mod common;
 
 mod corpus;
 mod http;
+mod memory;
 mod metrics;
 mod security;
 mod serve;
