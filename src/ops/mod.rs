@@ -80,6 +80,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<()> {
 mod tests {
     use super::*;
     use crate::ops::testing::bundled_decluttered;
+    use tract_onnx::prelude::{Framework, InferenceModelExt, Tensor};
 
     /// On the bundled MobileNetV2, every ReLU6 ends up inside one of the
     /// project's operators: after the first convolution in the stem's
@@ -119,6 +120,226 @@ mod tests {
             assert_eq!((inputs_clamped, clamps_left), (0, 0));
         } else {
             assert_eq!((inputs_clamped, clamps_left), (16, 0));
+        }
+    }
+
+    /// One ONNX `Conv` (3x3 kernel, NCHW) on a `[1, c, h, w]` input, as
+    /// the loader parses and declutters it.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_model(
+        c: usize,
+        out: usize,
+        group: usize,
+        hw: (usize, usize),
+        pads: [i64; 4],
+        strides: [i64; 2],
+        dilations: [i64; 2],
+    ) -> TypedModel {
+        use tract_onnx::pb::{attribute_proto::AttributeType, tensor_proto::DataType, *};
+        let ints = |name: &str, v: &[i64]| AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Ints as i32,
+            ints: v.to_vec(),
+            ..Default::default()
+        };
+        let tensor = |name: &str, dims: Vec<i64>, seed| TensorProto {
+            name: name.into(),
+            float_data: noise(dims.iter().product::<i64>() as usize, seed),
+            dims,
+            data_type: DataType::Float as i32,
+            ..Default::default()
+        };
+        let value = |name: &str| ValueInfoProto {
+            name: name.into(),
+            ..Default::default()
+        };
+        let group_attr = AttributeProto {
+            name: "group".into(),
+            r#type: AttributeType::Int as i32,
+            i: group as i64,
+            ..Default::default()
+        };
+        let node = NodeProto {
+            input: vec!["x".into(), "w".into(), "b".into()],
+            output: vec!["y".into()],
+            op_type: "Conv".into(),
+            attribute: vec![
+                ints("kernel_shape", &[3, 3]),
+                ints("pads", &pads),
+                ints("strides", &strides),
+                ints("dilations", &dilations),
+                group_attr,
+            ],
+            ..Default::default()
+        };
+        let (c, out) = (c as i64, out as i64);
+        let graph = GraphProto {
+            node: vec![node],
+            initializer: vec![
+                tensor("w", vec![out, c / group as i64, 3, 3], 5),
+                tensor("b", vec![out], 6),
+            ],
+            input: vec![ValueInfoProto {
+                r#type: Some(TypeProto {
+                    value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                        elem_type: DataType::Float as i32,
+                        shape: Some(TensorShapeProto {
+                            dim: [1, c, hw.0 as i64, hw.1 as i64]
+                                .map(|d| tensor_shape_proto::Dimension {
+                                    value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
+                                    ..Default::default()
+                                })
+                                .to_vec(),
+                        }),
+                    })),
+                    ..Default::default()
+                }),
+                ..value("x")
+            }],
+            output: vec![value("y")],
+            ..Default::default()
+        };
+        let proto = ModelProto {
+            ir_version: 7,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            }],
+            graph: Some(graph),
+            ..Default::default()
+        };
+        let model = tract_onnx::onnx().model_for_proto_model(&proto).unwrap();
+        let mut typed = model.into_typed().unwrap();
+        crate::model::declutter::declutter(&mut typed).unwrap();
+        typed
+    }
+
+    /// Asymmetric padding (as TensorFlow's "SAME" exports it) is taken by
+    /// the project's operators; dilation, a channel multiplier and groups
+    /// that are not the channels are left to tract. Either way the result
+    /// is tract's.
+    #[test]
+    fn convolutions_are_taken_or_left_to_tract_and_match_tract() {
+        use crate::ops::testing::run_optimized;
+        // What, channels, output channels, groups, pads (top, left, bottom,
+        // right), strides, dilations, the operator that takes it.
+        struct Case(
+            &'static str,
+            usize,
+            usize,
+            usize,
+            [i64; 4],
+            [i64; 2],
+            [i64; 2],
+            Option<&'static str>,
+        );
+        let cases = [
+            Case(
+                "depthwise, pads 0/1, stride 2",
+                8,
+                8,
+                8,
+                [0, 0, 1, 1],
+                [2, 2],
+                [1, 1],
+                Some("Depthwise"),
+            ),
+            Case(
+                "depthwise, pads 1/2 by 0/1",
+                8,
+                8,
+                8,
+                [1, 0, 2, 1],
+                [1, 1],
+                [1, 1],
+                Some("Depthwise"),
+            ),
+            Case(
+                "depthwise, dilation 2",
+                8,
+                8,
+                8,
+                [2, 2, 2, 2],
+                [1, 1],
+                [2, 2],
+                None,
+            ),
+            Case(
+                "depthwise, channel multiplier 2",
+                8,
+                16,
+                8,
+                [1, 1, 1, 1],
+                [1, 1],
+                [1, 1],
+                None,
+            ),
+            Case(
+                "groups of 2 channels",
+                8,
+                8,
+                4,
+                [1, 1, 1, 1],
+                [1, 1],
+                [1, 1],
+                None,
+            ),
+            Case(
+                "stem, pads 0/1, stride 2",
+                3,
+                16,
+                1,
+                [0, 0, 1, 1],
+                [2, 2],
+                [1, 1],
+                Some("Stem"),
+            ),
+            Case(
+                "stem, dilation 2",
+                3,
+                16,
+                1,
+                [2, 2, 2, 2],
+                [1, 1],
+                [2, 2],
+                None,
+            ),
+            Case(
+                "stem, 3 groups",
+                3,
+                6,
+                3,
+                [1, 1, 1, 1],
+                [1, 1],
+                [1, 1],
+                None,
+            ),
+        ];
+        let hw = (17, 19);
+        for Case(what, c, out, group, pads, strides, dilations, taken_by) in cases {
+            let model = conv_model(c, out, group, hw, pads, strides, dilations);
+            let input =
+                Tensor::from_shape(&[1, c, hw.0, hw.1], &noise(c * hw.0 * hw.1, 9)).unwrap();
+            let want = run_optimized(model.clone(), &input);
+            let mut ours = model;
+            install(&mut ours).unwrap();
+            let names: Vec<String> = ours.nodes.iter().map(|n| n.op.name().to_string()).collect();
+            match taken_by {
+                Some(op) => assert!(
+                    names.contains(&format!("{op}(onnx-lambda)")),
+                    "{what}: {names:?}"
+                ),
+                None => assert!(
+                    !names.iter().any(|n| n.contains("onnx-lambda"))
+                        && names.iter().any(|n| n == "Conv"),
+                    "{what}: {names:?}"
+                ),
+            }
+            let got = run_optimized(ours, &input);
+            assert_eq!(got.len(), want.len(), "{what}");
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= 1e-4, "{what} at {i}: {a} vs {b}");
+            }
         }
     }
 }

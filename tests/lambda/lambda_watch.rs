@@ -232,6 +232,22 @@ async fn every_event_and_the_function_url_under_cargo_lambda_watch() {
         bootstrap().display()
     );
 
+    // S3 failing (500s past the SDK's retries) is transient: the message
+    // is a batch item failure, to be delivered again, and no result.
+    let mut event = common::event("sqs-s3-notification.json");
+    event["Records"][0]["messageId"] = serde_json::json!("s3-was-down");
+    let failing = dir.join("sqs-s3-down.json");
+    std::fs::write(&failing, event.to_string()).unwrap();
+    s3.fail_requests(0, 50);
+    let answer = invoke(port, failing.to_str().unwrap(), &mut function, &dir);
+    s3.fail_requests(0, 0);
+    assert_eq!(
+        answer["batchItemFailures"],
+        serde_json::json!([{"itemIdentifier": "s3-was-down"}]),
+        "{answer}"
+    );
+    invocations += 1;
+
     // The emulated Function URL, with curl.
     let url = format!("http://127.0.0.1:{port}/lambda-url/_");
     let photo = format!("@{}", data("images/chelsea.png").display());
@@ -351,8 +367,8 @@ fn check_logs_and_metrics(dir: &Path, invocations: usize) {
     assert_eq!(total("errors.unsupported_format"), 1.0);
     assert_eq!(total("errors.not_found"), 1.0);
     assert_eq!(total("errors.s3_object_not_found"), 1.0);
-    assert_eq!(total("sqs_batch_messages"), 3.0);
-    assert_eq!(total("sqs_batch_item_failures"), 0.0);
+    assert_eq!(total("sqs_batch_messages"), 4.0);
+    assert_eq!(total("sqs_batch_item_failures"), 1.0);
     let inference: usize = lines
         .iter()
         .filter_map(|l| l["inference"].as_array())

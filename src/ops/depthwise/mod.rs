@@ -839,6 +839,41 @@ mod tests {
         assert!(cases > 100, "{cases}");
     }
 
+    /// Padding that differs before and after (TensorFlow's "SAME" at
+    /// stride 2 pads only after): the output size comes from both sides,
+    /// the kernels see the padding before and stop at the input's end.
+    /// The 57 x 58 planes reach the blocked path's row kernels.
+    #[test]
+    fn asymmetric_padding_matches_the_definition() {
+        let mut cases = 0;
+        for (h, w) in [(7, 8), (16, 17), (57, 58)] {
+            for kernel in [3, 5] {
+                for stride in [(1, 1), (2, 2)] {
+                    let half = kernel / 2;
+                    for (before, after) in
+                        [((0, 0), (1, 1)), ((1, 0), (2, 1)), ((half, 0), (0, half))]
+                    {
+                        let out_hw = (
+                            (h + before.0 + after.0 - kernel) / stride.0 + 1,
+                            (w + before.1 + after.1 - kernel) / stride.1 + 1,
+                        );
+                        let g = Geometry {
+                            channels: 3,
+                            in_hw: (h, w),
+                            out_hw,
+                            kernel,
+                            stride,
+                            pad: before,
+                        };
+                        check_against_definition(g, 1000 + cases);
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 36);
+    }
+
     /// A three-channel layer of `in_hw` with square `kernel`, its output
     /// size from the stride and the padding on each side.
     fn three_channels(
