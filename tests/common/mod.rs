@@ -628,12 +628,17 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `serve` with `env` on top of this process's environment.
     pub fn start(env: &[(&str, String)]) -> ServeProcess {
+        ServeProcess::start_logging(env, Stdio::null())
+    }
+
+    /// [`ServeProcess::start`], its log (stderr) going to `log`.
+    pub fn start_logging(env: &[(&str, String)], log: impl Into<Stdio>) -> ServeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_onnx-lambda"))
             .args(["serve", "--addr", "127.0.0.1:0"])
             .current_dir(root())
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -649,6 +654,14 @@ impl ServeProcess {
             .unwrap_or_else(|| panic!("serve printed {line:?}"))
             .to_string();
         ServeProcess { child, url }
+    }
+
+    /// SIGTERM, and wait for the process to exit.
+    pub fn stop(mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait().unwrap();
     }
 
     /// A field of the process's `/proc` status, in bytes.

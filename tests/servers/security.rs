@@ -69,25 +69,10 @@ async fn logs_hold_no_credentials_signatures_or_image_bytes() {
 
     // serve: base64, an allowed s3_uri (a signed S3 GET), a presigned URL.
     let log = dir.join("serve.log");
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_onnx-lambda"))
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .envs(secret_env())
-        .env("S3_INPUT_ALLOWLIST", format!("s3://{bucket}/in/"))
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(serve.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let mut env = secret_env();
+    env.push(("S3_INPUT_ALLOWLIST", format!("s3://{bucket}/in/")));
+    let serve = common::ServeProcess::start_logging(&env, std::fs::File::create(&log).unwrap());
+    let url = serve.url.clone();
     let body_file = dir.join("body.json");
     let curl = |body: String| {
         std::fs::write(&body_file, body).unwrap();
@@ -122,10 +107,7 @@ async fn logs_hold_no_credentials_signatures_or_image_bytes() {
     let refused = curl(json!({"s3_uri": presigned()}).to_string());
     assert_eq!(refused["error"]["code"], "invalid_s3_uri");
     assert_clean("the refusal's body", &refused.to_string(), &b64);
-    unsafe {
-        libc::kill(serve.id() as i32, libc::SIGTERM);
-    }
-    serve.wait().unwrap();
+    serve.stop();
     assert_clean("serve", &std::fs::read_to_string(&log).unwrap(), &b64);
 
     // worker: the same inputs as jobs.

@@ -853,18 +853,7 @@ mod tests {
                     for (before, after) in
                         [((0, 0), (1, 1)), ((1, 0), (2, 1)), ((half, 0), (0, half))]
                     {
-                        let out_hw = (
-                            (h + before.0 + after.0 - kernel) / stride.0 + 1,
-                            (w + before.1 + after.1 - kernel) / stride.1 + 1,
-                        );
-                        let g = Geometry {
-                            channels: 3,
-                            in_hw: (h, w),
-                            out_hw,
-                            kernel,
-                            stride,
-                            pad: before,
-                        };
+                        let g = three_channels_padded((h, w), kernel, stride, before, after);
                         check_against_definition(g, 1000 + cases);
                         cases += 1;
                     }
@@ -882,9 +871,21 @@ mod tests {
         stride: (usize, usize),
         pad: (usize, usize),
     ) -> Geometry {
+        three_channels_padded(in_hw, kernel, stride, pad, pad)
+    }
+
+    /// [`three_channels`] with `before` rows and columns of padding on top
+    /// and left, `after` on bottom and right.
+    fn three_channels_padded(
+        in_hw: (usize, usize),
+        kernel: usize,
+        stride: (usize, usize),
+        before: (usize, usize),
+        after: (usize, usize),
+    ) -> Geometry {
         let out_hw = (
-            (in_hw.0 + 2 * pad.0 - kernel) / stride.0 + 1,
-            (in_hw.1 + 2 * pad.1 - kernel) / stride.1 + 1,
+            (in_hw.0 + before.0 + after.0 - kernel) / stride.0 + 1,
+            (in_hw.1 + before.1 + after.1 - kernel) / stride.1 + 1,
         );
         Geometry {
             channels: 3,
@@ -892,7 +893,7 @@ mod tests {
             out_hw,
             kernel,
             stride,
-            pad,
+            pad: before,
         }
     }
 
