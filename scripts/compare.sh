@@ -4,6 +4,11 @@
 # shows. Usage:
 #
 #   scripts/compare.sh [--rounds 3] [--iterations 10]
+#   scripts/compare.sh --zoo [--rounds 2] [--simd avx2] [--models a,b]
+#
+# --zoo: the model zoo (scripts/zoo.py, generated into
+# ~/.cache/onnx-lambda/zoo if missing) against ONNX Runtime instead, one
+# row per model (scripts/zoo_compare.py).
 #
 # Builds the release binary (shared target dir) and .venv-bench if missing.
 # For the cold start with the model on S3 it also uses .venv's moto (made by
@@ -15,6 +20,13 @@ cargo build --release --locked --quiet
 if [ ! -x .venv-bench/bin/python ]; then
   python3 -m venv .venv-bench
   .venv-bench/bin/pip install --quiet -r scripts/requirements-bench.txt
+fi
+if [ "${1:-}" = "--zoo" ]; then
+  shift
+  .venv-bench/bin/pip install --quiet onnx==1.23.2
+  .venv-bench/bin/python scripts/zoo.py >/dev/null
+  exec .venv-bench/bin/python scripts/zoo_compare.py \
+    --binary "$CARGO_TARGET_DIR/release/onnx-lambda" "$@"
 fi
 exec .venv-bench/bin/python scripts/compare.py \
   --binary "$CARGO_TARGET_DIR/release/onnx-lambda" \

@@ -30,6 +30,7 @@ pub(crate) mod dense;
 pub(crate) mod depthwise;
 pub(crate) mod fused;
 pub(crate) mod graph;
+pub(crate) mod maxpool;
 mod peak;
 pub(crate) mod pointwise;
 mod pool;
@@ -73,6 +74,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<()> {
     depthwise::install(model)?;
     fused::install(model)?;
     dense::install(model)?;
+    maxpool::install(model)?;
     Ok(())
 }
 

@@ -11,3 +11,4 @@ mod cli;
 mod docs;
 mod pipeline;
 mod template;
+mod zoo;

@@ -1,0 +1,95 @@
+//! The model zoo (`scripts/zoo.py`): real classifier architectures with
+//! seeded weights, one per operator family, each loaded as a user's model
+//! is (tract with the project's operators put in where they apply) and run
+//! on the input ONNX Runtime saw: the logits agree with ONNX Runtime's to
+//! 1e-4 of the largest. The operators the project does not implement
+//! (LayerNorm, GELU's `Erf`, `Split`, channel shuffle, pooling, `Concat`,
+//! standalone BatchNorm, HardSwish, SiLU) run in tract, and are checked
+//! the same way. The models are generated once into the cache.
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use onnx_lambda::{LoadOptions, Model};
+use tract_onnx::prelude::Tensor;
+
+/// One model per family; `resnet50` and `mobilenet_v3_large` repeat
+/// families and are left to `scripts/compare.sh --zoo`.
+const IN_SUITE: [&str; 10] = [
+    "squeezenet1_1",
+    "resnet18",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "mnasnet1_0",
+    "shufflenet_v2_x1_0",
+    "regnet_y_400mf",
+    "densenet121",
+    "googlenet",
+    "convnext_tiny",
+];
+
+/// The zoo's directory, the models generated into it if missing.
+fn zoo(models: &[&str]) -> PathBuf {
+    let dir = std::env::var_os("ZOO_DIR").map_or_else(
+        || PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/onnx-lambda/zoo"),
+        PathBuf::from,
+    );
+    let python = common::root().join(".venv/bin/python");
+    let out = Command::new(&python)
+        .arg(common::root().join("scripts/zoo.py"))
+        .arg("--out")
+        .arg(&dir)
+        .args(["--models", &models.join(",")])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run scripts/test.sh, which makes .venv",
+                python.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "scripts/zoo.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+fn floats(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn every_zoo_family_agrees_with_onnx_runtime() {
+    let dir = zoo(&IN_SUITE);
+    let mut failures = Vec::new();
+    for name in IN_SUITE {
+        let model = Model::load_path(&dir.join(format!("{name}.onnx")), LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(model.classes(), 1000, "{name}");
+        let input = floats(&dir.join(format!("{name}.input.f32")));
+        let want = floats(&dir.join(format!("{name}.ort.f32")));
+        let x = Tensor::from_shape(&[1, 3, 224, 224], &input).unwrap();
+        let got = model.run(x).unwrap().remove(0);
+        assert_eq!(got.len(), want.len(), "{name}");
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{name}: largest logit {scale:.3}, largest difference {worst:.2e}");
+        if got.iter().any(|v| !v.is_finite()) || worst > 1e-4 * scale {
+            failures.push(format!(
+                "{name}: {worst} against a largest logit of {scale}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
