@@ -7,7 +7,8 @@ seeded random weights, written into a cache directory (not the repository).
 For each model NAME it writes DIR/NAME.onnx (opset 17, batch 1, 3x224x224,
 1000 logits), DIR/NAME.input.f32 (a seeded input tensor, little-endian
 float32) and DIR/NAME.ort.f32 (ONNX Runtime's logits for it, one thread),
-plus DIR/index.json (name, family, parameters, operator types). DIR
+plus DIR/index.json (every model in DIR: name, family, parameters,
+operator types). DIR
 defaults to ~/.cache/onnx-lambda/zoo. A model already written with the
 same generator version is kept.
 
@@ -451,10 +452,16 @@ def main():
     unknown = [m for m in names if m not in MODELS]
     if unknown:
         sys.exit(f"unknown models {unknown}; known: {', '.join(MODELS)}")
-    index = [write(args.out, name) for name in names]
-    with open(os.path.join(args.out, "index.json"), "w") as f:
+    written = [write(args.out, name) for name in names]
+    # The index lists every model in the directory, in MODELS' order, not
+    # only those asked for this time.
+    index_path = os.path.join(args.out, "index.json")
+    known = {m["name"]: m for m in (json.load(open(index_path)) if os.path.exists(index_path) else [])}
+    known.update((m["name"], m) for m in written)
+    index = [known[name] for name in MODELS if name in known and os.path.exists(known[name]["path"])]
+    with open(index_path, "w") as f:
         json.dump(index, f, indent=1)
-    json.dump(index, sys.stdout)
+    json.dump(written, sys.stdout)
 
 
 if __name__ == "__main__":
