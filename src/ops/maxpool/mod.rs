@@ -130,24 +130,39 @@ fn inside(len: usize, out: usize, stride: usize, kx: usize, pad: usize) -> std::
     first..end.max(first)
 }
 
-/// Folds `src` into `dst` by maximum; `if v > o` rather than `f32::max`
-/// so it compiles to the vector `max` (NaN inputs lose either way, as in
-/// the definition, since `dst` never holds NaN).
+/// `max(o, v)` as a select stored unconditionally: it compiles to the
+/// vector `max` (NaN inputs lose, as in the definition, since outputs
+/// never hold NaN). A conditional store stayed a scalar branch.
 #[inline(always)]
-fn fold_max<'a>(dst: &mut [f32], src: impl Iterator<Item = &'a f32>) {
-    for (o, &v) in dst.iter_mut().zip(src) {
-        if v > *o {
-            *o = v;
+fn max_into(o: &mut f32, v: f32) {
+    *o = if v > *o { v } else { *o };
+}
+
+/// Folds the contiguous `src` into `dst` by maximum, 8 lanes at a time:
+/// rows here are 7 to 112 long, too short for the compiler's own
+/// vectorised loop (4 x 16 lanes a trip with AVX-512), which left them
+/// scalar.
+#[inline(always)]
+fn fold_max(dst: &mut [f32], src: &[f32]) {
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d, s) in d.by_ref().zip(s.by_ref()) {
+        for i in 0..8 {
+            max_into(&mut d[i], s[i]);
         }
+    }
+    for (o, &v) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        max_into(o, v);
     }
 }
 
 /// Separable: each input row's maximum over every output column's window
 /// (`k` folds of a row into `scratch`), then each output row the maximum
-/// of its window's rows (`k` folds): `2k` comparisons an output, not `k²`.
+/// of its window's rows (`k` folds; at vertical stride 1, one fold of all
+/// the rows a kernel row reaches): `2k` comparisons an output, not `k²`.
 #[inline(always)]
 fn pool_plane(input: &[f32], output: &mut [f32], g: &Geometry, scratch: &mut Vec<f32>) {
-    let ((h, w), wo, k, (sy, sx), (py, px)) = (g.in_hw, g.out_hw.1, g.kernel, g.stride, g.pad);
+    let ((h, w), (ho, wo), k, (sy, sx), (py, px)) = (g.in_hw, g.out_hw, g.kernel, g.stride, g.pad);
     scratch.clear();
     scratch.resize(h * wo, f32::NEG_INFINITY);
     for (row, across) in input.chunks_exact(w).zip(scratch.chunks_exact_mut(wo)) {
@@ -159,17 +174,29 @@ fn pool_plane(input: &[f32], output: &mut [f32], g: &Geometry, scratch: &mut Vec
             let start = xs.start * sx + kx - px;
             let dst = &mut across[xs.clone()];
             if sx == 1 {
-                fold_max(dst, row[start..start + xs.len()].iter());
+                fold_max(dst, &row[start..start + dst.len()]);
             } else {
-                fold_max(dst, row[start..].iter().step_by(sx));
+                for (o, &v) in dst.iter_mut().zip(row[start..].iter().step_by(sx)) {
+                    max_into(o, v);
+                }
             }
         }
     }
-    for (y, out) in output.chunks_exact_mut(wo).enumerate() {
-        out.fill(f32::NEG_INFINITY);
-        for ky in 0..k {
-            if let Some(iy) = (y * sy + ky).checked_sub(py).filter(|&iy| iy < h) {
-                fold_max(out, scratch[iy * wo..][..wo].iter());
+    output.fill(f32::NEG_INFINITY);
+    for ky in 0..k {
+        // The output rows whose kernel row `ky` lands inside the input.
+        let ys = inside(h, ho, sy, ky, py);
+        if ys.is_empty() {
+            continue;
+        }
+        let first = ys.start * sy + ky - py;
+        if sy == 1 {
+            let dst = &mut output[ys.start * wo..ys.end * wo];
+            fold_max(dst, &scratch[first * wo..][..dst.len()]);
+        } else {
+            for (i, y) in ys.enumerate() {
+                let iy = first + i * sy;
+                fold_max(&mut output[y * wo..][..wo], &scratch[iy * wo..][..wo]);
             }
         }
     }
