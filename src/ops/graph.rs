@@ -128,3 +128,20 @@ pub(crate) fn same_bits(a: &[f32], b: &[f32]) -> bool {
 pub(crate) fn same_clamp(a: Option<(f32, f32)>, b: Option<(f32, f32)>) -> bool {
     a.map(|(lo, hi)| (lo.to_bits(), hi.to_bits())) == b.map(|(lo, hi)| (lo.to_bits(), hi.to_bits()))
 }
+
+/// Puts `op`, fed by `input`, in place of the nodes up to `last`'s first
+/// output (one node, or a node and the clamp it took in): the one graph
+/// patch every operator's installer applies.
+pub(crate) fn replace_with(
+    model: &mut TypedModel,
+    what: &str,
+    input: OutletId,
+    (name, op): (&str, impl Into<Box<dyn TypedOp>>),
+    last: usize,
+) -> TractResult<()> {
+    let mut patch = TypedModelPatch::new(what);
+    let x = patch.tap_model(model, input)?;
+    let wire = patch.wire_node(name, op, &[x])?[0];
+    patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
+    patch.apply(model)
+}

@@ -43,7 +43,9 @@ mod x86_64;
 
 use tract_onnx::prelude::{TractResult, TypedModel};
 
-pub(crate) use graph::{following_clamp, preceding_clamp, same_bits, same_clamp, sole_successor};
+pub(crate) use graph::{
+    following_clamp, preceding_clamp, replace_with, same_bits, same_clamp, sole_successor,
+};
 pub use peak::{fma_peak, Peak};
 pub(crate) use pool::par_planes;
 pub use pool::OperatorPool;

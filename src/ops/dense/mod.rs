@@ -30,7 +30,7 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
-use crate::ops::{same_bits, sole_successor, Level, Simd};
+use crate::ops::{replace_with, same_bits, sole_successor, Level, Simd};
 
 /// `x · Wᵀ + bias` for `x` of `[m][k]` and constant `W` of `[n][k]`.
 #[derive(Debug, Clone)]
@@ -352,11 +352,9 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
             Some((bias, add)) => (Some(bias), add),
             None => (None, id),
         };
-        let mut patch = TypedModelPatch::new("onnx-lambda dense");
-        let x = patch.tap_model(model, node.inputs[0])?;
-        let wire = patch.wire_node(&node.name, Dense::new(k, n, weights, bias), &[x])?[0];
-        patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
-        patch.apply(model)?;
+        let op = Dense::new(k, n, weights, bias);
+        let (input, name) = (node.inputs[0], node.name.clone());
+        replace_with(model, "onnx-lambda dense", input, (&name, op), last)?;
         replaced += 1;
     }
     model.compact()?;

@@ -33,7 +33,9 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use crate::ops::{following_clamp, preceding_clamp, same_bits, same_clamp, Level, Simd};
+use crate::ops::{
+    following_clamp, preceding_clamp, replace_with, same_bits, same_clamp, Level, Simd,
+};
 
 #[cfg(target_arch = "x86_64")]
 mod blocked;
@@ -636,11 +638,8 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
         } else {
             node.inputs[0]
         };
-        let mut patch = TypedModelPatch::new("onnx-lambda depthwise");
-        let x = patch.tap_model(model, source)?;
-        let wire = patch.wire_node(&node.name, op, &[x])?[0];
-        patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
-        patch.apply(model)?;
+        let name = node.name.clone();
+        replace_with(model, "onnx-lambda depthwise", source, (&name, op), last)?;
         replaced += 1;
     }
     model.compact()?;

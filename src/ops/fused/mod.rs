@@ -22,7 +22,7 @@ use tract_onnx::tract_core::internal::*;
 
 use super::depthwise::Depthwise;
 use super::pointwise::{Pointwise, PANEL};
-use crate::ops::{par_planes, sole_successor};
+use crate::ops::{par_planes, replace_with, sole_successor};
 
 /// Smallest expanded tensor (per image) worth joining: one at least the
 /// size of L2 (1 MiB per core on AMD Zen 4/5, 512 KiB on Zen 2, 1.25-2 MiB
@@ -179,11 +179,14 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
             expand: expand.clone(),
             depthwise: depthwise.clone(),
         };
-        let mut patch = TypedModelPatch::new("onnx-lambda expand + depthwise");
-        let x = patch.tap_model(model, node.inputs[0])?;
-        let wire = patch.wire_node(&next.name, op, &[x])?[0];
-        patch.shunt_outside(model, OutletId::new(next.id, 0), wire)?;
-        patch.apply(model)?;
+        let (input, name, last) = (node.inputs[0], next.name.clone(), next.id);
+        replace_with(
+            model,
+            "onnx-lambda expand + depthwise",
+            input,
+            (&name, op),
+            last,
+        )?;
         joined += 1;
     }
     model.compact()?;

@@ -31,7 +31,7 @@ use tract_onnx::tract_core::ops::cnn::MaxPool as TractMaxPool;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::depthwise::{conv_eval, conv_output_facts, Geometry};
-use crate::ops::{Level, Simd};
+use crate::ops::{replace_with, Level, Simd};
 
 /// Max pooling of square windows, on f32 NCHW (or CHW) tensors.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,11 +297,8 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
         };
         let batched = pool.pool_spec.data_format == DataFormat::NCHW;
         let op = MaxPool::new(geometry, batched);
-        let mut patch = TypedModelPatch::new("onnx-lambda max pool");
-        let x = patch.tap_model(model, node.inputs[0])?;
-        let wire = patch.wire_node(&node.name, op, &[x])?[0];
-        patch.shunt_outside(model, OutletId::new(id, 0), wire)?;
-        patch.apply(model)?;
+        let (input, name) = (node.inputs[0], node.name.clone());
+        replace_with(model, "onnx-lambda max pool", input, (&name, op), id)?;
         replaced += 1;
     }
     model.compact()?;

@@ -28,7 +28,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use super::depthwise::{
     conv_cost, conv_eval, conv_layer, conv_output_facts, fill_phases, Geometry,
 };
-use crate::ops::{following_clamp, par_planes, same_bits, same_clamp, Level, Simd};
+use crate::ops::{following_clamp, par_planes, replace_with, same_bits, same_clamp, Level, Simd};
 
 /// Most input channels taken: past a few, the taps outgrow the registers'
 /// reuse and tract's matrix product is the better tool.
@@ -341,11 +341,8 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
             clamp,
             batched,
         );
-        let mut patch = TypedModelPatch::new("onnx-lambda stem");
-        let x = patch.tap_model(model, node.inputs[0])?;
-        let wire = patch.wire_node(&node.name, op, &[x])?[0];
-        patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
-        patch.apply(model)?;
+        let (input, name) = (node.inputs[0], node.name.clone());
+        replace_with(model, "onnx-lambda stem", input, (&name, op), last)?;
         replaced += 1;
     }
     model.compact()?;
