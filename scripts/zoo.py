@@ -117,6 +117,11 @@ class Net:
         return self.op(kind, [x], kernel_shape=[k, k], strides=[stride, stride],
                        pads=[pad] * 4, ceil_mode=ceil)
 
+    def residual(self, x, y, cin, cout, stride):
+        """ReLU(y + x), x through a strided 1x1 projection when its shape differs."""
+        skip = x if stride == 1 and cin == cout else self.cba(x, cin, cout, 1, stride, act=None)
+        return self.act(self.op("Add", [y, skip]), "relu")
+
     def gap_flat(self, x):
         return self.op("Flatten", [self.op("GlobalAveragePool", [x])], axis=1)
 
@@ -158,8 +163,7 @@ def resnet(name, blocks, bottleneck):
             else:
                 y = n.cba(x, cin, width, 3, stride)
                 y = n.cba(y, width, width, 3, act=None)
-            skip = x if stride == 1 and cin == cout else n.cba(x, cin, cout, 1, stride, act=None)
-            x = n.act(n.op("Add", [y, skip]), "relu")
+            x = n.residual(x, y, cin, cout, stride)
             cin = cout
     return n.model(n.linear(n.gap_flat(x), cin, 1000))
 
@@ -302,8 +306,7 @@ def regnet_y_400mf():
             y = n.cba(y, width, width, 3, stride, groups=width // 8)
             y = n.se(y, width, int(round(cin * 0.25)), "relu", "sigmoid")
             y = n.cba(y, width, width, 1, act=None)
-            skip = x if stride == 1 and cin == width else n.cba(x, cin, width, 1, stride, act=None)
-            x = n.act(n.op("Add", [y, skip]), "relu")
+            x = n.residual(x, y, cin, width, stride)
             cin = width
     return n.model(n.linear(n.gap_flat(x), cin, 1000))
 
