@@ -62,7 +62,7 @@ pub fn decode_for(
     limits: &InputLimits,
     min_side: u32,
 ) -> Result<DynamicImage, InputError> {
-    decode_within(bytes, limits, min_side, |_| ()).map(|(image, ())| image)
+    decode_within(bytes, limits, min_side, |_| ())
 }
 
 /// [`decode_for`], holding a reservation of the decode's peak bytes from
@@ -75,7 +75,7 @@ pub(crate) fn decode_reserved(
     budget: &Arc<DecodeBudget>,
 ) -> Result<(DynamicImage, Reservation), InputError> {
     let mut held: Option<Reservation> = None;
-    let (image, ()) = decode_within(bytes, limits, min_side, |need| {
+    let image = decode_within(bytes, limits, min_side, |need| {
         held = None; // a second estimate replaces the first
         held = Some(budget.reserve(need));
     })?;
@@ -93,7 +93,7 @@ fn decode_within(
     limits: &InputLimits,
     min_side: u32,
     mut reserve: impl FnMut(u64),
-) -> Result<(DynamicImage, ()), InputError> {
+) -> Result<DynamicImage, InputError> {
     let format = check_format(bytes, limits)?;
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -154,7 +154,7 @@ fn decode_within(
         }
     };
     image.apply_orientation(orientation);
-    Ok((image, ()))
+    Ok(image)
 }
 
 /// The format, if it is one we decode and the bytes are within the limit.

@@ -169,13 +169,10 @@ async fn batch(app: &Arc<App>, images: Vec<ImageRef>, top_k: usize) -> Result<Va
     }
     // Resolve every entry; a bad entry is an error result, not a failed batch.
     let mut resolved: Vec<Result<Input, ApiError>> = Vec::with_capacity(images.len());
+    // Bytes of this request's S3 inputs read so far (inline data is bounded
+    // by the body).
+    let mut held = 0u64;
     for (i, img) in images.into_iter().enumerate() {
-        let held: u64 = resolved
-            .iter()
-            .flatten()
-            .filter(|input| input.held.is_some())
-            .map(|input| input.bytes.len() as u64)
-            .sum();
         resolved.push(match img {
             ImageRef::Base64(s)
             | ImageRef::Object {
@@ -187,11 +184,13 @@ async fn batch(app: &Arc<App>, images: Vec<ImageRef>, top_k: usize) -> Result<Va
             ImageRef::Object {
                 image: None,
                 s3_uri: Some(uri),
-            } => app
-                .inputs()
-                .fetch_allowed(&uri, held)
-                .await
-                .map_err(ApiError::from),
+            } => {
+                let input = app.inputs().fetch_allowed(&uri, held).await;
+                if let Ok(input) = &input {
+                    held += input.bytes.len() as u64;
+                }
+                input.map_err(ApiError::from)
+            }
             ImageRef::Object { .. } => Err(ApiError::bad_request(
                 "invalid_json",
                 format!("images[{i}] needs exactly one of \"image\" or \"s3_uri\""),
