@@ -15,6 +15,7 @@
 //! | `pointwise` | 1x1 convolutions, with the clamp after them |
 //! | `depthwise` | depthwise convolutions, with the clamps before and after |
 //! | `fused` | an expansion joined to the depthwise layer it feeds |
+//! | `conv` | every other convolution with 4+ output channels a group |
 //! | `dense` | the classifier's matrix product with constant weights |
 //!
 //! Beside them: `x86_64/avx2.rs` and `x86_64/avx512.rs` (the building
@@ -26,6 +27,7 @@
 //! `profile`). Why each operator exists, and the measurements behind its
 //! thresholds, are in docs/operators.md.
 
+pub(crate) mod conv;
 pub(crate) mod dense;
 pub(crate) mod depthwise;
 pub(crate) mod fused;
@@ -68,13 +70,15 @@ pub(crate) fn noise(len: usize, seed: u32) -> Vec<f32> {
 
 /// Puts the project's own operators in place of tract's. The stem and
 /// pointwise first: they take the ReLU6 after them into their stores, and
-/// the depthwise layers then take what clamps are left before them; last,
-/// each expansion is joined with the depthwise layer it feeds.
+/// the depthwise layers then take what clamps are left before them; then
+/// each expansion is joined with the depthwise layer it feeds, and the
+/// general convolution takes the convolutions none of them took.
 pub(crate) fn install(model: &mut TypedModel) -> TractResult<()> {
     stem::install(model)?;
     pointwise::install(model)?;
     depthwise::install(model)?;
     fused::install(model)?;
+    conv::install(model)?;
     dense::install(model)?;
     maxpool::install(model)?;
     Ok(())
@@ -219,9 +223,10 @@ mod tests {
     }
 
     /// Asymmetric padding (as TensorFlow's "SAME" exports it) is taken by
-    /// the project's operators; dilation, a channel multiplier and groups
-    /// that are not the channels are left to tract. Either way the result
-    /// is tract's.
+    /// the project's operators; dilation and groups go to the general
+    /// convolution (where AVX2 runs it) when a group has 4 output channels
+    /// or more, and are left to tract below that. Either way the result is
+    /// tract's.
     #[test]
     fn convolutions_are_taken_or_left_to_tract_and_match_tract() {
         use crate::ops::testing::run_optimized;
@@ -306,7 +311,17 @@ mod tests {
                 [2, 2, 2, 2],
                 [1, 1],
                 [2, 2],
-                None,
+                Some("Conv"),
+            ),
+            Case(
+                "groups of 4 output channels, stride 2, dilation 2, pads 2/0 by 1/3",
+                8,
+                8,
+                2,
+                [2, 1, 0, 3],
+                [2, 2],
+                [2, 2],
+                Some("Conv"),
             ),
             Case(
                 "stem, 3 groups",
@@ -321,6 +336,7 @@ mod tests {
         ];
         let hw = (17, 19);
         for Case(what, c, out, group, pads, strides, dilations, taken_by) in cases {
+            let taken_by = taken_by.filter(|&op| op != "Conv" || conv::available());
             let model = conv_model(c, out, group, hw, pads, strides, dilations);
             let input =
                 Tensor::from_shape(&[1, c, hw.0, hw.1], &noise(c * hw.0 * hw.1, 9)).unwrap();

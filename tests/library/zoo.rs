@@ -6,6 +6,10 @@
 //! (LayerNorm, GELU's `Erf`, `Split`, channel shuffle, pooling, `Concat`,
 //! standalone BatchNorm, HardSwish, SiLU) run in tract, and are checked
 //! the same way. The models are generated once into the cache.
+//!
+//! Where the CPU runs the project's general convolution (AVX2 and FMA),
+//! the test also checks that it took the dense convolutions of the
+//! families that have them, so the agreement covers it.
 
 use crate::common;
 
@@ -57,6 +61,32 @@ fn zoo(models: &[&str]) -> PathBuf {
     dir
 }
 
+/// The families whose dense (or grouped) convolutions the project's
+/// general convolution runs.
+const DENSE: [&str; 5] = [
+    "squeezenet1_1",
+    "resnet18",
+    "regnet_y_400mf",
+    "densenet121",
+    "googlenet",
+];
+
+/// Whether this CPU has what `ops::conv` needs.
+fn general_conv_runs() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn x_again(input: &[f32]) -> Tensor {
+    Tensor::from_shape(&[1, 3, 224, 224], input).unwrap()
+}
+
 fn floats(path: &Path) -> Vec<f32> {
     std::fs::read(path)
         .unwrap()
@@ -75,8 +105,7 @@ fn every_zoo_family_agrees_with_onnx_runtime() {
         assert_eq!(model.classes(), 1000, "{name}");
         let input = floats(&dir.join(format!("{name}.input.f32")));
         let want = floats(&dir.join(format!("{name}.ort.f32")));
-        let x = Tensor::from_shape(&[1, 3, 224, 224], &input).unwrap();
-        let got = model.run(x).unwrap().remove(0);
+        let got = model.run(x_again(&input)).unwrap().remove(0);
         assert_eq!(got.len(), want.len(), "{name}");
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         let worst = got
@@ -84,7 +113,22 @@ fn every_zoo_family_agrees_with_onnx_runtime() {
             .zip(&want)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        eprintln!("{name}: largest logit {scale:.3}, largest difference {worst:.2e}");
+        let ops: Vec<String> = model
+            .profile(x_again(&input), 1, false, None)
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.op.contains("onnx-lambda"))
+            .map(|p| format!("{} x{}", p.op, p.nodes))
+            .collect();
+        eprintln!(
+            "{name}: largest logit {scale:.3}, largest difference {worst:.2e}; ours: {ops:?}"
+        );
+        if DENSE.contains(&name) && general_conv_runs() {
+            assert!(
+                ops.iter().any(|o| o.starts_with("Conv(onnx-lambda)")),
+                "{name}: the general convolution took none of its layers: {ops:?}"
+            );
+        }
         if got.iter().any(|v| !v.is_finite()) || worst > 1e-4 * scale {
             failures.push(format!(
                 "{name}: {worst} against a largest logit of {scale}"

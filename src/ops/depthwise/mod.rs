@@ -30,9 +30,10 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+use crate::ops::conv::weights_oihw;
 use crate::ops::{
     following_clamp, preceding_clamp, replace_with, same_bits, same_clamp, Level, Simd,
 };
@@ -751,30 +752,6 @@ pub(super) fn conv_layer(
         weights,
         bias,
     }))
-}
-
-/// The kernel as `[out][in][ky][kx]`, whatever its stored format, if it
-/// has `shape`.
-fn weights_oihw(
-    kernel: &Tensor,
-    format: KernelFormat,
-    shape: [usize; 4],
-) -> TractResult<Option<Vec<f32>>> {
-    let kernel = kernel.cast_to::<f32>()?;
-    let view = kernel.to_plain_array_view::<f32>()?;
-    if view.ndim() != 4 {
-        return Ok(None);
-    }
-    // To [O, I, H, W].
-    let oihw = match format {
-        KernelFormat::OIHW => view,
-        KernelFormat::HWIO => view.permuted_axes(&[3, 2, 0, 1][..]),
-        KernelFormat::OHWI => view.permuted_axes(&[0, 3, 1, 2][..]),
-    };
-    if oihw.shape() != shape {
-        return Ok(None);
-    }
-    Ok(Some(oihw.iter().copied().collect()))
 }
 
 #[cfg(test)]

@@ -297,10 +297,12 @@ impl Pointwise {
             let at = r0 * pixels + strip.first;
             let tile = Tile {
                 k,
+                taps: &[0],
                 w: self.weights[r0 / PANEL * PANEL * k + r0 % PANEL..].as_ptr(),
                 bias: self.bias[r0..].as_ptr(),
                 x: job.x[strip.first..].as_ptr(),
                 ld: pixels,
+                out_ld: pixels,
                 out: job.out.wrapping_add(at),
                 residual: job.residual.map(|r| r.wrapping_add(at)),
                 store: rows.start.max(r0) - r0..rows.end.min(r0 + step) - r0,
@@ -347,14 +349,14 @@ const COLUMN_TAIL: usize = 8;
 
 /// A run of pixels that one kind of tile covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Strip {
-    first: usize,
-    cols: usize,
-    kind: Kind,
+pub(super) struct Strip {
+    pub(super) first: usize,
+    pub(super) cols: usize,
+    pub(super) kind: Kind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     /// Vectors of pixels by a tile of channels; the last vector is masked
     /// to `tail` lanes.
     Vectors { vecs: usize, tail: usize },
@@ -364,7 +366,7 @@ enum Kind {
 
 /// The strips that cover `pixels`: whole strips of [`MAX_VECS`] vectors,
 /// then what is left as vectors (the last masked) or as columns.
-fn strips(pixels: usize, isa: Isa) -> impl Iterator<Item = Strip> {
+pub(super) fn strips(pixels: usize, isa: Isa) -> impl Iterator<Item = Strip> {
     let width = isa.lanes * MAX_VECS;
     let rest = pixels % isa.lanes;
     let columns = if rest < COLUMN_TAIL { rest } else { 0 };
@@ -393,13 +395,13 @@ fn strips(pixels: usize, isa: Isa) -> impl Iterator<Item = Strip> {
 
 /// The output of a layer split by strips of pixels: each thread writes
 /// only its strips' columns of every channel.
-struct SharedOut(*mut f32);
+pub(super) struct SharedOut(pub(super) *mut f32);
 
 // SAFETY: the threads given this pointer write disjoint strips of pixels.
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
-    fn get(&self) -> *mut f32 {
+    pub(super) fn get(&self) -> *mut f32 {
         self.0
     }
 }
@@ -416,20 +418,20 @@ struct Image<'a> {
 
 /// An instruction set's tile: its shape and its function.
 #[derive(Clone, Copy)]
-struct Isa {
+pub(super) struct Isa {
     /// Output channels per tile (divides [`PANEL`]).
-    rows: usize,
+    pub(super) rows: usize,
     /// f32 lanes per vector.
-    lanes: usize,
-    tile: unsafe fn(&Tile),
+    pub(super) lanes: usize,
+    pub(super) tile: unsafe fn(&Tile<'_>),
     /// [`Kind::Columns`] tiles, the same for both (AVX2 + FMA).
-    columns: unsafe fn(&Tile),
+    pub(super) columns: unsafe fn(&Tile<'_>),
 }
 
 impl Isa {
     /// The kernels of `level`: a `Level` is one this CPU has, so they may
     /// run wherever the `Isa` goes.
-    fn of(level: Level) -> TractResult<Isa> {
+    pub(super) fn of(level: Level) -> TractResult<Isa> {
         match level.simd() {
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512 => Ok(Isa {
@@ -452,27 +454,33 @@ impl Isa {
 
 /// One register tile: a tile of output channels by one strip of pixels,
 /// all input channels.
-struct Tile {
-    k: usize,
+pub(super) struct Tile<'a> {
+    pub(super) k: usize,
+    /// Where each kernel tap's input channel 0 starts, from `x`: one zero
+    /// for a 1x1 convolution, one offset per tap for `conv`, whose
+    /// weights hold every input channel of a tap before the next tap.
+    pub(super) taps: &'a [usize],
     /// The tile's first channel in the packed weights; the next input
     /// channel is [`PANEL`] further.
-    w: *const f32,
+    pub(super) w: *const f32,
     /// The tile's first channel's bias.
-    bias: *const f32,
+    pub(super) bias: *const f32,
     /// Input channel 0 at the strip's first pixel; the next is `ld` further.
-    x: *const f32,
-    /// Pixels per plane: the row stride of `x`, `out` and `residual`.
-    ld: usize,
+    pub(super) x: *const f32,
+    /// Values between two input channels of `x`.
+    pub(super) ld: usize,
+    /// Values between two output channels of `out` and `residual`.
+    pub(super) out_ld: usize,
     /// The tile's first channel at the strip's first pixel.
-    out: *mut f32,
-    residual: Option<*const f32>,
+    pub(super) out: *mut f32,
+    pub(super) residual: Option<*const f32>,
     /// Which of the tile's channels to store.
-    store: Range<usize>,
-    strip: Strip,
+    pub(super) store: Range<usize>,
+    pub(super) strip: Strip,
     /// Whether to prefetch the output (AVX2), see [`OUT_AHEAD`].
-    prefetch_out: bool,
-    pre: Option<(f32, f32)>,
-    post: Option<(f32, f32)>,
+    pub(super) prefetch_out: bool,
+    pub(super) pre: Option<(f32, f32)>,
+    pub(super) post: Option<(f32, f32)>,
 }
 
 // Indexed loops over the accumulators on purpose: written with iterators

@@ -8,7 +8,7 @@ const ROWS: usize = 4;
 
 /// # Safety
 /// The CPU must have AVX2 and FMA; see [`super::Pointwise::image`].
-pub(super) unsafe fn tile(t: &Tile) {
+pub(super) unsafe fn tile(t: &Tile<'_>) {
     let Kind::Vectors { vecs, tail } = t.strip.kind else {
         return;
     };
@@ -37,7 +37,7 @@ pub(super) unsafe fn tile(t: &Tile) {
 /// -> 7.3 ms (AVX-512 disabled by a patched build on AMD EPYC Zen 5,
 /// `profile --by-node --threads 1`, four alternating runs).
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_of<const V: usize, const MASKED: bool>(t: &Tile, tail: usize) {
+unsafe fn tile_of<const V: usize, const MASKED: bool>(t: &Tile<'_>, tail: usize) {
     let (k, ld) = (t.k, t.ld);
     let mut acc = [[_mm256_setzero_ps(); V]; ROWS];
     for r in 0..ROWS {
@@ -47,30 +47,33 @@ unsafe fn tile_of<const V: usize, const MASKED: bool>(t: &Tile, tail: usize) {
             acc[r][v] = b;
         }
     }
-    let (mut x, mut w) = (t.x, t.w);
-    for _ in 0..k {
-        // A prefetch never faults, even past the weights' end.
-        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH_AHEAD).cast());
-        let mut xv = [_mm256_setzero_ps(); V];
-        for v in 0..V {
-            // SAFETY: unmasked lanes are pixels of this input row.
-            xv[v] = unsafe {
-                if MASKED && v + 1 == V {
-                    _mm256_maskload_ps(x.wrapping_add(8 * v), mask(tail))
-                } else {
-                    _mm256_loadu_ps(x.wrapping_add(8 * v))
-                }
-            };
-        }
-        for r in 0..ROWS {
-            // SAFETY: as in the AVX-512 tile.
-            let b = _mm256_broadcast_ss(unsafe { &*w.wrapping_add(r) });
+    let mut w = t.w;
+    for &tap in t.taps {
+        let mut x = t.x.wrapping_add(tap);
+        for _ in 0..k {
+            // A prefetch never faults, even past the weights' end.
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH_AHEAD).cast());
+            let mut xv = [_mm256_setzero_ps(); V];
             for v in 0..V {
-                acc[r][v] = _mm256_fmadd_ps(b, xv[v], acc[r][v]);
+                // SAFETY: unmasked lanes are pixels of this input row.
+                xv[v] = unsafe {
+                    if MASKED && v + 1 == V {
+                        _mm256_maskload_ps(x.wrapping_add(8 * v), mask(tail))
+                    } else {
+                        _mm256_loadu_ps(x.wrapping_add(8 * v))
+                    }
+                };
             }
+            for r in 0..ROWS {
+                // SAFETY: as in the AVX-512 tile.
+                let b = _mm256_broadcast_ss(unsafe { &*w.wrapping_add(r) });
+                for v in 0..V {
+                    acc[r][v] = _mm256_fmadd_ps(b, xv[v], acc[r][v]);
+                }
+            }
+            x = x.wrapping_add(ld);
+            w = w.wrapping_add(PANEL);
         }
-        x = x.wrapping_add(ld);
-        w = w.wrapping_add(PANEL);
     }
     // A copy: with `&acc` itself escaping into the call, LLVM stored
     // every accumulator to the stack on every input channel.
@@ -84,7 +87,11 @@ unsafe fn tile_of<const V: usize, const MASKED: bool>(t: &Tile, tail: usize) {
 /// against 7.73, the joined expansion 1.64 against 1.27 (`profile
 /// --by-node --threads 1`, AMD EPYC Zen 2, three runs alternating).
 #[target_feature(enable = "avx2,fma")]
-fn store<const V: usize, const MASKED: bool>(t: &Tile, acc: &[[__m256; V]; ROWS], tail: __m256i) {
+fn store<const V: usize, const MASKED: bool>(
+    t: &Tile<'_>,
+    acc: &[[__m256; V]; ROWS],
+    tail: __m256i,
+) {
     let epilogue = |y: __m256, c: Option<(f32, f32)>| match c {
         Some((lo, hi)) => clamp(y, _mm256_set1_ps(lo), _mm256_set1_ps(hi)),
         None => y,
@@ -95,7 +102,7 @@ fn store<const V: usize, const MASKED: bool>(t: &Tile, acc: &[[__m256; V]; ROWS]
         }
         for (v, y) in row.iter().enumerate() {
             let whole = !MASKED || v + 1 < V;
-            let at = r * t.ld + 8 * v;
+            let at = r * t.out_ld + 8 * v;
             let (out, res) = (
                 t.out.wrapping_add(at),
                 t.residual.map(|r| r.wrapping_add(at)),
@@ -130,7 +137,7 @@ fn store<const V: usize, const MASKED: bool>(t: &Tile, acc: &[[__m256; V]; ROWS]
 
 /// # Safety
 /// The CPU must have AVX2 and FMA; see [`super::Pointwise::image`].
-pub(super) unsafe fn columns(t: &Tile) {
+pub(super) unsafe fn columns(t: &Tile<'_>) {
     // SAFETY: forwarded.
     unsafe {
         match t.strip.cols {
@@ -154,11 +161,11 @@ pub(super) unsafe fn columns(t: &Tile) {
 /// much as the other 48 (`profile --by-node`: the 7x7 layers at 65
 /// GMAC/s where the larger ran at 95-115).
 #[target_feature(enable = "avx2,fma")]
-unsafe fn columns_of<const C: usize, const U: usize>(t: &Tile) {
+unsafe fn columns_of<const C: usize, const U: usize>(t: &Tile<'_>) {
     let mut acc = [[_mm256_setzero_ps(); C]; U];
     // SAFETY: the bias is padded to whole panels.
     acc[0] = [unsafe { _mm256_loadu_ps(t.bias) }; C];
-    let (mut x, mut w) = (t.x, t.w);
+    let mut w = t.w;
     let step = |acc: &mut [__m256; C], x: *const f32, w: *const f32| {
         // SAFETY: a panel holds PANEL weights per input channel, and
         // the strip's C pixels are in this input row.
@@ -168,21 +175,24 @@ unsafe fn columns_of<const C: usize, const U: usize>(t: &Tile) {
             acc[c] = _mm256_fmadd_ps(wv, xc, acc[c]);
         }
     };
-    for _ in 0..t.k / U {
-        for u in 0..U {
-            step(
-                &mut acc[u],
-                x.wrapping_add(u * t.ld),
-                w.wrapping_add(u * PANEL),
-            );
+    for &tap in t.taps {
+        let mut x = t.x.wrapping_add(tap);
+        for _ in 0..t.k / U {
+            for u in 0..U {
+                step(
+                    &mut acc[u],
+                    x.wrapping_add(u * t.ld),
+                    w.wrapping_add(u * PANEL),
+                );
+            }
+            x = x.wrapping_add(U * t.ld);
+            w = w.wrapping_add(U * PANEL);
         }
-        x = x.wrapping_add(U * t.ld);
-        w = w.wrapping_add(U * PANEL);
-    }
-    for _ in 0..t.k % U {
-        step(&mut acc[0], x, w);
-        x = x.wrapping_add(t.ld);
-        w = w.wrapping_add(PANEL);
+        for _ in 0..t.k % U {
+            step(&mut acc[0], x, w);
+            x = x.wrapping_add(t.ld);
+            w = w.wrapping_add(PANEL);
+        }
     }
     for u in 1..U {
         for c in 0..C {
@@ -195,14 +205,14 @@ unsafe fn columns_of<const C: usize, const U: usize>(t: &Tile) {
 /// The epilogue of [`columns_of`]: one channel at a time, since the
 /// output rows are channels.
 #[target_feature(enable = "avx2,fma")]
-fn store_columns<const C: usize>(t: &Tile, acc: &[__m256; C]) {
+fn store_columns<const C: usize>(t: &Tile<'_>, acc: &[__m256; C]) {
     let epilogue = |v: f32, c: Option<(f32, f32)>| c.map_or(v, |(lo, hi)| v.max(lo).min(hi));
     for (c, v) in acc.iter().enumerate() {
         let mut lanes = [0f32; PANEL];
         // SAFETY: a local array of 8 floats.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *v) };
         for r in t.store.clone() {
-            let at = r * t.ld + c;
+            let at = r * t.out_ld + c;
             let mut y = epilogue(lanes[r], t.pre);
             if let Some(res) = t.residual {
                 // SAFETY: row r of the strip, inside the residual.

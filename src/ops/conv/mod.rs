@@ -1,0 +1,913 @@
+//! Our own general convolution: any kernel size, stride, dilation and
+//! padding (asymmetric included), groups of at least a tile of output
+//! channels, with its bias and the clamp after it (ReLU, ReLU6). It takes
+//! the convolutions the specialised operators leave: the dense 3x3 layers
+//! of ResNet, SqueezeNet, DenseNet, GoogLeNet and RegNet (grouped), the 7x7
+//! stems, the strided 1x1 shortcuts.
+//!
+//! Why: tract runs these as an im2col copy (after a `Pad` node) and a
+//! packed matrix product. The copy writes `kernel area` times the input.
+//!
+//! How: as a direct convolution that reuses the 1x1 operator's register
+//! tiles (`pointwise`). The input is copied once into a zero-padded buffer
+//! split by stride phase: phase `(py, px)` holds the padded pixels
+//! `(i * stride + py, j * stride + px)`, each phase plane `wp` columns
+//! wide. Then for every kernel tap, output pixel `(y, x)` reads the pixel
+//! `(y, x)` of one phase plane shifted by a fixed offset, so the
+//! convolution is a sum over taps of 1x1 products on shifted planes, and
+//! the pointwise tile runs it with its accumulators held across the taps.
+//! The output is computed on the phase planes' grid, `wp` columns per row
+//! (the columns past the output width are discarded), so a tile runs
+//! along whole rows of pixels; the copy back into the output's own width
+//! is the only other pass. Bias and clamp are applied in registers.
+//!
+//! It runs where AVX2 and FMA are present, like `pointwise`; elsewhere
+//! tract's convolution stays.
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::{Conv as TractConv, KernelFormat};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
+
+use crate::ops::pointwise::{strips, Isa, Kind, SharedOut, Strip, Tile, PANEL};
+use crate::ops::{following_clamp, replace_with, same_bits, same_clamp, Level};
+
+/// What one convolution computes, in the ONNX attributes' terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Shape {
+    pub images: usize,
+    pub groups: usize,
+    /// Input channels, all groups.
+    pub c_in: usize,
+    /// Output channels, all groups.
+    pub c_out: usize,
+    pub in_hw: (usize, usize),
+    pub out_hw: (usize, usize),
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub dilation: (usize, usize),
+    /// Zero rows above and columns left of the input (those below and
+    /// right follow from the output size).
+    pub pad: (usize, usize),
+}
+
+impl Shape {
+    fn c_in_group(&self) -> usize {
+        self.c_in / self.groups
+    }
+
+    fn c_out_group(&self) -> usize {
+        self.c_out / self.groups
+    }
+
+    fn taps(&self) -> usize {
+        self.kernel.0 * self.kernel.1
+    }
+
+    fn phases(&self) -> usize {
+        self.stride.0 * self.stride.1
+    }
+
+    /// Furthest shift of a tap, in phase rows and columns.
+    fn reach(&self) -> (usize, usize) {
+        (
+            (self.kernel.0 - 1) * self.dilation.0 / self.stride.0,
+            (self.kernel.1 - 1) * self.dilation.1 / self.stride.1,
+        )
+    }
+
+    /// Columns of a phase plane: the output row and the furthest tap.
+    fn wp(&self) -> usize {
+        self.out_hw.1 + self.reach().1
+    }
+
+    fn macs(&self) -> usize {
+        self.images * self.c_out * self.c_in_group() * self.taps() * self.out_hw.0 * self.out_hw.1
+    }
+
+    fn out_pixels(&self) -> usize {
+        self.out_hw.0 * self.out_hw.1
+    }
+
+    /// The input layout for this layer: see [`Layout`].
+    fn layout(&self) -> Layout {
+        let (wo, wp) = (self.out_hw.1, self.wp());
+        let columns = self.groups * self.taps() * self.c_in_group() * self.out_pixels();
+        if (wp - wo) * 5 > wp && columns * 4 <= MAX_COLUMNS_BYTES {
+            Layout::Columns
+        } else {
+            Layout::Grid
+        }
+    }
+
+    /// Values between two input channels of a tap, in `layout`.
+    fn ld(&self, layout: Layout) -> usize {
+        match layout {
+            Layout::Grid => self.grid_ld(),
+            Layout::Columns => self.out_pixels(),
+        }
+    }
+
+    /// Values of one group's input, in `layout`.
+    fn group_len(&self, layout: Layout) -> usize {
+        let planes = match layout {
+            Layout::Grid => self.phases(),
+            Layout::Columns => self.taps(),
+        };
+        planes * self.c_in_group() * self.ld(layout)
+    }
+
+    /// Pixels each output channel's tiles compute, in `layout`.
+    fn computed(&self, layout: Layout) -> usize {
+        match layout {
+            Layout::Grid => self.out_hw.0 * self.wp(),
+            Layout::Columns => self.out_pixels(),
+        }
+    }
+
+    /// Values of one phase plane: every row a tap reads, and one more for
+    /// the discarded columns of the last output row, which run past it.
+    fn grid_ld(&self) -> usize {
+        (self.out_hw.0 + self.reach().0 + 1) * self.wp()
+    }
+
+    /// Where tap `(ky, kx)` reads, from its group's first plane.
+    fn tap_offset(&self, layout: Layout, ky: usize, kx: usize) -> usize {
+        let ci = self.c_in_group();
+        match layout {
+            Layout::Grid => {
+                let (dy, dx) = (ky * self.dilation.0, kx * self.dilation.1);
+                let phase = (dy % self.stride.0) * self.stride.1 + dx % self.stride.1;
+                phase * ci * self.grid_ld() + dy / self.stride.0 * self.wp() + dx / self.stride.1
+            }
+            Layout::Columns => (ky * self.kernel.1 + kx) * ci * self.out_pixels(),
+        }
+    }
+}
+
+/// How a layer's input is copied before the tiles read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Zero-padded phase planes (the module docs): a copy the size of the
+    /// input, and `wp - wo` discarded columns an output row.
+    Grid,
+    /// Each tap's window copied out, `[tap][channel][output pixel]` (an
+    /// im2col): `taps` times the output's pixels, none discarded. For
+    /// small planes, where the discarded columns cost most (a 7x7 output
+    /// computes 9 columns a row on the grid) and the copy is small.
+    Columns,
+}
+
+/// Largest [`Layout::Columns`] copy, in bytes: it is read once per panel
+/// of output channels, and should stay in L2.
+const MAX_COLUMNS_BYTES: usize = 2 << 20;
+
+/// A convolution with bias and an optional clamp, on f32 NCHW (or CHW)
+/// tensors.
+#[derive(Debug, Clone)]
+pub(crate) struct Conv {
+    shape: Shape,
+    in_shape: TVec<usize>,
+    out_shape: TVec<usize>,
+    /// Per group, panels of [`PANEL`] output channels; in a panel, tap by
+    /// tap, input channel by input channel, the panel's channels side by
+    /// side (missing ones zero): the pointwise layout with the taps' input
+    /// channels one after the other.
+    weights: Arc<[f32]>,
+    /// Per group, zero-padded to whole panels.
+    bias: Arc<[f32]>,
+    layout: Layout,
+    /// Where each tap's input starts in `layout`.
+    taps: Arc<[usize]>,
+    clamp: Option<(f32, f32)>,
+}
+
+impl Conv {
+    /// `weights` are `[c_out][c_in / groups][kh][kw]`, `bias` has `c_out`
+    /// values.
+    pub(crate) fn new(
+        shape: Shape,
+        (in_shape, out_shape): (&[usize], &[usize]),
+        weights: &[f32],
+        bias: &[f32],
+        clamp: Option<(f32, f32)>,
+    ) -> Conv {
+        Conv::with_layout(
+            shape,
+            (in_shape, out_shape),
+            weights,
+            bias,
+            clamp,
+            shape.layout(),
+        )
+    }
+
+    fn with_layout(
+        shape: Shape,
+        (in_shape, out_shape): (&[usize], &[usize]),
+        weights: &[f32],
+        bias: &[f32],
+        clamp: Option<(f32, f32)>,
+        layout: Layout,
+    ) -> Conv {
+        let s = shape;
+        let (kh, kw) = s.kernel;
+        let (ci, co) = (s.c_in_group(), s.c_out_group());
+        assert_eq!(weights.len(), s.c_out * ci * kh * kw, "weights");
+        assert_eq!(bias.len(), s.c_out, "bias");
+        let panels = co.div_ceil(PANEL);
+        let k = ci * kh * kw;
+        let mut packed = vec![0f32; s.groups * panels * PANEL * k];
+        let mut padded = vec![0f32; s.groups * panels * PANEL];
+        for g in 0..s.groups {
+            for o in 0..co {
+                let panel = &mut packed[(g * panels + o / PANEL) * PANEL * k..][..PANEL * k];
+                let filter = &weights[(g * co + o) * k..][..k];
+                for i in 0..ci {
+                    for t in 0..kh * kw {
+                        panel[(t * ci + i) * PANEL + o % PANEL] = filter[i * kh * kw + t];
+                    }
+                }
+                padded[g * panels * PANEL + o] = bias[g * co + o];
+            }
+        }
+        let taps: Vec<usize> = (0..kh)
+            .flat_map(|ky| (0..kw).map(move |kx| s.tap_offset(layout, ky, kx)))
+            .collect();
+        Conv {
+            shape,
+            in_shape: in_shape.into(),
+            out_shape: out_shape.into(),
+            weights: packed.into(),
+            bias: padded.into(),
+            layout,
+            taps: taps.into(),
+            clamp,
+        }
+    }
+
+    pub(crate) fn compute(&self, input: &[f32], output: &mut [f32]) -> TractResult<()> {
+        self.compute_with(input, output, Level::detect())
+    }
+
+    fn compute_with(&self, input: &[f32], output: &mut [f32], level: Level) -> TractResult<()> {
+        let s = self.shape;
+        let (h, w) = s.in_hw;
+        let (ho, wo) = s.out_hw;
+        ensure!(input.len() == s.images * s.c_in * h * w, "conv input size");
+        ensure!(
+            output.len() == s.images * s.c_out * ho * wo,
+            "conv output size"
+        );
+        let isa = Isa::of(level)?;
+        let layout = self.layout;
+        let ld = s.ld(layout);
+        let mut x = vec![0f32; s.groups * s.group_len(layout)];
+        let direct = layout == Layout::Columns || rows_beat_grid(&s, isa);
+        let mut grid = if direct {
+            Vec::new()
+        } else {
+            vec![0f32; s.c_out * ld]
+        };
+        for image in 0..s.images {
+            let planes = &input[image * s.c_in * h * w..][..s.c_in * h * w];
+            let out = &mut output[image * s.c_out * ho * wo..][..s.c_out * ho * wo];
+            match layout {
+                Layout::Columns => {
+                    tap_columns(&s, planes, &mut x);
+                    let runs = strips(ho * wo, isa).map(|r| (r.first, r.first, r));
+                    self.tiles(isa, &x, (out, ho * wo), &runs.collect::<Vec<_>>());
+                }
+                Layout::Grid if direct => {
+                    split_phases(&s, planes, &mut x);
+                    let runs = (0..ho).flat_map(|y| {
+                        strips(wo, isa).map(move |r| (y * s.wp() + r.first, y * wo + r.first, r))
+                    });
+                    self.tiles(isa, &x, (out, ho * wo), &runs.collect::<Vec<_>>());
+                }
+                Layout::Grid => {
+                    split_phases(&s, planes, &mut x);
+                    let runs = strips(ho * s.wp(), isa).map(|r| (r.first, r.first, r));
+                    self.tiles(isa, &x, (&mut grid, ld), &runs.collect::<Vec<_>>());
+                    let wp = s.wp();
+                    let _ = par_chunks_mut(out, ho * wo, out.len(), |first, chunk| {
+                        for (c, plane) in chunk.chunks_exact_mut(ho * wo).enumerate() {
+                            let from = &grid[(first + c) * ld..];
+                            for (row, from) in plane.chunks_exact_mut(wo).zip(from.chunks(wp)) {
+                                row.copy_from_slice(&from[..wo]);
+                            }
+                        }
+                        Ok(())
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every output channel of one image into `y` (`out_ld` values per
+    /// channel), split over the pool by tiles. Each run is a strip of
+    /// pixels, read from its offset in every plane of `x` and written at
+    /// its offset in every channel of `y`.
+    fn tiles(&self, isa: Isa, x: &[f32], (y, out_ld): (&mut [f32], usize), runs: &[Run]) {
+        let s = self.shape;
+        let layout = self.layout;
+        let (ci, co) = (s.c_in_group(), s.c_out_group());
+        let ld = s.ld(layout);
+        let panels = co.div_ceil(PANEL);
+        let k_all = ci * s.taps();
+        let row_tiles = co.div_ceil(isa.rows);
+        // Weights or pixels outer, whichever is larger, as in `pointwise`.
+        let weights_outer = co > s.computed(layout);
+        let per_group = row_tiles * runs.len();
+        let mut units = vec![(); s.groups * per_group];
+        let out = SharedOut(y.as_mut_ptr());
+        let macs = s.macs() / s.images.max(1);
+        // The closure only returns Ok: the kernels cannot fail.
+        let _ = par_chunks_mut(&mut units, 1, macs, |first, chunk| {
+            for unit in first..first + chunk.len() {
+                let (g, rest) = (unit / per_group, unit % per_group);
+                let (t, (from, to, strip)) = if weights_outer {
+                    (rest / runs.len(), runs[rest % runs.len()])
+                } else {
+                    (rest % row_tiles, runs[rest / row_tiles])
+                };
+                let r0 = t * isa.rows;
+                let w_at = (g * panels + r0 / PANEL) * PANEL * k_all + r0 % PANEL;
+                let tile = Tile {
+                    k: ci,
+                    taps: &self.taps,
+                    w: self.weights[w_at..].as_ptr(),
+                    bias: self.bias[g * panels * PANEL + r0..].as_ptr(),
+                    x: x[g * s.group_len(layout) + from..].as_ptr(),
+                    ld,
+                    out_ld,
+                    out: out.get().wrapping_add((g * co + r0) * out_ld + to),
+                    residual: None,
+                    store: 0..isa.rows.min(co - r0),
+                    strip,
+                    prefetch_out: true,
+                    pre: self.clamp,
+                    post: None,
+                };
+                let run = match strip.kind {
+                    Kind::Vectors { .. } => isa.tile,
+                    Kind::Columns => isa.columns,
+                };
+                // SAFETY: `Isa::of` chose kernels this CPU has. The tile
+                // reads, for every tap and input channel of its group, the
+                // run's pixels of a plane (in `Layout::Grid`, shifted by at
+                // most the plane's last row, which `Shape::grid_ld` leaves
+                // room for), and its panel's weights and bias (padded to
+                // whole panels); it writes rows `store` of its own run of
+                // `y`, which no other unit writes.
+                unsafe { run(&tile) };
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A strip of pixels, where it starts in the input planes and where in
+/// the output channels.
+type Run = (usize, usize, Strip);
+
+/// Whether `Layout::Grid` should compute output row by output row,
+/// straight into the output, rather than on the phase grid's whole rows
+/// (and copy): when a row's strips cost less than the grid's discarded
+/// columns and tails do. A column tile's pixel counts twice a vector
+/// lane: it loads a weight vector and a pixel for each FMA, and its few
+/// accumulators wait on the FMA latency (`pointwise`'s column tiles).
+/// With 8 lanes (AVX2) rows win where the output width is a multiple of
+/// 8 (56, 112); with 16, rows of 56 or 28 end in half-empty vectors.
+fn rows_beat_grid(s: &Shape, isa: Isa) -> bool {
+    let lanes = |pixels: usize| -> usize {
+        strips(pixels, isa)
+            .map(|r| match r.kind {
+                Kind::Vectors { vecs, .. } => vecs * isa.lanes,
+                Kind::Columns => 2 * r.cols,
+            })
+            .sum()
+    };
+    let (ho, wo) = s.out_hw;
+    // Lanes per useful pixel, compared without division.
+    lanes(wo) * ho <= lanes(ho * s.wp())
+}
+
+/// Copies one image's input into `x` as [`Layout::Columns`]: for each
+/// group, tap and channel, the input pixel each output pixel reads
+/// through that tap (zero in the padding).
+fn tap_columns(s: &Shape, input: &[f32], x: &mut [f32]) {
+    let (h, w) = s.in_hw;
+    let (ho, wo) = s.out_hw;
+    let (ci, taps) = (s.c_in_group(), s.taps());
+    let _ = par_chunks_mut(x, ho * wo, x.len(), |first, chunk| {
+        for (n, column) in chunk.chunks_exact_mut(ho * wo).enumerate() {
+            let plane = first + n;
+            let (g, tap, c) = (plane / (taps * ci), plane / ci % taps, plane % ci);
+            let (ky, kx) = (tap / s.kernel.1, tap % s.kernel.1);
+            let from = &input[(g * ci + c) * h * w..][..h * w];
+            for (y, row) in column.chunks_exact_mut(wo).enumerate() {
+                let iy = (y * s.stride.0 + ky * s.dilation.0).checked_sub(s.pad.0);
+                let Some(iy) = iy.filter(|&r| r < h) else {
+                    row.fill(0.0);
+                    continue;
+                };
+                let src = &from[iy * w..][..w];
+                for (xo, v) in row.iter_mut().enumerate() {
+                    *v = (xo * s.stride.1 + kx * s.dilation.1)
+                        .checked_sub(s.pad.1)
+                        .and_then(|ix| src.get(ix))
+                        .copied()
+                        .unwrap_or(0.0);
+                }
+            }
+        }
+        Ok(())
+    });
+}
+
+/// Copies one image's input into `x` as [`Layout::Grid`]: for each
+/// group, stride phase and channel, the zero-padded phase plane.
+fn split_phases(s: &Shape, input: &[f32], x: &mut [f32]) {
+    let (h, w) = s.in_hw;
+    let (sh, sw) = s.stride;
+    let (wp, ld, ci) = (s.wp(), s.grid_ld(), s.c_in_group());
+    let _ = par_chunks_mut(x, ld, x.len(), |first, chunk| {
+        for (n, plane) in chunk.chunks_exact_mut(ld).enumerate() {
+            let index = first + n;
+            let (g, phase, c) = (
+                index / (s.phases() * ci),
+                index / ci % s.phases(),
+                index % ci,
+            );
+            let (py, px) = (phase / sw, phase % sw);
+            let from = &input[(g * ci + c) * h * w..][..h * w];
+            for (i, row) in plane.chunks_exact_mut(wp).enumerate() {
+                let Some(iy) = (i * sh + py).checked_sub(s.pad.0).filter(|&r| r < h) else {
+                    row.fill(0.0);
+                    continue;
+                };
+                let src = &from[iy * w..][..w];
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = (j * sw + px)
+                        .checked_sub(s.pad.1)
+                        .and_then(|ix| src.get(ix))
+                        .copied()
+                        .unwrap_or(0.0);
+                }
+            }
+        }
+        Ok(())
+    });
+}
+
+/// Bitwise, so an operator equals itself even with NaN in its constants.
+impl PartialEq for Conv {
+    fn eq(&self, other: &Conv) -> bool {
+        self.shape == other.shape
+            && self.in_shape == other.in_shape
+            && self.out_shape == other.out_shape
+            && same_bits(&self.weights, &other.weights)
+            && same_bits(&self.bias, &other.bias)
+            && same_clamp(self.clamp, other.clamp)
+            && self.layout == other.layout
+    }
+}
+
+impl Eq for Conv {}
+
+impl Op for Conv {
+    fn name(&self) -> StaticName {
+        "Conv(onnx-lambda)".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{:?}, {:?}, clamp {:?}",
+            self.shape, self.layout, self.clamp
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Conv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 1);
+        ensure!(
+            inputs[0].shape() == &*self.in_shape,
+            "conv input {:?} is not {:?}",
+            inputs[0].shape(),
+            self.in_shape
+        );
+        // SAFETY: `compute` writes every element (each output row is
+        // copied whole from the grid).
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.out_shape)? };
+        let src = inputs[0].try_as_plain_ram()?;
+        let mut dst = output.try_as_plain_ram_mut()?;
+        self.compute(src.as_slice::<f32>()?, dst.as_slice_mut::<f32>()?)?;
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for Conv {
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(&*self.out_shape)))
+    }
+
+    fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        Ok(tvec!((
+            Cost::FMA(f32::datum_type()),
+            self.shape.macs().to_dim()
+        )))
+    }
+
+    as_op!();
+}
+
+/// Replaces every convolution of the decluttered graph that this operator
+/// runs (see the module docs) and the specialised ones left, with the
+/// clamp after it. Returns how many it replaced; none on a CPU without
+/// AVX2 and FMA.
+pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
+    if !available() {
+        return Ok(0);
+    }
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(conv) = node.op_as::<TractConv>() else {
+            continue;
+        };
+        let Some(layer) = describe(model, node, conv)? else {
+            continue;
+        };
+        let (clamp, last) = following_clamp(model, id)?;
+        let shapes = (&layer.in_shape[..], &layer.out_shape[..]);
+        let op = Conv::new(layer.shape, shapes, &layer.weights, &layer.bias, clamp);
+        let name = node.name.clone();
+        replace_with(model, "onnx-lambda conv", node.inputs[0], (&name, op), last)?;
+        replaced += 1;
+    }
+    model.compact()?;
+    Ok(replaced)
+}
+
+/// Whether this CPU runs the operator (AVX2 and FMA).
+pub(crate) fn available() -> bool {
+    Isa::of(Level::detect()).is_ok()
+}
+
+/// Fewest output channels per group worth a tile: below it (depthwise
+/// layers, channel multipliers of 1 or 2) most of each tile's rows would
+/// be zero.
+const MIN_GROUP_OUT: usize = 4;
+
+struct Layer {
+    shape: Shape,
+    in_shape: TVec<usize>,
+    out_shape: TVec<usize>,
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// The layer a tract `Conv` computes, if it is a 2-D f32 NCHW (or CHW)
+/// convolution with constant weights and bias, a fixed input shape, and
+/// at least [`MIN_GROUP_OUT`] output channels per group; else `None`.
+fn describe(model: &TypedModel, node: &TypedNode, conv: &TractConv) -> TractResult<Option<Layer>> {
+    let spec = &conv.pool_spec;
+    let input = model.outlet_fact(node.inputs[0])?;
+    let output = model.outlet_fact(OutletId::new(node.id, 0))?;
+    let (c_in, c_out, groups) = (spec.input_channels, spec.output_channels, conv.group);
+    if conv.q_params.is_some()
+        || input.datum_type != f32::datum_type()
+        || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+        || spec.kernel_shape.len() != 2
+        || groups == 0
+        || !c_in.is_multiple_of(groups)
+        || !c_out.is_multiple_of(groups)
+        || c_out / groups < MIN_GROUP_OUT
+        || node.inputs.len() != 3
+    {
+        return Ok(None);
+    }
+    let (Some(shape), Some(out_shape)) = (input.shape.as_concrete(), output.shape.as_concrete())
+    else {
+        return Ok(None);
+    };
+    let batched = spec.data_format == DataFormat::NCHW;
+    let rank = 3 + usize::from(batched);
+    if shape.len() != rank || shape[rank - 3] != c_in || out_shape.len() != rank {
+        return Ok(None);
+    }
+    let (Some(kernel), Some(bias)) = (
+        model.outlet_fact(node.inputs[1])?.konst.clone(),
+        model.outlet_fact(node.inputs[2])?.konst.clone(),
+    ) else {
+        return Ok(None);
+    };
+    let hw = &shape[rank - 2..];
+    let padding = spec.computed_padding(hw);
+    let (strides, dilations) = (spec.strides(), spec.dilations());
+    let s = Shape {
+        images: if batched { shape[0] } else { 1 },
+        groups,
+        c_in,
+        c_out,
+        in_hw: (hw[0], hw[1]),
+        out_hw: (padding[0].convoluted, padding[1].convoluted),
+        kernel: (spec.kernel_shape[0], spec.kernel_shape[1]),
+        stride: (strides[0], strides[1]),
+        dilation: (dilations[0], dilations[1]),
+        pad: (padding[0].pad_before, padding[1].pad_before),
+    };
+    if s.out_hw.0 == 0
+        || s.out_hw.1 == 0
+        || s.kernel.0 == 0
+        || s.kernel.1 == 0
+        || [s.stride.0, s.stride.1, s.dilation.0, s.dilation.1].contains(&0)
+        || out_shape[rank - 3..] != [c_out, s.out_hw.0, s.out_hw.1]
+    {
+        return Ok(None);
+    }
+    let Some(weights) = weights_oihw(
+        &kernel,
+        conv.kernel_fmt,
+        [c_out, c_in / groups, s.kernel.0, s.kernel.1],
+    )?
+    else {
+        return Ok(None);
+    };
+    let bias = bias.cast_to::<f32>()?;
+    let bias = match bias.try_as_plain_ram()?.as_slice::<f32>()? {
+        b if b.len() == c_out => b.to_vec(),
+        [b] => vec![*b; c_out],
+        _ => return Ok(None),
+    };
+    Ok(Some(Layer {
+        shape: s,
+        in_shape: shape.into(),
+        out_shape: out_shape.into(),
+        weights,
+        bias,
+    }))
+}
+
+/// The kernel as `[out][in][ky][kx]`, whatever its stored format, if it
+/// has `shape`.
+pub(crate) fn weights_oihw(
+    kernel: &Tensor,
+    format: KernelFormat,
+    shape: [usize; 4],
+) -> TractResult<Option<Vec<f32>>> {
+    let kernel = kernel.cast_to::<f32>()?;
+    let view = kernel.to_plain_array_view::<f32>()?;
+    if view.ndim() != 4 {
+        return Ok(None);
+    }
+    let oihw = match format {
+        KernelFormat::OIHW => view,
+        KernelFormat::HWIO => view.permuted_axes(&[3, 2, 0, 1][..]),
+        KernelFormat::OHWI => view.permuted_axes(&[0, 3, 1, 2][..]),
+    };
+    if oihw.shape() != shape {
+        return Ok(None);
+    }
+    Ok(Some(oihw.iter().copied().collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{levels, noise, VECTOR_LEVELS};
+
+    /// The definition, one output at a time.
+    fn reference(
+        s: &Shape,
+        w: &[f32],
+        b: &[f32],
+        clamp: Option<(f32, f32)>,
+        x: &[f32],
+    ) -> Vec<f32> {
+        let (h, wd) = s.in_hw;
+        let (ho, wo) = s.out_hw;
+        let (kh, kw) = s.kernel;
+        let (ci, co) = (s.c_in_group(), s.c_out_group());
+        let mut out = Vec::with_capacity(s.images * s.c_out * ho * wo);
+        for n in 0..s.images {
+            for o in 0..s.c_out {
+                let g = o / co;
+                for y in 0..ho {
+                    for xo in 0..wo {
+                        let mut acc = b[o];
+                        for i in 0..ci {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (y * s.stride.0 + ky * s.dilation.0) as isize
+                                        - s.pad.0 as isize;
+                                    let ix = (xo * s.stride.1 + kx * s.dilation.1) as isize
+                                        - s.pad.1 as isize;
+                                    if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= wd {
+                                        continue;
+                                    }
+                                    let c = g * ci + i;
+                                    let v =
+                                        x[((n * s.c_in + c) * h + iy as usize) * wd + ix as usize];
+                                    acc += w[((o * ci + i) * kh + ky) * kw + kx] * v;
+                                }
+                            }
+                        }
+                        out.push(clamp.map_or(acc, |(lo, hi)| acc.max(lo).min(hi)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Output size for padding `pad` before and `after` after.
+    fn out_len(
+        len: usize,
+        k: usize,
+        stride: usize,
+        dilation: usize,
+        pad: usize,
+        after: usize,
+    ) -> usize {
+        (len + pad + after - (k - 1) * dilation - 1) / stride + 1
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn shape(
+        images: usize,
+        groups: usize,
+        (c_in, c_out): (usize, usize),
+        in_hw: (usize, usize),
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        dilation: (usize, usize),
+        pads: [usize; 4],
+    ) -> Shape {
+        Shape {
+            images,
+            groups,
+            c_in,
+            c_out,
+            in_hw,
+            out_hw: (
+                out_len(in_hw.0, kernel.0, stride.0, dilation.0, pads[0], pads[2]),
+                out_len(in_hw.1, kernel.1, stride.1, dilation.1, pads[1], pads[3]),
+            ),
+            kernel,
+            stride,
+            dilation,
+            pad: (pads[0], pads[1]),
+        }
+    }
+
+    /// Kernel sizes 1 to 7 and rectangular, strides 1 to 3 and unequal,
+    /// dilation, asymmetric and oversized padding, groups, output
+    /// channels that are not whole tiles or panels, odd widths from 1
+    /// pixel to several strips, two images: against the definition at
+    /// every vector level, in both layouts, with and without a clamp.
+    #[test]
+    fn matches_the_definition_at_every_level() {
+        let cases = [
+            shape(
+                1,
+                1,
+                (3, 16),
+                (23, 29),
+                (7, 7),
+                (2, 2),
+                (1, 1),
+                [3, 3, 3, 3],
+            ),
+            shape(2, 1, (5, 13), (9, 11), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            shape(
+                1,
+                1,
+                (16, 24),
+                (14, 14),
+                (3, 3),
+                (2, 2),
+                (1, 1),
+                [0, 0, 1, 1],
+            ),
+            shape(1, 2, (8, 8), (17, 19), (3, 3), (2, 2), (2, 2), [2, 1, 0, 3]),
+            shape(
+                1,
+                3,
+                (12, 18),
+                (13, 7),
+                (3, 5),
+                (1, 2),
+                (1, 1),
+                [1, 2, 1, 2],
+            ),
+            shape(2, 4, (32, 32), (7, 7), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            shape(
+                1,
+                1,
+                (16, 32),
+                (15, 15),
+                (1, 1),
+                (2, 2),
+                (1, 1),
+                [0, 0, 0, 0],
+            ),
+            shape(1, 1, (4, 9), (1, 1), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            shape(1, 1, (6, 7), (20, 60), (2, 4), (3, 1), (2, 1), [4, 0, 0, 5]),
+            shape(
+                1,
+                1,
+                (64, 8),
+                (30, 30),
+                (3, 3),
+                (1, 1),
+                (3, 3),
+                [3, 3, 3, 3],
+            ),
+        ];
+        let mut paths = std::collections::HashSet::new();
+        for level in levels("conv", VECTOR_LEVELS) {
+            for (n, s) in cases.iter().enumerate() {
+                paths.insert(rows_beat_grid(s, Isa::of(level).unwrap()));
+                let k = s.c_in_group() * s.kernel.0 * s.kernel.1;
+                let w = noise(s.c_out * k, 11 + n as u32);
+                let b = noise(s.c_out, 12 + n as u32);
+                let x = noise(s.images * s.c_in * s.in_hw.0 * s.in_hw.1, 13 + n as u32);
+                let variants = [Layout::Grid, Layout::Columns].into_iter().flat_map(|l| {
+                    [None, Some((0.0, f32::INFINITY)), Some((-0.25, 0.5))].map(|c| (l, c))
+                });
+                for (layout, clamp) in variants {
+                    let op = Conv::with_layout(*s, (&[], &[]), &w, &b, clamp, layout);
+                    let want = reference(s, &w, &b, clamp, &x);
+                    let mut got = vec![f32::NAN; want.len()];
+                    op.compute_with(&x, &mut got, level).unwrap();
+                    for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                            "{level:?} {s:?} {layout:?} {clamp:?} at {i}: {a} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+        if available() {
+            assert_eq!(paths.len(), 2, "row by row and on the grid both ran");
+        }
+    }
+
+    /// Split over two threads (tiles, the copies in and out), every
+    /// output is written once and equals the one-thread result bit for
+    /// bit, in both layouts and with weights or pixels outer.
+    #[test]
+    fn two_threads_give_the_bits_of_one() {
+        let pool = crate::ops::OperatorPool::new(2);
+        let cases = [
+            shape(
+                2,
+                1,
+                (8, 40),
+                (12, 12),
+                (3, 3),
+                (1, 1),
+                (1, 1),
+                [1, 1, 1, 1],
+            ),
+            shape(
+                1,
+                2,
+                (16, 16),
+                (40, 33),
+                (3, 3),
+                (2, 2),
+                (1, 1),
+                [1, 1, 1, 1],
+            ),
+        ];
+        for s in cases {
+            let w = noise(s.c_out * s.c_in_group() * s.taps(), 3);
+            let b = noise(s.c_out, 4);
+            let x = noise(s.images * s.c_in * s.in_hw.0 * s.in_hw.1, 5);
+            for layout in [Layout::Grid, Layout::Columns] {
+                let op = Conv::with_layout(s, (&[], &[]), &w, &b, Some((0.0, 6.0)), layout);
+                let len = s.images * s.c_out * s.out_pixels();
+                let mut one = vec![f32::NAN; len];
+                op.compute(&x, &mut one).unwrap();
+                let mut two = vec![f32::NAN; len];
+                pool.run(|| op.compute(&x, &mut two)).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert!(one.iter().all(|v| v.is_finite()), "{s:?} {layout:?}");
+                assert_eq!(bits(&one), bits(&two), "{s:?} {layout:?}");
+            }
+        }
+    }
+}
