@@ -416,14 +416,13 @@ fn tap_columns(s: &Shape, input: &[f32], x: &mut [f32]) {
                     row.fill(0.0);
                     continue;
                 };
-                let src = &from[iy * w..][..w];
-                for (xo, v) in row.iter_mut().enumerate() {
-                    *v = (xo * s.stride.1 + kx * s.dilation.1)
-                        .checked_sub(s.pad.1)
-                        .and_then(|ix| src.get(ix))
-                        .copied()
-                        .unwrap_or(0.0);
-                }
+                fill_row(
+                    row,
+                    &from[iy * w..][..w],
+                    kx * s.dilation.1,
+                    s.stride.1,
+                    s.pad.1,
+                );
             }
         }
         Ok(())
@@ -451,18 +450,23 @@ fn split_phases(s: &Shape, input: &[f32], x: &mut [f32]) {
                     row.fill(0.0);
                     continue;
                 };
-                let src = &from[iy * w..][..w];
-                for (j, v) in row.iter_mut().enumerate() {
-                    *v = (j * sw + px)
-                        .checked_sub(s.pad.1)
-                        .and_then(|ix| src.get(ix))
-                        .copied()
-                        .unwrap_or(0.0);
-                }
+                fill_row(row, &from[iy * w..][..w], px, sw, s.pad.1);
             }
         }
         Ok(())
     });
+}
+
+/// Fills `row` with the input pixels at padded columns `first`,
+/// `first + step`, ... (zero in the padding, `pad` columns before `src`).
+fn fill_row(row: &mut [f32], src: &[f32], first: usize, step: usize, pad: usize) {
+    for (j, v) in row.iter_mut().enumerate() {
+        *v = (j * step + first)
+            .checked_sub(pad)
+            .and_then(|ix| src.get(ix))
+            .copied()
+            .unwrap_or(0.0);
+    }
 }
 
 /// Bitwise, so an operator equals itself even with NaN in its constants.
