@@ -1,9 +1,11 @@
 //! How the operators find what they fuse in: the clamps (ReLU6, Clip)
-//! before and after a node, a node's sole successor, scalar operands, and
-//! the bitwise equality tract's deduplication needs.
+//! before and after a node, a node's sole successor, scalar operands, a
+//! convolution's kernel in one layout, and the bitwise equality tract's
+//! deduplication needs.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cnn::KernelFormat;
 
 /// A `Max` and/or `Min` with a constant scalar right after node `id` (how
 /// ReLU6 / Clip reads once decluttered), as a clamp, and the last node of
@@ -144,4 +146,27 @@ pub(crate) fn replace_with(
     let wire = patch.wire_node(name, op, &[x])?[0];
     patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
     patch.apply(model)
+}
+
+/// The kernel as `[out][in][ky][kx]`, whatever its stored format, if it
+/// has `shape`.
+pub(crate) fn weights_oihw(
+    kernel: &Tensor,
+    format: KernelFormat,
+    shape: [usize; 4],
+) -> TractResult<Option<Vec<f32>>> {
+    let kernel = kernel.cast_to::<f32>()?;
+    let view = kernel.to_plain_array_view::<f32>()?;
+    if view.ndim() != 4 {
+        return Ok(None);
+    }
+    let oihw = match format {
+        KernelFormat::OIHW => view,
+        KernelFormat::HWIO => view.permuted_axes(&[3, 2, 0, 1][..]),
+        KernelFormat::OHWI => view.permuted_axes(&[0, 3, 1, 2][..]),
+    };
+    if oihw.shape() != shape {
+        return Ok(None);
+    }
+    Ok(Some(oihw.iter().copied().collect()))
 }

@@ -28,12 +28,12 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::cnn::{Conv as TractConv, KernelFormat};
+use tract_onnx::tract_core::ops::cnn::Conv as TractConv;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
 use crate::ops::pointwise::{strips, Isa, Kind, SharedOut, Strip, Tile, PANEL};
-use crate::ops::{following_clamp, replace_with, same_bits, same_clamp, Level};
+use crate::ops::{following_clamp, replace_with, same_bits, same_clamp, weights_oihw, Level};
 
 /// What one convolution computes, in the ONNX attributes' terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -661,29 +661,6 @@ fn describe(model: &TypedModel, node: &TypedNode, conv: &TractConv) -> TractResu
         weights,
         bias,
     }))
-}
-
-/// The kernel as `[out][in][ky][kx]`, whatever its stored format, if it
-/// has `shape`.
-pub(crate) fn weights_oihw(
-    kernel: &Tensor,
-    format: KernelFormat,
-    shape: [usize; 4],
-) -> TractResult<Option<Vec<f32>>> {
-    let kernel = kernel.cast_to::<f32>()?;
-    let view = kernel.to_plain_array_view::<f32>()?;
-    if view.ndim() != 4 {
-        return Ok(None);
-    }
-    let oihw = match format {
-        KernelFormat::OIHW => view,
-        KernelFormat::HWIO => view.permuted_axes(&[3, 2, 0, 1][..]),
-        KernelFormat::OHWI => view.permuted_axes(&[0, 3, 1, 2][..]),
-    };
-    if oihw.shape() != shape {
-        return Ok(None);
-    }
-    Ok(Some(oihw.iter().copied().collect()))
 }
 
 #[cfg(test)]

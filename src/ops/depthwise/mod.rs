@@ -33,9 +33,9 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use crate::ops::conv::weights_oihw;
 use crate::ops::{
-    following_clamp, preceding_clamp, replace_with, same_bits, same_clamp, Level, Simd,
+    following_clamp, preceding_clamp, replace_with, same_bits, same_clamp, weights_oihw, Level,
+    Simd,
 };
 
 #[cfg(target_arch = "x86_64")]
