@@ -131,19 +131,22 @@ pub(crate) fn same_clamp(a: Option<(f32, f32)>, b: Option<(f32, f32)>) -> bool {
     a.map(|(lo, hi)| (lo.to_bits(), hi.to_bits())) == b.map(|(lo, hi)| (lo.to_bits(), hi.to_bits()))
 }
 
-/// Puts `op`, fed by `input`, in place of the nodes up to `last`'s first
-/// output (one node, or a node and the clamp it took in): the one graph
-/// patch every operator's installer applies.
+/// Puts `op`, fed by `inputs`, in place of the nodes up to `last`'s first
+/// output (one node, or a node and the clamps and residual `Add` it took
+/// in): the one graph patch every operator's installer applies.
 pub(crate) fn replace_with(
     model: &mut TypedModel,
     what: &str,
-    input: OutletId,
+    inputs: &[OutletId],
     (name, op): (&str, impl Into<Box<dyn TypedOp>>),
     last: usize,
 ) -> TractResult<()> {
     let mut patch = TypedModelPatch::new(what);
-    let x = patch.tap_model(model, input)?;
-    let wire = patch.wire_node(name, op, &[x])?[0];
+    let taps = inputs
+        .iter()
+        .map(|&i| patch.tap_model(model, i))
+        .collect::<TractResult<TVec<_>>>()?;
+    let wire = patch.wire_node(name, op, &taps)?[0];
     patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
     patch.apply(model)
 }
@@ -169,4 +172,32 @@ pub(crate) fn weights_oihw(
         return Ok(None);
     }
     Ok(Some(oihw.iter().copied().collect()))
+}
+
+/// The `Add` right after node `id` whose other operand is a computed tensor
+/// of the same shape (a residual connection): that operand and the `Add`.
+pub(crate) fn following_residual(
+    model: &TypedModel,
+    id: usize,
+) -> TractResult<Option<(OutletId, usize)>> {
+    let Some(next) = sole_successor(model, id) else {
+        return Ok(None);
+    };
+    let is_add = next
+        .op_as::<TypedBinOp>()
+        .is_some_and(|bin| bin.0.name() == "Add");
+    if !is_add || next.inputs.len() != 2 || next.inputs[0] == next.inputs[1] {
+        return Ok(None);
+    }
+    let other = next.inputs[usize::from(next.inputs[0].node == id)];
+    let (mine, theirs, out) = (
+        model.outlet_fact(OutletId::new(id, 0))?,
+        model.outlet_fact(other)?,
+        model.outlet_fact(OutletId::new(next.id, 0))?,
+    );
+    let same = theirs.konst.is_none()
+        && theirs.datum_type == f32::datum_type()
+        && theirs.shape == mine.shape
+        && out.shape == mine.shape;
+    Ok(same.then_some((other, next.id)))
 }

@@ -9,7 +9,8 @@
 //!
 //! Where the CPU runs the project's general convolution (AVX2 and FMA),
 //! the test also checks that it took the dense convolutions of the
-//! families that have them, so the agreement covers it.
+//! families that have them, and ResNet's residual additions, so the
+//! agreement covers them.
 
 use crate::common;
 
@@ -113,13 +114,22 @@ fn every_zoo_family_agrees_with_onnx_runtime() {
             .zip(&want)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        let ops: Vec<String> = model
-            .profile(x_again(&input), 1, false, None)
-            .unwrap()
-            .into_iter()
+        let profile = model.profile(x_again(&input), 1, false, None).unwrap();
+        let ops: Vec<String> = profile
+            .iter()
             .filter(|p| p.op.contains("onnx-lambda"))
             .map(|p| format!("{} x{}", p.op, p.nodes))
             .collect();
+        if name == "resnet18" && general_conv_runs() {
+            // Each block's residual `Add` and ReLU end inside its second
+            // convolution's epilogue.
+            let adds: Vec<&str> = profile
+                .iter()
+                .map(|p| p.op.as_str())
+                .filter(|op| op.contains("Add"))
+                .collect();
+            assert!(adds.is_empty(), "resnet18: residual adds left: {adds:?}");
+        }
         eprintln!(
             "{name}: largest logit {scale:.3}, largest difference {worst:.2e}; ours: {ops:?}"
         );

@@ -1,9 +1,10 @@
 //! Our own general convolution: any kernel size, stride, dilation and
 //! padding (asymmetric included), groups of at least a tile of output
-//! channels, with its bias and the clamp after it (ReLU, ReLU6). It takes
+//! channels, with its bias, the clamp after it (ReLU, ReLU6) and a
+//! residual `Add` (and clamp) after that, as ResNet's blocks end. It takes
 //! the convolutions the specialised operators leave: the dense 3x3 layers
 //! of ResNet, SqueezeNet, DenseNet, GoogLeNet and RegNet (grouped), the 7x7
-//! stems, the strided 1x1 shortcuts.
+//! stems, ConvNeXt's patchify layers.
 //!
 //! Why: tract runs these as an im2col copy (after a `Pad` node) and a
 //! packed matrix product. The copy writes `kernel area` times the input.
@@ -19,7 +20,8 @@
 //! The output is computed on the phase planes' grid, `wp` columns per row
 //! (the columns past the output width are discarded), so a tile runs
 //! along whole rows of pixels; the copy back into the output's own width
-//! is the only other pass. Bias and clamp are applied in registers.
+//! is the only other pass. Bias, clamps and residual are applied in
+//! registers, or in that copy.
 //!
 //! It runs where AVX2 and FMA are present, like `pointwise`; elsewhere
 //! tract's convolution stays.
@@ -32,8 +34,11 @@ use tract_onnx::tract_core::ops::cnn::Conv as TractConv;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
+use crate::ops::pointwise::Epilogue;
 use crate::ops::pointwise::{strips, Isa, Kind, SharedOut, Strip, Tile, PANEL};
-use crate::ops::{following_clamp, replace_with, same_bits, same_clamp, weights_oihw, Level};
+use crate::ops::{
+    following_clamp, following_residual, replace_with, same_bits, same_clamp, weights_oihw, Level,
+};
 
 /// What one convolution computes, in the ONNX attributes' terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -165,8 +170,8 @@ enum Layout {
 /// of output channels, and should stay in L2.
 const MAX_COLUMNS_BYTES: usize = 2 << 20;
 
-/// A convolution with bias and an optional clamp, on f32 NCHW (or CHW)
-/// tensors.
+/// A convolution with bias and the pointwise epilogue (clamp, residual,
+/// clamp), on f32 NCHW (or CHW) tensors.
 #[derive(Debug, Clone)]
 pub(crate) struct Conv {
     shape: Shape,
@@ -182,7 +187,7 @@ pub(crate) struct Conv {
     layout: Layout,
     /// Where each tap's input starts in `layout`.
     taps: Arc<[usize]>,
-    clamp: Option<(f32, f32)>,
+    epilogue: Epilogue,
 }
 
 impl Conv {
@@ -193,14 +198,14 @@ impl Conv {
         (in_shape, out_shape): (&[usize], &[usize]),
         weights: &[f32],
         bias: &[f32],
-        clamp: Option<(f32, f32)>,
+        epilogue: Epilogue,
     ) -> Conv {
         Conv::with_layout(
             shape,
             (in_shape, out_shape),
             weights,
             bias,
-            clamp,
+            epilogue,
             shape.layout(),
         )
     }
@@ -210,7 +215,7 @@ impl Conv {
         (in_shape, out_shape): (&[usize], &[usize]),
         weights: &[f32],
         bias: &[f32],
-        clamp: Option<(f32, f32)>,
+        epilogue: Epilogue,
         layout: Layout,
     ) -> Conv {
         let s = shape;
@@ -245,15 +250,27 @@ impl Conv {
             bias: padded.into(),
             layout,
             taps: taps.into(),
-            clamp,
+            epilogue,
         }
     }
 
-    pub(crate) fn compute(&self, input: &[f32], output: &mut [f32]) -> TractResult<()> {
-        self.compute_with(input, output, Level::detect())
+    /// `residual` has the output's shape, when the epilogue has one.
+    pub(crate) fn compute(
+        &self,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+    ) -> TractResult<()> {
+        self.compute_with(input, residual, output, Level::detect())
     }
 
-    fn compute_with(&self, input: &[f32], output: &mut [f32], level: Level) -> TractResult<()> {
+    fn compute_with(
+        &self,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+        level: Level,
+    ) -> TractResult<()> {
         let s = self.shape;
         let (h, w) = s.in_hw;
         let (ho, wo) = s.out_hw;
@@ -261,6 +278,10 @@ impl Conv {
         ensure!(
             output.len() == s.images * s.c_out * ho * wo,
             "conv output size"
+        );
+        ensure!(
+            residual.map(<[f32]>::len) == self.epilogue.residual.then_some(output.len()),
+            "conv residual size"
         );
         let isa = Isa::of(level)?;
         let layout = self.layout;
@@ -275,29 +296,39 @@ impl Conv {
         for image in 0..s.images {
             let planes = &input[image * s.c_in * h * w..][..s.c_in * h * w];
             let out = &mut output[image * s.c_out * ho * wo..][..s.c_out * ho * wo];
+            let res = residual.map(|r| &r[image * s.c_out * ho * wo..][..s.c_out * ho * wo]);
             match layout {
                 Layout::Columns => {
                     tap_columns(&s, planes, &mut x);
                     let runs = strips(ho * wo, isa).map(|r| (r.first, r.first, r));
-                    self.tiles(isa, &x, (out, ho * wo), &runs.collect::<Vec<_>>());
+                    self.tiles(isa, &x, (out, ho * wo, res), &runs.collect::<Vec<_>>());
                 }
                 Layout::Grid if direct => {
                     split_phases(&s, planes, &mut x);
                     let runs = (0..ho).flat_map(|y| {
                         strips(wo, isa).map(move |r| (y * s.wp() + r.first, y * wo + r.first, r))
                     });
-                    self.tiles(isa, &x, (out, ho * wo), &runs.collect::<Vec<_>>());
+                    self.tiles(isa, &x, (out, ho * wo, res), &runs.collect::<Vec<_>>());
                 }
                 Layout::Grid => {
                     split_phases(&s, planes, &mut x);
                     let runs = strips(ho * s.wp(), isa).map(|r| (r.first, r.first, r));
-                    self.tiles(isa, &x, (&mut grid, ld), &runs.collect::<Vec<_>>());
-                    let wp = s.wp();
+                    // The residual is in the output's layout, not the grid's:
+                    // the copy adds it.
+                    self.tiles(isa, &x, (&mut grid, ld, None), &runs.collect::<Vec<_>>());
+                    let (wp, post) = (s.wp(), self.epilogue.post);
                     let _ = par_chunks_mut(out, ho * wo, out.len(), |first, chunk| {
                         for (c, plane) in chunk.chunks_exact_mut(ho * wo).enumerate() {
                             let from = &grid[(first + c) * ld..];
-                            for (row, from) in plane.chunks_exact_mut(wo).zip(from.chunks(wp)) {
+                            let rows = plane.chunks_exact_mut(wo).zip(from.chunks(wp));
+                            for (y, (row, from)) in rows.enumerate() {
                                 row.copy_from_slice(&from[..wo]);
+                                let Some(res) = res else { continue };
+                                let res = &res[(first + c) * ho * wo + y * wo..][..wo];
+                                for (v, r) in row.iter_mut().zip(res) {
+                                    let sum = *v + r;
+                                    *v = post.map_or(sum, |(lo, hi)| sum.max(lo).min(hi));
+                                }
                             }
                         }
                         Ok(())
@@ -309,10 +340,17 @@ impl Conv {
     }
 
     /// Every output channel of one image into `y` (`out_ld` values per
-    /// channel), split over the pool by tiles. Each run is a strip of
-    /// pixels, read from its offset in every plane of `x` and written at
-    /// its offset in every channel of `y`.
-    fn tiles(&self, isa: Isa, x: &[f32], (y, out_ld): (&mut [f32], usize), runs: &[Run]) {
+    /// channel), split over the pool by tiles, adding `residual` (laid out
+    /// as `y`) and its clamp when given. Each run is a strip of pixels,
+    /// read from its offset in every plane of `x` and written at its
+    /// offset in every channel of `y`.
+    fn tiles(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        (y, out_ld, residual): (&mut [f32], usize, Option<&[f32]>),
+        runs: &[Run],
+    ) {
         let s = self.shape;
         let layout = self.layout;
         let (ci, co) = (s.c_in_group(), s.c_out_group());
@@ -346,12 +384,12 @@ impl Conv {
                     ld,
                     out_ld,
                     out: out.get().wrapping_add((g * co + r0) * out_ld + to),
-                    residual: None,
+                    residual: residual.map(|r| r[(g * co + r0) * out_ld + to..].as_ptr()),
                     store: 0..isa.rows.min(co - r0),
                     strip,
                     prefetch_out: true,
-                    pre: self.clamp,
-                    post: None,
+                    pre: self.epilogue.pre,
+                    post: residual.and(self.epilogue.post),
                 };
                 let run = match strip.kind {
                     Kind::Vectors { .. } => isa.tile,
@@ -363,7 +401,8 @@ impl Conv {
                 // most the plane's last row, which `Shape::grid_ld` leaves
                 // room for), and its panel's weights and bias (padded to
                 // whole panels); it writes rows `store` of its own run of
-                // `y`, which no other unit writes.
+                // `y`, which no other unit writes, reading the same
+                // places of `residual`.
                 unsafe { run(&tile) };
             }
             Ok(())
@@ -477,7 +516,9 @@ impl PartialEq for Conv {
             && self.out_shape == other.out_shape
             && same_bits(&self.weights, &other.weights)
             && same_bits(&self.bias, &other.bias)
-            && same_clamp(self.clamp, other.clamp)
+            && same_clamp(self.epilogue.pre, other.epilogue.pre)
+            && self.epilogue.residual == other.epilogue.residual
+            && same_clamp(self.epilogue.post, other.epilogue.post)
             && self.layout == other.layout
     }
 }
@@ -491,8 +532,8 @@ impl Op for Conv {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{:?}, {:?}, clamp {:?}",
-            self.shape, self.layout, self.clamp
+            "{:?}, {:?}, {:?}",
+            self.shape, self.layout, self.epilogue
         )])
     }
 
@@ -503,7 +544,7 @@ impl EvalOp for Conv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        ensure!(inputs.len() == 1);
+        ensure!(inputs.len() == 1 + usize::from(self.epilogue.residual));
         ensure!(
             inputs[0].shape() == &*self.in_shape,
             "conv input {:?} is not {:?}",
@@ -514,8 +555,16 @@ impl EvalOp for Conv {
         // copied whole from the grid).
         let mut output = unsafe { Tensor::uninitialized::<f32>(&self.out_shape)? };
         let src = inputs[0].try_as_plain_ram()?;
+        let residual = match inputs.get(1) {
+            Some(r) => {
+                ensure!(r.shape() == &*self.out_shape, "conv residual shape");
+                Some(r.try_as_plain_ram()?)
+            }
+            None => None,
+        };
+        let residual = residual.as_ref().map(|r| r.as_slice::<f32>()).transpose()?;
         let mut dst = output.try_as_plain_ram_mut()?;
-        self.compute(src.as_slice::<f32>()?, dst.as_slice_mut::<f32>()?)?;
+        self.compute(src.as_slice::<f32>()?, residual, dst.as_slice_mut::<f32>()?)?;
         Ok(tvec!(output.into_tvalue()))
     }
 }
@@ -537,7 +586,7 @@ impl TypedOp for Conv {
 
 /// Replaces every convolution of the decluttered graph that this operator
 /// runs (see the module docs) and the specialised ones left, with the
-/// clamp after it. Returns how many it replaced; none on a CPU without
+/// clamp, residual `Add` and clamp after it. Returns how many it replaced; none on a CPU without
 /// AVX2 and FMA.
 pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
     if !available() {
@@ -552,11 +601,25 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
         let Some(layer) = describe(model, node, conv)? else {
             continue;
         };
-        let (clamp, last) = following_clamp(model, id)?;
+        let (pre, after_pre) = following_clamp(model, id)?;
+        let (residual, last) = match following_residual(model, after_pre)? {
+            Some((other, add)) => {
+                let (post, last) = following_clamp(model, add)?;
+                (Some((other, post)), last)
+            }
+            None => (None, after_pre),
+        };
+        let epilogue = Epilogue {
+            pre,
+            residual: residual.is_some(),
+            post: residual.and_then(|(_, post)| post),
+        };
         let shapes = (&layer.in_shape[..], &layer.out_shape[..]);
-        let op = Conv::new(layer.shape, shapes, &layer.weights, &layer.bias, clamp);
+        let op = Conv::new(layer.shape, shapes, &layer.weights, &layer.bias, epilogue);
+        let mut inputs = tvec![node.inputs[0]];
+        inputs.extend(residual.map(|(other, _)| other));
         let name = node.name.clone();
-        replace_with(model, "onnx-lambda conv", node.inputs[0], (&name, op), last)?;
+        replace_with(model, "onnx-lambda conv", &inputs, (&name, op), last)?;
         replaced += 1;
     }
     model.compact()?;
@@ -669,13 +732,8 @@ mod tests {
     use crate::ops::testing::{levels, noise, VECTOR_LEVELS};
 
     /// The definition, one output at a time.
-    fn reference(
-        s: &Shape,
-        w: &[f32],
-        b: &[f32],
-        clamp: Option<(f32, f32)>,
-        x: &[f32],
-    ) -> Vec<f32> {
+    fn reference(s: &Shape, w: &[f32], b: &[f32], e: Epilogue, x: &[f32], res: &[f32]) -> Vec<f32> {
+        let clamp = |v: f32, c: Option<(f32, f32)>| c.map_or(v, |(lo, hi)| v.max(lo).min(hi));
         let (h, wd) = s.in_hw;
         let (ho, wo) = s.out_hw;
         let (kh, kw) = s.kernel;
@@ -704,12 +762,44 @@ mod tests {
                                 }
                             }
                         }
-                        out.push(clamp.map_or(acc, |(lo, hi)| acc.max(lo).min(hi)));
+                        let y = clamp(acc, e.pre);
+                        out.push(if e.residual {
+                            clamp(y + res[out.len()], e.post)
+                        } else {
+                            y
+                        });
                     }
                 }
             }
         }
         out
+    }
+
+    /// No epilogue, a ReLU, a clamp, and ResNet's block end (ReLU,
+    /// residual, ReLU) and a residual alone.
+    fn epilogues() -> [Epilogue; 5] {
+        let relu = Some((0.0, f32::INFINITY));
+        [
+            Epilogue::default(),
+            Epilogue {
+                pre: relu,
+                ..Epilogue::default()
+            },
+            Epilogue {
+                pre: Some((-0.25, 0.5)),
+                ..Epilogue::default()
+            },
+            Epilogue {
+                pre: relu,
+                residual: true,
+                post: relu,
+            },
+            Epilogue {
+                pre: None,
+                residual: true,
+                post: None,
+            },
+        ]
     }
 
     /// Output size for padding `pad` before and `after` after.
@@ -756,7 +846,8 @@ mod tests {
     /// dilation, asymmetric and oversized padding, groups, output
     /// channels that are not whole tiles or panels, odd widths from 1
     /// pixel to several strips, two images: against the definition at
-    /// every vector level, in both layouts, with and without a clamp.
+    /// every vector level, in both layouts, with and without clamps and a
+    /// residual.
     #[test]
     fn matches_the_definition_at_every_level() {
         let cases = [
@@ -824,18 +915,20 @@ mod tests {
                 let w = noise(s.c_out * k, 11 + n as u32);
                 let b = noise(s.c_out, 12 + n as u32);
                 let x = noise(s.images * s.c_in * s.in_hw.0 * s.in_hw.1, 13 + n as u32);
-                let variants = [Layout::Grid, Layout::Columns].into_iter().flat_map(|l| {
-                    [None, Some((0.0, f32::INFINITY)), Some((-0.25, 0.5))].map(|c| (l, c))
-                });
-                for (layout, clamp) in variants {
-                    let op = Conv::with_layout(*s, (&[], &[]), &w, &b, clamp, layout);
-                    let want = reference(s, &w, &b, clamp, &x);
+                let res = noise(s.images * s.c_out * s.out_pixels(), 14 + n as u32);
+                let variants = [Layout::Grid, Layout::Columns]
+                    .into_iter()
+                    .flat_map(|l| epilogues().map(|e| (l, e)));
+                for (layout, e) in variants {
+                    let op = Conv::with_layout(*s, (&[], &[]), &w, &b, e, layout);
+                    let want = reference(s, &w, &b, e, &x, &res);
                     let mut got = vec![f32::NAN; want.len()];
-                    op.compute_with(&x, &mut got, level).unwrap();
-                    for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+                    let residual = e.residual.then_some(&res[..]);
+                    op.compute_with(&x, residual, &mut got, level).unwrap();
+                    for (i, (a, want)) in got.iter().zip(&want).enumerate() {
                         assert!(
-                            (a - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                            "{level:?} {s:?} {layout:?} {clamp:?} at {i}: {a} vs {e}"
+                            (a - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "{level:?} {s:?} {layout:?} {e:?} at {i}: {a} vs {want}"
                         );
                     }
                 }
@@ -853,16 +946,7 @@ mod tests {
     fn two_threads_give_the_bits_of_one() {
         let pool = crate::ops::OperatorPool::new(2);
         let cases = [
-            shape(
-                2,
-                1,
-                (8, 40),
-                (12, 12),
-                (3, 3),
-                (1, 1),
-                (1, 1),
-                [1, 1, 1, 1],
-            ),
+            shape(2, 1, (8, 200), (6, 6), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
             shape(
                 1,
                 2,
@@ -878,13 +962,15 @@ mod tests {
             let w = noise(s.c_out * s.c_in_group() * s.taps(), 3);
             let b = noise(s.c_out, 4);
             let x = noise(s.images * s.c_in * s.in_hw.0 * s.in_hw.1, 5);
+            let len = s.images * s.c_out * s.out_pixels();
+            let res = noise(len, 6);
             for layout in [Layout::Grid, Layout::Columns] {
-                let op = Conv::with_layout(s, (&[], &[]), &w, &b, Some((0.0, 6.0)), layout);
-                let len = s.images * s.c_out * s.out_pixels();
+                let e = epilogues()[3];
+                let op = Conv::with_layout(s, (&[], &[]), &w, &b, e, layout);
                 let mut one = vec![f32::NAN; len];
-                op.compute(&x, &mut one).unwrap();
+                op.compute(&x, Some(&res), &mut one).unwrap();
                 let mut two = vec![f32::NAN; len];
-                pool.run(|| op.compute(&x, &mut two)).unwrap();
+                pool.run(|| op.compute(&x, Some(&res), &mut two)).unwrap();
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert!(one.iter().all(|v| v.is_finite()), "{s:?} {layout:?}");
                 assert_eq!(bits(&one), bits(&two), "{s:?} {layout:?}");

@@ -354,7 +354,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
         };
         let op = Dense::new(k, n, weights, bias);
         let (input, name) = (node.inputs[0], node.name.clone());
-        replace_with(model, "onnx-lambda dense", input, (&name, op), last)?;
+        replace_with(model, "onnx-lambda dense", &[input], (&name, op), last)?;
         replaced += 1;
     }
     model.compact()?;

@@ -640,7 +640,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
             node.inputs[0]
         };
         let name = node.name.clone();
-        replace_with(model, "onnx-lambda depthwise", source, (&name, op), last)?;
+        replace_with(model, "onnx-lambda depthwise", &[source], (&name, op), last)?;
         replaced += 1;
     }
     model.compact()?;

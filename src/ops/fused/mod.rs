@@ -183,7 +183,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
         replace_with(
             model,
             "onnx-lambda expand + depthwise",
-            input,
+            &[input],
             (&name, op),
             last,
         )?;

@@ -298,7 +298,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
         let batched = pool.pool_spec.data_format == DataFormat::NCHW;
         let op = MaxPool::new(geometry, batched);
         let (input, name) = (node.inputs[0], node.name.clone());
-        replace_with(model, "onnx-lambda max pool", input, (&name, op), id)?;
+        replace_with(model, "onnx-lambda max pool", &[input], (&name, op), id)?;
         replaced += 1;
     }
     model.compact()?;

@@ -31,7 +31,10 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
-use crate::ops::{following_clamp, par_planes, same_bits, same_clamp, sole_successor, Level, Simd};
+use crate::ops::{
+    following_clamp, following_residual, par_planes, replace_with, same_bits, same_clamp,
+    sole_successor, Level, Simd,
+};
 
 /// Output channels interleaved in the packed weights (one AVX-512 tile).
 pub(crate) const PANEL: usize = 8;
@@ -614,14 +617,10 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
         let bias = bias.unwrap_or_else(|| vec![0.0; layer.dims.m]);
         let shapes = (&layer.in_shape[..], &layer.out_shape[..]);
         let op = Pointwise::new(layer.dims, shapes, &layer.weights, &bias, epilogue);
-        let mut patch = TypedModelPatch::new("onnx-lambda pointwise");
-        let mut taps = tvec![patch.tap_model(model, node.inputs[0])?];
-        if let Some((other, _)) = residual {
-            taps.push(patch.tap_model(model, other)?);
-        }
-        let wire = patch.wire_node(&node.name, op, &taps)?[0];
-        patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
-        patch.apply(model)?;
+        let mut inputs = tvec![node.inputs[0]];
+        inputs.extend(residual.map(|(other, _)| other));
+        let name = node.name.clone();
+        replace_with(model, "onnx-lambda pointwise", &inputs, (&name, op), last)?;
         replaced += 1;
     }
     model.compact()?;
@@ -792,31 +791,6 @@ fn following_bias(
         _ => return Ok(none),
     };
     Ok((Some(bias), next.id))
-}
-
-/// The `Add` right after node `id` whose other operand is a computed tensor
-/// of the same shape (a residual connection): that operand and the `Add`.
-fn following_residual(model: &TypedModel, id: usize) -> TractResult<Option<(OutletId, usize)>> {
-    let Some(next) = sole_successor(model, id) else {
-        return Ok(None);
-    };
-    let is_add = next
-        .op_as::<TypedBinOp>()
-        .is_some_and(|bin| bin.0.name() == "Add");
-    if !is_add || next.inputs.len() != 2 || next.inputs[0] == next.inputs[1] {
-        return Ok(None);
-    }
-    let other = next.inputs[usize::from(next.inputs[0].node == id)];
-    let (mine, theirs, out) = (
-        model.outlet_fact(OutletId::new(id, 0))?,
-        model.outlet_fact(other)?,
-        model.outlet_fact(OutletId::new(next.id, 0))?,
-    );
-    let same = theirs.konst.is_none()
-        && theirs.datum_type == f32::datum_type()
-        && theirs.shape == mine.shape
-        && out.shape == mine.shape;
-    Ok(same.then_some((other, next.id)))
 }
 
 #[cfg(test)]

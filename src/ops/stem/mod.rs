@@ -342,7 +342,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
             batched,
         );
         let (input, name) = (node.inputs[0], node.name.clone());
-        replace_with(model, "onnx-lambda stem", input, (&name, op), last)?;
+        replace_with(model, "onnx-lambda stem", &[input], (&name, op), last)?;
         replaced += 1;
     }
     model.compact()?;
