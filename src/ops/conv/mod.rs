@@ -944,6 +944,9 @@ mod tests {
     /// bit, in both layouts and with weights or pixels outer.
     #[test]
     fn two_threads_give_the_bits_of_one() {
+        if !available() {
+            return; // tract runs these layers on this CPU.
+        }
         let pool = crate::ops::OperatorPool::new(2);
         let cases = [
             shape(2, 1, (8, 200), (6, 6), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),

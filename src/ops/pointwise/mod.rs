@@ -933,6 +933,9 @@ mod tests {
     /// fewer channels than pixels, and write exactly what one thread writes.
     #[test]
     fn threads_cover_every_channel_and_pixel_once() {
+        if Pointwise::available().is_err() {
+            return; // tract's kernels run the 1x1 layers on this CPU.
+        }
         let pool = crate::ops::OperatorPool::new(2);
         // Channels before pixels (13, 96) and after (24, 96 over 50 pixels);
         // one image with fewer channels than pixels splits by strips of
