@@ -151,9 +151,14 @@ async fn two_thousand_jobs_survive_a_worker_killed_mid_batch() {
     );
     assert_eq!(queue_depth(&sqs, &jobs).await, 0, "the job queue is empty");
     // The kill hit a worker holding jobs: they came again (attempt 2 or
-    // later) and were done then, none dead-lettered for it.
+    // later) and were done then, none dead-lettered for it. A job whose
+    // result the killed worker had sent but not yet deleted comes again
+    // too, and its second result is a duplicate that `collect` counts
+    // and drops: either shows the redelivery.
+    let redone = lines.iter().any(|l| l["attempt"].as_u64() >= Some(2));
+    let duplicates = summary["duplicates"].as_u64().unwrap_or(0);
     assert!(
-        lines.iter().any(|l| l["attempt"].as_u64() >= Some(2)),
+        redone || duplicates > 0,
         "no job was redelivered: the killed worker held none; {summary}; workers {stats:?}"
     );
     assert!(dead.is_empty(), "dead-lettered: {dead:?}");
