@@ -34,11 +34,10 @@ use tract_onnx::tract_core::ops::cnn::Conv as TractConv;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
-use crate::ops::pointwise::Epilogue;
-use crate::ops::pointwise::{strips, Isa, Kind, SharedOut, Strip, Tile, PANEL};
-use crate::ops::{
-    following_clamp, following_residual, replace_with, same_bits, same_clamp, weights_oihw, Level,
+use crate::ops::pointwise::{
+    following_epilogue, strips, Epilogue, Isa, Kind, SharedOut, Strip, Tile, PANEL,
 };
+use crate::ops::{replace_with, same_bits, same_clamp, weights_oihw, Level};
 
 /// What one convolution computes, in the ONNX attributes' terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -586,8 +585,8 @@ impl TypedOp for Conv {
 
 /// Replaces every convolution of the decluttered graph that this operator
 /// runs (see the module docs) and the specialised ones left, with the
-/// clamp, residual `Add` and clamp after it. Returns how many it replaced; none on a CPU without
-/// AVX2 and FMA.
+/// clamp, residual `Add` and clamp after it. Returns how many it replaced;
+/// none on a CPU without AVX2 and FMA.
 pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
     if !available() {
         return Ok(0);
@@ -601,23 +600,11 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
         let Some(layer) = describe(model, node, conv)? else {
             continue;
         };
-        let (pre, after_pre) = following_clamp(model, id)?;
-        let (residual, last) = match following_residual(model, after_pre)? {
-            Some((other, add)) => {
-                let (post, last) = following_clamp(model, add)?;
-                (Some((other, post)), last)
-            }
-            None => (None, after_pre),
-        };
-        let epilogue = Epilogue {
-            pre,
-            residual: residual.is_some(),
-            post: residual.and_then(|(_, post)| post),
-        };
+        let (epilogue, residual, last) = following_epilogue(model, id)?;
         let shapes = (&layer.in_shape[..], &layer.out_shape[..]);
         let op = Conv::new(layer.shape, shapes, &layer.weights, &layer.bias, epilogue);
         let mut inputs = tvec![node.inputs[0]];
-        inputs.extend(residual.map(|(other, _)| other));
+        inputs.extend(residual);
         let name = node.name.clone();
         replace_with(model, "onnx-lambda conv", &inputs, (&name, op), last)?;
         replaced += 1;

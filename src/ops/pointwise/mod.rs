@@ -580,6 +580,33 @@ impl TypedOp for Pointwise {
     as_op!();
 }
 
+/// What follows node `id` that a tile's store can apply: a clamp, then a
+/// residual `Add` and the clamp after it; with the residual's other
+/// operand (the operator's second input) and the last node taken in.
+pub(crate) fn following_epilogue(
+    model: &TypedModel,
+    id: usize,
+) -> TractResult<(Epilogue, Option<OutletId>, usize)> {
+    let (pre, after_pre) = following_clamp(model, id)?;
+    let Some((other, add)) = following_residual(model, after_pre)? else {
+        return Ok((
+            Epilogue {
+                pre,
+                ..Epilogue::default()
+            },
+            None,
+            after_pre,
+        ));
+    };
+    let (post, last) = following_clamp(model, add)?;
+    let epilogue = Epilogue {
+        pre,
+        residual: true,
+        post,
+    };
+    Ok((epilogue, Some(other), last))
+}
+
 /// Fewest pixels per plane worth a tile: below one vector (the classifier's
 /// matrix-vector product) tract's kernels are better.
 const MIN_PIXELS: usize = 16;
@@ -601,24 +628,12 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         };
         let (bias, after_bias) = following_bias(model, id, &layer)?;
-        let (pre, after_pre) = following_clamp(model, after_bias)?;
-        let (residual, last) = match following_residual(model, after_pre)? {
-            Some((other, add)) => {
-                let (post, last) = following_clamp(model, add)?;
-                (Some((other, post)), last)
-            }
-            None => (None, after_pre),
-        };
-        let epilogue = Epilogue {
-            pre,
-            residual: residual.is_some(),
-            post: residual.and_then(|(_, post)| post),
-        };
+        let (epilogue, residual, last) = following_epilogue(model, after_bias)?;
         let bias = bias.unwrap_or_else(|| vec![0.0; layer.dims.m]);
         let shapes = (&layer.in_shape[..], &layer.out_shape[..]);
         let op = Pointwise::new(layer.dims, shapes, &layer.weights, &bias, epilogue);
         let mut inputs = tvec![node.inputs[0]];
-        inputs.extend(residual.map(|(other, _)| other));
+        inputs.extend(residual);
         let name = node.name.clone();
         replace_with(model, "onnx-lambda pointwise", &inputs, (&name, op), last)?;
         replaced += 1;
