@@ -265,35 +265,36 @@ impl InputFetcher {
     /// budget is refused at once (waiting could not help).
     pub async fn fetch_allowed(&self, uri: &str, held: u64) -> Result<Input, FetchError> {
         let (bucket, key) = check_allowed(uri, &self.allowlist)?;
-        self.fetch_within(&bucket, &key, Some((self.request_wait, held)))
+        let object = ObjectRef {
+            bucket: &bucket,
+            key: &key,
+            version_id: None,
+        };
+        self.fetch_within(object, Some((self.request_wait, held)))
             .await
     }
 
-    /// A job's image, by bucket and key (no allow-list: see the module
-    /// docs), waiting as long as it takes for room: a batch's caller bounds
-    /// the time.
-    pub async fn fetch(&self, bucket: &str, key: &str) -> Result<Input, FetchError> {
-        self.fetch_within(bucket, key, None).await
+    /// A job's image (no allow-list: see the module docs), waiting as long
+    /// as it takes for room: a batch's caller bounds the time.
+    pub(crate) async fn fetch(&self, object: ObjectRef<'_>) -> Result<Input, FetchError> {
+        self.fetch_within(object, None).await
     }
 
     /// `request`: how long to wait for room, and the bytes already held.
     async fn fetch_within(
         &self,
-        bucket: &str,
-        key: &str,
+        object: ObjectRef<'_>,
         request: Option<(Duration, u64)>,
     ) -> Result<Input, FetchError> {
-        let uri = format!("s3://{bucket}/{key}");
+        let uri = match object.version_id {
+            None => format!("s3://{}/{}", object.bucket, object.key),
+            Some(v) => format!("s3://{}/{}?versionId={v}", object.bucket, object.key),
+        };
         let Some(s3) = &self.s3 else {
             return Err(FetchError::Unavailable {
                 uri,
                 message: "no S3 client is configured".into(),
             });
-        };
-        let object = ObjectRef {
-            bucket,
-            key,
-            version_id: None,
         };
         let capacity = self.capacity_kib;
         let hold = |bytes: u64| {

@@ -3,6 +3,8 @@
 //!
 //! - SQS batches go to `jobs::events`, answered with the typed
 //!   `SqsBatchResponse` (partial batch failures).
+//! - S3 Batch Operations invocations go to `jobs::batch_operations`,
+//!   answered with a result per task (`S3BatchJobResponse`).
 //! - API Gateway REST (v1) and HTTP (v2) APIs, Function URLs and ALB go to
 //!   `http::events`, answered in each source's response shape.
 //! - Anything else is read as a direct invocation: `{"image": "<base64>"}`.
@@ -14,6 +16,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use aws_lambda_events::s3::batch_job::S3BatchJobResponse;
 use aws_lambda_events::sqs::SqsBatchResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -40,6 +43,8 @@ struct DirectRequest {
 pub enum Response {
     /// `batchItemFailures` for an SQS batch.
     Sqs(SqsBatchResponse),
+    /// A result per task for S3 Batch Operations.
+    S3Batch(S3BatchJobResponse),
     /// An HTTP response in the event source's shape.
     Http(Value),
     /// The answer to a direct invocation: predictions or `{"error"}`.
@@ -51,6 +56,10 @@ impl Response {
     fn ok(&self) -> bool {
         match self {
             Response::Sqs(r) => r.batch_item_failures.is_empty(),
+            Response::S3Batch(r) => r
+                .results
+                .iter()
+                .all(|t| t.result_code.as_deref() == Some("Succeeded")),
             Response::Http(r) => r
                 .get("statusCode")
                 .and_then(Value::as_u64)
@@ -156,6 +165,9 @@ pub async fn handle(
     let (kind, response) = if crate::jobs::events::is_sqs_event(&event) {
         let r = crate::jobs::events::handle_event(&app, event, deadline).await;
         ("sqs", Response::Sqs(r))
+    } else if crate::jobs::batch_operations::is_batch_operations_event(&event) {
+        let r = crate::jobs::batch_operations::handle_event(&app, event, deadline).await;
+        ("s3_batch", Response::S3Batch(r))
     } else if crate::http::events::is_http_event(&event) {
         let r = crate::http::events::handle_event(app, event).await;
         ("http", Response::Http(r))

@@ -3,7 +3,7 @@
 //! image per thread at a time), write results in batched sends, and say
 //! which messages must come again.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,22 +14,29 @@ use super::message::{
     declared_job_id, parse_message, ImageSource, InMessage, Job, JobError, JobResult,
 };
 use crate::app::App;
-use crate::error::ClassifyError;
+use crate::aws::s3::ObjectRef;
+use crate::error::{ClassifyError, ErrorCode};
 use crate::inputs::{decode_base64, Input};
 
 /// Time kept back before a deadline to write the results already done.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 
 /// What happened to a batch.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct BatchOutcome {
     /// Messages to deliver again (transient failure, not done before the
     /// deadline, or a result not written).
     pub failed: Vec<String>,
+    /// Why each of those must come again: an error code (`s3_unavailable`,
+    /// `deadline`, `results_not_written`, ...), by message id.
+    pub retry_reasons: HashMap<String, String>,
     /// `ok` results written.
     pub ok: usize,
     /// `error` results written.
     pub errors: usize,
+    /// The results written, for a door that also answers with them (S3
+    /// Batch Operations' per-task result strings).
+    pub results: Vec<JobResult>,
 }
 
 impl BatchOutcome {
@@ -45,11 +52,11 @@ impl BatchOutcome {
     }
 }
 
-/// Results so far, and the messages that must come again.
+/// Results so far, and the messages that must come again (with why).
 struct Progress {
     model: Value,
     results: Vec<JobResult>,
-    redeliver: HashSet<String>,
+    redeliver: HashMap<String, String>,
 }
 
 impl Progress {
@@ -58,12 +65,30 @@ impl Progress {
     fn fail(&mut self, m: &InMessage, job_id: &str, e: &JobError) {
         if e.is_transient() {
             tracing::warn!(message_id = %m.message_id, job_id, error = %e, "transient failure; the message will be delivered again");
-            self.redeliver.insert(m.message_id.clone());
+            self.retry(m, e.code());
         } else {
             let r = JobResult::error(job_id.to_string(), m, self.model.clone(), e);
             self.results.push(r);
         }
     }
+
+    /// `m` comes again whole; the first reason given is kept.
+    fn retry(&mut self, m: &InMessage, reason: &str) {
+        self.redeliver
+            .entry(m.message_id.clone())
+            .or_insert_with(|| reason.to_string());
+    }
+}
+
+/// Where a batch's results must go before its messages count as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResultsQueue {
+    /// The results queue; without one, every message comes again (the SQS
+    /// doors: a result nobody can read is a lost job).
+    Required,
+    /// The results queue if one is configured; otherwise the door's own
+    /// answer carries the results (S3 Batch Operations' completion report).
+    IfConfigured,
 }
 
 /// Processes one batch and reports which messages must be delivered again.
@@ -77,27 +102,53 @@ pub async fn process_batch(
     messages: &[InMessage],
     deadline: Option<Instant>,
 ) -> BatchOutcome {
-    let stop_at = deadline.map(|d| d.checked_sub(DEADLINE_MARGIN).unwrap_or_else(Instant::now));
-    let mut progress = Progress {
-        model: app.model_json(),
-        results: Vec::new(),
-        redeliver: HashSet::new(),
-    };
     let mut work: Vec<(&InMessage, Job)> = Vec::new();
+    let mut invalid = Vec::new();
     for m in messages {
         match parse_message(&m.body, &m.message_id, app.config().top_k) {
             Ok(jobs) => work.extend(jobs.into_iter().map(|j| (m, j))),
             Err(e) => {
                 let job_id = declared_job_id(&m.body).unwrap_or_else(|| m.message_id.clone());
-                progress.fail(m, &job_id, &e);
+                invalid.push((m, job_id, e));
             }
         }
     }
-    fetch_and_classify(app, work, stop_at, &mut progress).await;
-    let outcome = write(app, messages, progress).await;
+    let outcome = process_jobs(
+        app,
+        messages,
+        work,
+        invalid,
+        deadline,
+        ResultsQueue::Required,
+    )
+    .await;
     app.metrics()
         .observe_batch(messages.len(), outcome.failed.len());
     outcome
+}
+
+/// The part of [`process_batch`] after parsing, for doors whose jobs do not
+/// come as job messages: `work` pairs each job with the message (or task)
+/// it came in, `invalid` the ones that could not be read with why.
+pub(crate) async fn process_jobs<'m>(
+    app: &Arc<App>,
+    messages: &'m [InMessage],
+    work: Vec<(&'m InMessage, Job)>,
+    invalid: Vec<(&'m InMessage, String, JobError)>,
+    deadline: Option<Instant>,
+    results_queue: ResultsQueue,
+) -> BatchOutcome {
+    let stop_at = deadline.map(|d| d.checked_sub(DEADLINE_MARGIN).unwrap_or_else(Instant::now));
+    let mut progress = Progress {
+        model: app.model_json(),
+        results: Vec::new(),
+        redeliver: HashMap::new(),
+    };
+    for (m, job_id, e) in invalid {
+        progress.fail(m, &job_id, &e);
+    }
+    fetch_and_classify(app, work, stop_at, &mut progress).await;
+    write(app, messages, progress, results_queue).await
 }
 
 /// Inputs read ahead of the classification: enough to cover S3's latency
@@ -149,9 +200,7 @@ async fn fetch_and_classify<'m>(
                 match f {
                     Fetched::Ready(m, job, input) => ready.push((m, job, input)),
                     Fetched::Failed(m, job, e) => progress.fail(m, &job.job_id, &e),
-                    Fetched::Late(m) => {
-                        progress.redeliver.insert(m.message_id.clone());
-                    }
+                    Fetched::Late(m) => progress.retry(m, "deadline"),
                 }
                 if ready.len() < threads {
                     next = rx.try_recv().ok();
@@ -199,8 +248,7 @@ async fn classify_chunk(
             jobs = chunk.len(),
             "the deadline is near; jobs not started will be delivered again"
         );
-        let ids = chunk.iter().map(|(m, _, _)| m.message_id.clone());
-        progress.redeliver.extend(ids);
+        chunk.iter().for_each(|(m, _, _)| progress.retry(m, "deadline"));
         return;
     }
     let max_k = chunk.iter().map(|(_, j, _)| j.top_k).max().unwrap_or(1);
@@ -239,14 +287,19 @@ async fn classify_chunk(
 
 /// Writes the results of the messages that are done; a message with any
 /// unwritten result, or marked for redelivery, is reported failed.
-async fn write(app: &App, messages: &[InMessage], progress: Progress) -> BatchOutcome {
+async fn write(
+    app: &App,
+    messages: &[InMessage],
+    progress: Progress,
+    results_queue: ResultsQueue,
+) -> BatchOutcome {
     let Progress {
         mut results,
         mut redeliver,
         ..
     } = progress;
     // A message to deliver again gets no results now; it comes back whole.
-    results.retain(|r| !redeliver.contains(&r.message_id));
+    results.retain(|r| !redeliver.contains_key(&r.message_id));
     let bodies: Vec<String> = results
         .iter()
         .map(|r| serde_json::to_string(r).expect("a result always serialises"))
@@ -258,15 +311,18 @@ async fn write(app: &App, messages: &[InMessage], progress: Progress) -> BatchOu
             .iter()
             .map(Result::is_ok)
             .collect(),
+        None if results_queue == ResultsQueue::IfConfigured => vec![true; bodies.len()],
         None => {
             tracing::error!("no results queue is configured (RESULTS_QUEUE_URL): the batch will be delivered again");
             vec![false; bodies.len()]
         }
     };
     let mut outcome = BatchOutcome::default();
-    for (r, ok) in results.iter().zip(written) {
+    for (r, ok) in results.iter().zip(&written) {
         if !ok {
-            redeliver.insert(r.message_id.clone());
+            redeliver
+                .entry(r.message_id.clone())
+                .or_insert_with(|| "results_not_written".into());
         } else if r.status == "ok" {
             outcome.ok += 1;
         } else {
@@ -278,9 +334,16 @@ async fn write(app: &App, messages: &[InMessage], progress: Progress) -> BatchOu
     }
     outcome.failed = messages
         .iter()
-        .filter(|m| redeliver.contains(&m.message_id))
+        .filter(|m| redeliver.contains_key(&m.message_id))
         .map(|m| m.message_id.clone())
         .collect();
+    outcome.results = results
+        .into_iter()
+        .zip(written)
+        .filter(|(r, ok)| *ok && !redeliver.contains_key(&r.message_id))
+        .map(|(r, _)| r)
+        .collect();
+    outcome.retry_reasons = redeliver;
     outcome
 }
 
@@ -290,7 +353,18 @@ async fn fetch(app: &App, job: &Job) -> Result<Input, JobError> {
     let fetch = async {
         Ok(match &job.source {
             ImageSource::Base64(b64) => Input::inline(decode_base64("image.base64", b64)?),
-            ImageSource::S3 { bucket, key } => app.inputs().fetch(bucket, key).await?,
+            ImageSource::S3 {
+                bucket,
+                key,
+                version_id,
+            } => {
+                let object = ObjectRef {
+                    bucket,
+                    key,
+                    version_id: version_id.as_deref(),
+                };
+                app.inputs().fetch(object).await?
+            }
         })
     };
     std::panic::AssertUnwindSafe(fetch)

@@ -29,6 +29,9 @@ pub enum ImageSource {
         bucket: String,
         /// Key.
         key: String,
+        /// A pinned version (S3 Batch Operations manifests and versioned
+        /// listings name one); `None` reads the current object.
+        version_id: Option<String>,
     },
     /// Inline, base64.
     Base64(String),
@@ -97,11 +100,12 @@ struct JobJson {
 #[serde(deny_unknown_fields)]
 struct ImageJson {
     s3_uri: Option<String>,
+    version_id: Option<String>,
     base64: Option<String>,
 }
 
-/// Reads one message: a job (`{"job_id", "image": {"s3_uri"} | {"base64"},
-/// "top_k"}`), or an S3 event notification (one job per `ObjectCreated`
+/// Reads one message: a job (`{"job_id", "image": {"s3_uri", "version_id"}
+/// | {"base64"}, "top_k"}`), or an S3 event notification (one job per `ObjectCreated`
 /// record; the `s3:TestEvent` S3 sends on setup gives none).
 pub fn parse_message(
     body: &str,
@@ -130,9 +134,13 @@ pub fn parse_message(
     let source = match (job.image.s3_uri, job.image.base64) {
         (Some(uri), None) => {
             let (bucket, key) = parse_s3_uri(&uri)?;
-            ImageSource::S3 { bucket, key }
+            ImageSource::S3 {
+                bucket,
+                key,
+                version_id: job.image.version_id.filter(|v| !v.is_empty()),
+            }
         }
-        (None, Some(b64)) => ImageSource::Base64(b64),
+        (None, Some(b64)) if job.image.version_id.is_none() => ImageSource::Base64(b64),
         _ => {
             return Err(JobError::InvalidJob(
                 "\"image\" needs exactly one of \"s3_uri\" or \"base64\"".into(),
@@ -183,6 +191,7 @@ fn s3_event_jobs(records: &[Value], top_k: usize) -> Result<Vec<Job>, JobError> 
             source: ImageSource::S3 {
                 bucket: bucket.to_string(),
                 key,
+                version_id: None,
             },
             top_k,
         });
@@ -295,7 +304,8 @@ mod tests {
                 job_id: "a".into(),
                 source: ImageSource::S3 {
                     bucket: "b1b".into(),
-                    key: "x.jpg".into()
+                    key: "x.jpg".into(),
+                    version_id: None,
                 },
                 top_k: 2
             }]
@@ -320,6 +330,7 @@ mod tests {
             (r#"{"image": {}}"#, "invalid_job"),
             (r#"{"image": {"s3_uri": "http://x"}}"#, "invalid_s3_uri"),
             (r#"{"image": {"base64": "A"}, "top_k": 0}"#, "invalid_job"),
+            (r#"{"image": {"base64": "A", "version_id": "3"}}"#, "invalid_job"),
         ] {
             assert_eq!(
                 parse_message(bad, "m", 5).unwrap_err().code(),

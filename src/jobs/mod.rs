@@ -9,10 +9,13 @@
 //! the message id, or the object key for S3 events) so consumers deduplicate.
 //!
 //! `message` holds the job and result messages, `batch` the processing
-//! both SQS doors share, `events` the Lambda SQS event, [`worker`] the
-//! long-polling loop, and [`submit`]/[`collect`] the bulk tools.
+//! both SQS doors share, `events` the Lambda SQS event, `batch_operations`
+//! S3 Batch Operations' invocations (one job per task, through the same
+//! processing), [`worker`] the long-polling loop, and [`submit`]/[`collect`]
+//! the bulk tools.
 
 pub(crate) mod batch;
+pub(crate) mod batch_operations;
 pub mod collect;
 pub(crate) mod events;
 pub(crate) mod message;

@@ -661,3 +661,110 @@ async fn submit_uploads_a_folder_and_enqueues_one_job_per_image() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The result code and parsed result string of each task, by task id.
+fn task_results(answer: &Value) -> HashMap<String, (String, Value)> {
+    answer["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no results: {answer}"))
+        .iter()
+        .map(|r| {
+            let s = r["resultString"].as_str().unwrap();
+            (
+                r["taskId"].as_str().unwrap().to_string(),
+                (
+                    r["resultCode"].as_str().unwrap().to_string(),
+                    serde_json::from_str(s).unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn s3_batch_operations_tasks_each_get_a_result_code() {
+    use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+    let s3 = s3_client().await;
+    let bucket = unique_bucket("batch-ops");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let versioning = VersioningConfiguration::builder()
+        .status(BucketVersioningStatus::Enabled)
+        .build();
+    s3.put_bucket_versioning()
+        .bucket(&bucket)
+        .versioning_configuration(versioning)
+        .send()
+        .await
+        .unwrap();
+    // One key, two versions: a cat, then a coffee mug.
+    let mut versions = Vec::new();
+    for photo in ["chelsea.png", "coffee.png"] {
+        let out = s3
+            .put_object()
+            .bucket(&bucket)
+            .key("in/a photo.png")
+            .body(std::fs::read(data(&format!("images/{photo}"))).unwrap().into())
+            .send()
+            .await
+            .unwrap();
+        versions.push(out.version_id().unwrap().to_string());
+    }
+    put_objects(&s3, &bucket, &[("notes.txt", b"not an image".to_vec())]).await;
+    let task = |id: &str, key: &str, version: Option<&str>| {
+        json!({"taskId": id, "s3Key": key, "s3VersionId": version, "s3Bucket": bucket})
+    };
+    let event = json!({
+        "invocationSchemaVersion": "2.0", "invocationId": "inv-1",
+        "job": {"id": "job-1", "userArguments": {"top_k": "3"}},
+        "tasks": [
+            task("pinned", "in/a+photo.png", Some(&versions[0])),
+            task("current", "in/a%20photo.png", None),
+            task("missing", "in/nothing.png", None),
+            task("not-an-image", "notes.txt", None),
+        ]
+    });
+
+    // No results queue: the answer alone carries the results.
+    let app = common::app_with(Config::default(), Some(s3.clone()), None).await;
+    let answer = common::invoke(app.clone(), event.clone(), "b1").await;
+    assert_eq!(answer["invocationId"], "inv-1", "{answer}");
+    assert_eq!(answer["invocationSchemaVersion"], "2.0", "{answer}");
+    assert_eq!(answer["treatMissingKeysAs"], "PermanentFailure", "{answer}");
+    let got = task_results(&answer);
+    assert_eq!(got.len(), 4, "{answer}");
+    assert_eq!(got["pinned"].0, "Succeeded", "{answer}");
+    assert!([285, 281, 282].contains(&got["pinned"].1["index"].as_u64().unwrap()), "{answer}");
+    assert_eq!(got["current"].0, "Succeeded", "{answer}");
+    assert!([967, 968].contains(&got["current"].1["index"].as_u64().unwrap()), "{answer}");
+    assert_eq!(got["missing"].0, "PermanentFailure");
+    assert_eq!(got["missing"].1["error"], "s3_object_not_found");
+    assert_eq!(got["not-an-image"].0, "PermanentFailure");
+    assert_eq!(got["not-an-image"].1["error"], "unsupported_format");
+
+    // With a results queue, every task's result is on it, named by its
+    // object (and version).
+    let sqs = sqs_client().await;
+    let results = create_queue(&sqs, "batch-ops-results", &[]).await;
+    let app = self::app(&results).await;
+    let answer = common::invoke(app.clone(), event.clone(), "b2").await;
+    assert!(task_results(&answer).values().filter(|r| r.0 == "Succeeded").count() == 2);
+    let got: HashMap<String, JobResult> = drain(&sqs, &results)
+        .await
+        .iter()
+        .map(|b| serde_json::from_str::<JobResult>(b).unwrap())
+        .map(|r| (r.job_id.clone(), r))
+        .collect();
+    let pinned = format!("s3://{bucket}/in/a photo.png?versionId={}", versions[0]);
+    assert_eq!(got.len(), 4, "{:?}", got.keys());
+    assert_eq!(got[&pinned].predictions.as_ref().unwrap().len(), 3);
+    assert_eq!(got[&format!("s3://{bucket}/notes.txt")].status, "error");
+
+    // A deadline that leaves no time: every task is temporary, for S3 to retry.
+    let soon = Instant::now() + DEADLINE_MARGIN / 2;
+    let answer = common::invoke_until(app, event, "b3", Some(soon)).await;
+    let got = task_results(&answer);
+    assert!(
+        got.values().all(|(code, r)| code == "TemporaryFailure" && r["error"] == "deadline"),
+        "{answer}"
+    );
+}

@@ -43,6 +43,18 @@ impl Injected {
         }
     }
 
+    /// S3's 503 SlowDown: throttling, which SDKs retry with backoff.
+    #[allow(dead_code)] // not every test binary throttles
+    pub fn s3_slow_down() -> Injected {
+        Injected {
+            status: 503,
+            content_type: "application/xml",
+            body: "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
+                   <Message>Please reduce your request rate.</Message></Error>"
+                .into(),
+        }
+    }
+
     /// S3's 403 AccessDenied.
     pub fn s3_access_denied() -> Injected {
         Injected {

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::proxy::Proxy;
+use common::proxy::{Injected, Proxy};
 use common::{
     aws_env, create_queue, curl, data, drain, free_port, moto_endpoint, put_objects, python_tool,
     root, s3_client, sqs_client, unique_bucket, wait_for_port,
@@ -115,6 +115,16 @@ fn invoke(port: u16, name: &str, function: &mut Guard, dir: &Path) -> Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("invoke {name}: {e}: {stdout}"))
 }
 
+/// The one task result of an S3 Batch Operations answer, for `task_id`:
+/// its result code and its result string, parsed.
+fn task_result(answer: &Value, task_id: &Value) -> (String, Value) {
+    let results = answer["results"].as_array().expect("results");
+    assert_eq!(results.len(), 1, "{answer}");
+    assert_eq!(&results[0]["taskId"], task_id, "{answer}");
+    let result = serde_json::from_str(results[0]["resultString"].as_str().unwrap()).unwrap();
+    (results[0]["resultCode"].as_str().unwrap().to_string(), result)
+}
+
 /// The top class of an HTTP-shaped answer (or a direct one).
 fn top_class(answer: &Value) -> (u64, usize) {
     let body: Value = match answer.get("body") {
@@ -149,6 +159,21 @@ fn check_event(name: &str, answer: &Value) {
                 serde_json::json!([]),
                 "{name}: {answer}"
             );
+        }
+        "s3-batch-v1.json" | "s3-batch-v2.json" => {
+            let version = &name[9..10];
+            let event = common::event(name);
+            assert_eq!(
+                answer["invocationSchemaVersion"],
+                format!("{version}.0"),
+                "{answer}"
+            );
+            assert_eq!(answer["invocationId"], event["invocationId"], "{answer}");
+            let (code, result) = task_result(answer, &event["tasks"][0]["taskId"]);
+            assert_eq!(code, "Succeeded", "{name}: {answer}");
+            let index = result["index"].as_u64().unwrap();
+            assert!(CATS.contains(&index), "{name}: {answer}");
+            assert!(result["probability"].as_f64().unwrap() > 0.0, "{answer}");
         }
         other => panic!("events/{other} has no expectation in tests/lambda/lambda_watch.rs"),
     }
@@ -248,6 +273,35 @@ async fn every_event_and_the_function_url_under_cargo_lambda_watch() {
     );
     invocations += 1;
 
+    // S3 Batch Operations: a missing object is a permanent failure (and an
+    // error result on the queue); S3 throttling past the SDK's retries is
+    // temporary, for S3 to retry, and writes no result.
+    let mut event = common::event("s3-batch-v2.json");
+    event["tasks"][0]["s3Key"] = serde_json::json!("in/missing.jpg");
+    let missing = dir.join("s3-batch-missing.json");
+    std::fs::write(&missing, event.to_string()).unwrap();
+    let answer = invoke(port, missing.to_str().unwrap(), &mut function, &dir);
+    let (code, result) = task_result(&answer, &event["tasks"][0]["taskId"]);
+    assert_eq!(
+        (code.as_str(), result["error"].as_str()),
+        ("PermanentFailure", Some("s3_object_not_found")),
+        "{answer}"
+    );
+    let mut event = common::event("s3-batch-v1.json");
+    event["tasks"][0]["taskId"] = serde_json::json!("throttled");
+    let throttled = dir.join("s3-batch-throttled.json");
+    std::fs::write(&throttled, event.to_string()).unwrap();
+    s3.inject(0, 50, Injected::s3_slow_down());
+    let answer = invoke(port, throttled.to_str().unwrap(), &mut function, &dir);
+    s3.fail_requests(0, 0);
+    let (code, result) = task_result(&answer, &serde_json::json!("throttled"));
+    assert_eq!(
+        (code.as_str(), result["error"].as_str()),
+        ("TemporaryFailure", Some("s3_unavailable")),
+        "{answer}"
+    );
+    invocations += 2;
+
     // The emulated Function URL, with curl.
     let url = format!("http://127.0.0.1:{port}/lambda-url/_");
     let photo = format!("@{}", data("images/chelsea.png").display());
@@ -287,15 +341,23 @@ async fn every_event_and_the_function_url_under_cargo_lambda_watch() {
     // The SQS events' results: every job accounted for.
     let mut got: HashMap<String, Value> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while got.len() < 3 && Instant::now() < deadline {
+    while got.len() < 5 && Instant::now() < deadline {
         for body in drain(&sqs, &results).await {
             let r: Value = serde_json::from_str(&body).unwrap();
             got.insert(r["job_id"].as_str().unwrap().to_string(), r);
         }
     }
-    assert_eq!(got.len(), 3, "{got:?}");
-    let missing = &got["photo-0001"];
-    assert_eq!(missing["error"]["code"], "s3_object_not_found", "{missing}");
+    assert_eq!(got.len(), 5, "{got:?}");
+    for job in ["photo-0001", "s3://my-images/in/missing.jpg"] {
+        let missing = &got[job];
+        assert_eq!(missing["error"]["code"], "s3_object_not_found", "{missing}");
+    }
+    // Both S3 Batch Operations events name the same object: one job id.
+    let batch = [("s3://my-images/in/my cat.jpg", [2, 5])];
+    for (job, k) in batch {
+        let n = got[job]["predictions"].as_array().unwrap().len();
+        assert!(k.contains(&n), "{job}: {}", got[job]);
+    }
     for (job, k) in [("photo-0002", 3), ("in/my cat.jpg", 5)] {
         assert_eq!(got[job]["status"], "ok", "{job}: {}", got[job]);
         assert_eq!(
@@ -362,11 +424,11 @@ fn check_logs_and_metrics(dir: &Path, invocations: usize) {
     assert_eq!(total("cold_start"), 1.0);
     assert!(lines[1..].iter().all(|l| l.get("model_load").is_none()));
     // 5 HTTP/direct events + 2 jobs + 1 Function URL prediction.
-    assert_eq!(total("predictions"), 8.0);
-    assert_eq!(total("errors"), 3.0);
+    assert_eq!(total("predictions"), 10.0);
+    assert_eq!(total("errors"), 4.0);
     assert_eq!(total("errors.unsupported_format"), 1.0);
     assert_eq!(total("errors.not_found"), 1.0);
-    assert_eq!(total("errors.s3_object_not_found"), 1.0);
+    assert_eq!(total("errors.s3_object_not_found"), 2.0);
     assert_eq!(total("sqs_batch_messages"), 4.0);
     assert_eq!(total("sqs_batch_item_failures"), 1.0);
     let inference: usize = lines
@@ -374,7 +436,7 @@ fn check_logs_and_metrics(dir: &Path, invocations: usize) {
         .filter_map(|l| l["inference"].as_array())
         .map(Vec::len)
         .sum();
-    assert_eq!(inference, 8, "one inference time per image");
+    assert_eq!(inference, 10, "one inference time per image");
     for stage in ["decode", "preprocess"] {
         let times: Vec<f64> = lines
             .iter()
@@ -383,10 +445,10 @@ fn check_logs_and_metrics(dir: &Path, invocations: usize) {
             .map(|t| t.as_f64().unwrap())
             .collect();
         // 8 classified images and the 2 whose bytes failed to decode.
-        assert!(times.len() >= 8, "{stage}: {times:?}");
+        assert!(times.len() >= 10, "{stage}: {times:?}");
         assert!(times.iter().all(|t| *t >= 0.0), "{stage}: {times:?}");
     }
-    assert!(total("images") >= 8.0, "images: {}", total("images"));
+    assert!(total("images") >= 10.0, "images: {}", total("images"));
     assert!(
         lines.iter().all(|l| l["FunctionName"] == "_"),
         "each line carries its FunctionName dimension's value"
