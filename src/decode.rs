@@ -35,6 +35,29 @@ const SUPPORTED: [ImageFormat; 7] = [
     ImageFormat::Pnm,
 ];
 
+/// Whether a file or key name ends in an extension of a format [`decode`]
+/// reads (any case): what `predict`, `bench` and `submit` take from a
+/// folder or a bucket by default.
+pub fn has_image_extension(name: &str) -> bool {
+    let Some((_, ext)) = name.rsplit_once('.') else {
+        return false;
+    };
+    let ext = ext.to_ascii_lowercase();
+    SUPPORTED
+        .iter()
+        .flat_map(|f| f.extensions_str())
+        .any(|e| *e == ext)
+}
+
+/// The extensions of [`has_image_extension`], each with its dot.
+pub fn image_suffixes() -> Vec<String> {
+    SUPPORTED
+        .iter()
+        .flat_map(|f| f.extensions_str())
+        .map(|e| format!(".{e}"))
+        .collect()
+}
+
 /// What a decoder may allocate before the image's size is known, and on
 /// top of the estimate after: headers, metadata chunks (ICC, EXIF, text),
 /// palettes, line and strip buffers. A PNG whose ICC profile inflates past

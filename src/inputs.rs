@@ -147,21 +147,22 @@ pub fn decode_base64(field: &str, data: &str) -> Result<Vec<u8>, FetchError> {
         })
 }
 
-/// Parses `s3://bucket/key` (no version pin) into bucket and key.
+/// Parses `s3://bucket/key` into bucket and key. The key is everything
+/// after the bucket, `?` included: keys may contain one, and a job pins a
+/// version in its own field, not in a query.
 pub fn parse_s3_uri(uri: &str) -> Result<(String, String), FetchError> {
-    match Location::parse("s3_uri", uri) {
-        Ok(Location::S3 {
-            bucket,
-            key,
-            version_id: None,
-        }) => Ok((bucket, key)),
-        Ok(_) => Err(FetchError::InvalidUri {
+    let rest = uri
+        .trim()
+        .strip_prefix("s3://")
+        .ok_or_else(|| FetchError::InvalidUri {
             uri: shown(uri),
             reason: "expected s3://bucket/key".into(),
-        }),
-        Err(e) => Err(FetchError::InvalidUri {
+        })?;
+    match Location::split_s3(rest) {
+        Ok((bucket, key)) => Ok((bucket.to_string(), key.to_string())),
+        Err(reason) => Err(FetchError::InvalidUri {
             uri: shown(uri),
-            reason: e.expected,
+            reason: reason.into(),
         }),
     }
 }

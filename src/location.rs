@@ -54,30 +54,7 @@ impl Location {
                 Some((p, q)) => (p, Some(q)),
                 None => (rest, None),
             };
-            let (bucket, key) = path
-                .split_once('/')
-                .ok_or_else(|| bad("expected s3://bucket/key: the key is missing"))?;
-            let bucket_ok = (3..=63).contains(&bucket.len())
-                && bucket.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-'
-                });
-            if !bucket_ok {
-                return Err(bad(
-                    "expected s3://bucket/key with a valid bucket name (3-63 lower-case letters, digits, dots, hyphens)",
-                ));
-            }
-            if key.is_empty() || key.ends_with('/') {
-                return Err(bad(
-                    "expected s3://bucket/key: the key must name an object, not a prefix",
-                ));
-            }
-            // S3's own limit; a longer key also overflows the request URI the
-            // SDK builds (which panics rather than returning an error).
-            if key.len() > MAX_KEY_BYTES {
-                return Err(bad(
-                    "expected s3://bucket/key with a key of at most 1,024 bytes (S3's limit)",
-                ));
-            }
+            let (bucket, key) = Location::split_s3(path).map_err(bad)?;
             let version_id = match query {
                 None => None,
                 Some(q) => match q.strip_prefix("versionId=") {
@@ -103,6 +80,33 @@ impl Location {
             ));
         }
         Ok(Location::File(local_path(value)))
+    }
+
+    /// `bucket/key` of an `s3://` URI, checked: a valid bucket name and a
+    /// key naming an object within S3's length limit. The key is taken
+    /// verbatim (it may contain `?`).
+    pub(crate) fn split_s3(path: &str) -> Result<(&str, &str), &'static str> {
+        let (bucket, key) = path
+            .split_once('/')
+            .ok_or("expected s3://bucket/key: the key is missing")?;
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        if !bucket_ok {
+            return Err(
+                "expected s3://bucket/key with a valid bucket name (3-63 lower-case letters, digits, dots, hyphens)",
+            );
+        }
+        if key.is_empty() || key.ends_with('/') {
+            return Err("expected s3://bucket/key: the key must name an object, not a prefix");
+        }
+        // S3's own limit; a longer key also overflows the request URI the
+        // SDK builds (which panics rather than returning an error).
+        if key.len() > MAX_KEY_BYTES {
+            return Err("expected s3://bucket/key with a key of at most 1,024 bytes (S3's limit)");
+        }
+        Ok((bucket, key))
     }
 
     /// The same place with another extension (`model.onnx` -> `model.json`);

@@ -180,17 +180,30 @@ pub struct WorkerArgs {
 
 #[derive(Args)]
 pub struct SubmitArgs {
-    /// Bucket to upload to.
+    /// Bucket to upload local files to; with --manifest, the bucket of bare keys.
     #[arg(long)]
-    pub bucket: String,
-    /// Key prefix (e.g. `batch-42/`).
+    pub bucket: Option<String>,
+    /// Key prefix for uploaded files (e.g. `batch-42/`).
     #[arg(long, default_value = "")]
     pub prefix: String,
     /// The job queue URL.
     #[arg(long, value_parser = queue_url)]
     pub queue: String,
-    /// Image files or folders.
-    #[arg(required = true)]
+    /// With s3://: only keys ending in this, any case (repeatable; default:
+    /// the image extensions; `--suffix ''` takes every object).
+    #[arg(long = "suffix", value_name = "SUFFIX")]
+    pub suffixes: Vec<String>,
+    /// A file of objects, one a line: s3://bucket/key, bucket,key[,version]
+    /// CSV (as S3 Batch Operations and S3 Inventory write), or bare keys with --bucket.
+    #[arg(long, value_name = "FILE", conflicts_with = "paths")]
+    pub manifest: Option<PathBuf>,
+    /// With s3:// or --manifest: record progress in this file; a re-run with
+    /// it enqueues only what is missing.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// Image files or folders to upload, or one s3://bucket/prefix/ whose
+    /// objects are enqueued where they are.
+    #[arg(required_unless_present = "manifest")]
     pub paths: Vec<PathBuf>,
 }
 

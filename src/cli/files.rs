@@ -4,10 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-const IMAGE_EXTENSIONS: [&str; 13] = [
-    "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "pnm", "pbm", "pgm", "ppm", "pam",
-];
-
 /// Expands folders into their image files (by extension, sorted); files are
 /// kept as given. No paths means the bundled sample photos.
 pub(crate) fn image_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -36,9 +32,9 @@ pub(crate) fn image_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn is_image(file: &Path) -> bool {
-    file.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    file.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(onnx_lambda::decode::has_image_extension)
 }
 
 /// The sample photos shipped with the repository.

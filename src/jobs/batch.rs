@@ -248,7 +248,9 @@ async fn classify_chunk(
             jobs = chunk.len(),
             "the deadline is near; jobs not started will be delivered again"
         );
-        chunk.iter().for_each(|(m, _, _)| progress.retry(m, "deadline"));
+        chunk
+            .iter()
+            .for_each(|(m, _, _)| progress.retry(m, "deadline"));
         return;
     }
     let max_k = chunk.iter().map(|(_, j, _)| j.top_k).max().unwrap_or(1);

@@ -29,7 +29,8 @@ const MAX_RESULT_STRING: usize = 512;
 
 /// Whether `event` is an S3 Batch Operations invocation.
 pub fn is_batch_operations_event(event: &Value) -> bool {
-    event.get("invocationSchemaVersion").is_some() && event.get("tasks").is_some_and(Value::is_array)
+    event.get("invocationSchemaVersion").is_some()
+        && event.get("tasks").is_some_and(Value::is_array)
 }
 
 /// Classifies every task of the invocation and answers with a result for
@@ -58,9 +59,11 @@ pub async fn handle_event(
                 .flatten()
                 .filter_map(|t| t["taskId"].as_str())
             {
-                response
-                    .results
-                    .push(task_result(id, "PermanentFailure", error_string("invalid_event", &why)));
+                response.results.push(task_result(
+                    id,
+                    "PermanentFailure",
+                    error_string("invalid_event", &why),
+                ));
             }
             return response;
         }
@@ -70,9 +73,11 @@ pub async fn handle_event(
         Err(why) => {
             for t in &event.tasks {
                 let id = t.task_id.as_deref().unwrap_or_default();
-                response
-                    .results
-                    .push(task_result(id, "PermanentFailure", error_string("invalid_job", &why)));
+                response.results.push(task_result(
+                    id,
+                    "PermanentFailure",
+                    error_string("invalid_job", &why),
+                ));
             }
             return response;
         }
@@ -125,7 +130,11 @@ fn task_job(
             arn.rsplit(':').next().map(String::from)
         })
         .filter(|b| !b.is_empty());
-    let key = task.s3_key.as_deref().map(url_decode).filter(|k| !k.is_empty());
+    let key = task
+        .s3_key
+        .as_deref()
+        .map(url_decode)
+        .filter(|k| !k.is_empty());
     let (Some(bucket), Some(key)) = (bucket, key) else {
         return Err(JobError::InvalidJob(
             "an S3 Batch Operations task needs s3Key and s3Bucket (schema 2.0) or s3BucketArn (1.0)"
@@ -150,7 +159,12 @@ fn task_job(
 
 /// `userArguments.top_k` (schema 2.0), if given.
 fn user_top_k(event: &S3BatchJobEvent) -> Result<Option<usize>, String> {
-    let Some(k) = event.job.other.get("userArguments").and_then(|a| a.get("top_k")) else {
+    let Some(k) = event
+        .job
+        .other
+        .get("userArguments")
+        .and_then(|a| a.get("top_k"))
+    else {
         return Ok(None);
     };
     let parsed = match k {
@@ -160,7 +174,9 @@ fn user_top_k(event: &S3BatchJobEvent) -> Result<Option<usize>, String> {
     };
     match parsed {
         Some(k) if (1..=1000).contains(&k) => Ok(Some(k)),
-        _ => Err(format!("userArguments.top_k {k} must be a number from 1 to 1000")),
+        _ => Err(format!(
+            "userArguments.top_k {k} must be a number from 1 to 1000"
+        )),
     }
 }
 
@@ -189,12 +205,17 @@ fn task_results(tasks: &[InMessage], outcome: &BatchOutcome) -> Vec<S3BatchJobRe
 fn result_of(task_id: &str, r: &JobResult) -> S3BatchJobResult {
     match (&r.predictions, &r.error) {
         (Some(p), _) => {
-            let top = p.first().map_or(Value::Null, |p| {
-                json!({"label": p.label, "index": p.index, "probability": p.probability})
-            });
+            let top = p.first().map_or(
+                Value::Null,
+                |p| json!({"label": p.label, "index": p.index, "probability": p.probability}),
+            );
             task_result(task_id, "Succeeded", top.to_string())
         }
-        (None, Some(e)) => task_result(task_id, "PermanentFailure", error_string(&e.code, &e.message)),
+        (None, Some(e)) => task_result(
+            task_id,
+            "PermanentFailure",
+            error_string(&e.code, &e.message),
+        ),
         (None, None) => task_result(
             task_id,
             "PermanentFailure",
@@ -262,10 +283,15 @@ mod tests {
         assert!(matches!(job.source, ImageSource::S3 { version_id: Some(ref v), .. } if v == "v7"));
         assert_eq!(user_top_k(&v2), Ok(Some(2)));
         assert_eq!(user_top_k(&v1), Ok(None));
-        let bad = event(json!({"invocationSchemaVersion": "2.0", "job": {"userArguments": {"top_k": "0"}},
-            "tasks": [{"taskId": "t", "s3Key": "k"}]}));
+        let bad = event(
+            json!({"invocationSchemaVersion": "2.0", "job": {"userArguments": {"top_k": "0"}},
+            "tasks": [{"taskId": "t", "s3Key": "k"}]}),
+        );
         assert!(user_top_k(&bad).is_err());
-        assert_eq!(task_job(&bad.tasks[0], 5).unwrap_err().code(), "invalid_job");
+        assert_eq!(
+            task_job(&bad.tasks[0], 5).unwrap_err().code(),
+            "invalid_job"
+        );
     }
 
     #[test]

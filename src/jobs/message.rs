@@ -330,7 +330,10 @@ mod tests {
             (r#"{"image": {}}"#, "invalid_job"),
             (r#"{"image": {"s3_uri": "http://x"}}"#, "invalid_s3_uri"),
             (r#"{"image": {"base64": "A"}, "top_k": 0}"#, "invalid_job"),
-            (r#"{"image": {"base64": "A", "version_id": "3"}}"#, "invalid_job"),
+            (
+                r#"{"image": {"base64": "A", "version_id": "3"}}"#,
+                "invalid_job",
+            ),
         ] {
             assert_eq!(
                 parse_message(bad, "m", 5).unwrap_err().code(),
@@ -360,6 +363,22 @@ mod tests {
         assert!(transient(unavailable.into()));
         let panicked = JobError::from(ClassifyError::Panicked("bug".into()));
         assert_eq!(panicked.code(), "internal");
+    }
+
+    /// Regression: the URI parser of model locations read `?` as the start
+    /// of a query, so an object whose key holds one could not be a job.
+    #[test]
+    fn a_key_may_contain_a_question_mark() {
+        let body = r#"{"image": {"s3_uri": "s3://bkt/in/what?.jpg", "version_id": "v2"}}"#;
+        let jobs = parse_message(body, "m", 5).unwrap();
+        assert_eq!(
+            jobs[0].source,
+            ImageSource::S3 {
+                bucket: "bkt".into(),
+                key: "in/what?.jpg".into(),
+                version_id: Some("v2".into())
+            }
+        );
     }
 
     #[test]

@@ -11,11 +11,12 @@
 //! `message` holds the job and result messages, `batch` the processing
 //! both SQS doors share, `events` the Lambda SQS event, `batch_operations`
 //! S3 Batch Operations' invocations (one job per task, through the same
-//! processing), [`worker`] the long-polling loop, and [`submit`]/[`collect`]
-//! the bulk tools.
+//! processing), [`worker`] the long-polling loop, and [`submit`] (local
+//! files), [`bucket`] (objects already in S3) and [`collect`] the bulk tools.
 
 pub(crate) mod batch;
 pub(crate) mod batch_operations;
+pub mod bucket;
 pub mod collect;
 pub(crate) mod events;
 pub(crate) mod message;

@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod bulk;
 mod crash;
 mod faults;
 mod local_stack;

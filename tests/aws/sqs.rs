@@ -703,16 +703,18 @@ async fn s3_batch_operations_tasks_each_get_a_result_code() {
             .put_object()
             .bucket(&bucket)
             .key("in/a photo.png")
-            .body(std::fs::read(data(&format!("images/{photo}"))).unwrap().into())
+            .body(
+                std::fs::read(data(&format!("images/{photo}")))
+                    .unwrap()
+                    .into(),
+            )
             .send()
             .await
             .unwrap();
         versions.push(out.version_id().unwrap().to_string());
     }
     put_objects(&s3, &bucket, &[("notes.txt", b"not an image".to_vec())]).await;
-    let task = |id: &str, key: &str, version: Option<&str>| {
-        json!({"taskId": id, "s3Key": key, "s3VersionId": version, "s3Bucket": bucket})
-    };
+    let task = |id: &str, key: &str, version: Option<&str>| json!({"taskId": id, "s3Key": key, "s3VersionId": version, "s3Bucket": bucket});
     let event = json!({
         "invocationSchemaVersion": "2.0", "invocationId": "inv-1",
         "job": {"id": "job-1", "userArguments": {"top_k": "3"}},
@@ -733,9 +735,15 @@ async fn s3_batch_operations_tasks_each_get_a_result_code() {
     let got = task_results(&answer);
     assert_eq!(got.len(), 4, "{answer}");
     assert_eq!(got["pinned"].0, "Succeeded", "{answer}");
-    assert!([285, 281, 282].contains(&got["pinned"].1["index"].as_u64().unwrap()), "{answer}");
+    assert!(
+        [285, 281, 282].contains(&got["pinned"].1["index"].as_u64().unwrap()),
+        "{answer}"
+    );
     assert_eq!(got["current"].0, "Succeeded", "{answer}");
-    assert!([967, 968].contains(&got["current"].1["index"].as_u64().unwrap()), "{answer}");
+    assert!(
+        [967, 968].contains(&got["current"].1["index"].as_u64().unwrap()),
+        "{answer}"
+    );
     assert_eq!(got["missing"].0, "PermanentFailure");
     assert_eq!(got["missing"].1["error"], "s3_object_not_found");
     assert_eq!(got["not-an-image"].0, "PermanentFailure");
@@ -747,7 +755,13 @@ async fn s3_batch_operations_tasks_each_get_a_result_code() {
     let results = create_queue(&sqs, "batch-ops-results", &[]).await;
     let app = self::app(&results).await;
     let answer = common::invoke(app.clone(), event.clone(), "b2").await;
-    assert!(task_results(&answer).values().filter(|r| r.0 == "Succeeded").count() == 2);
+    assert!(
+        task_results(&answer)
+            .values()
+            .filter(|r| r.0 == "Succeeded")
+            .count()
+            == 2
+    );
     let got: HashMap<String, JobResult> = drain(&sqs, &results)
         .await
         .iter()
@@ -764,7 +778,8 @@ async fn s3_batch_operations_tasks_each_get_a_result_code() {
     let answer = common::invoke_until(app, event, "b3", Some(soon)).await;
     let got = task_results(&answer);
     assert!(
-        got.values().all(|(code, r)| code == "TemporaryFailure" && r["error"] == "deadline"),
+        got.values()
+            .all(|(code, r)| code == "TemporaryFailure" && r["error"] == "deadline"),
         "{answer}"
     );
 }

@@ -122,7 +122,10 @@ fn task_result(answer: &Value, task_id: &Value) -> (String, Value) {
     assert_eq!(results.len(), 1, "{answer}");
     assert_eq!(&results[0]["taskId"], task_id, "{answer}");
     let result = serde_json::from_str(results[0]["resultString"].as_str().unwrap()).unwrap();
-    (results[0]["resultCode"].as_str().unwrap().to_string(), result)
+    (
+        results[0]["resultCode"].as_str().unwrap().to_string(),
+        result,
+    )
 }
 
 /// The top class of an HTTP-shaped answer (or a direct one).
