@@ -221,6 +221,10 @@ pub struct CollectArgs {
     /// Give up after this many seconds without a new result.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// Also count results by top-1 class and error code: in the JSON
+    /// summary, and as tables after it.
+    #[arg(long)]
+    pub summary: bool,
 }
 
 /// A queue flag's value, checked before anything is sent.

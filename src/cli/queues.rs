@@ -130,10 +130,14 @@ pub async fn collect(overrides: &Overrides, args: CollectArgs) -> anyhow::Result
         args.expect,
         &args.out,
         Duration::from_secs(args.timeout),
+        args.summary,
         std::io::stderr().is_terminal(),
     )
     .await?;
     println!("{}", serde_json::to_string(&summary)?);
+    if args.summary {
+        print!("{}", summary.tables());
+    }
     Ok(if summary.complete {
         ExitCode::SUCCESS
     } else {

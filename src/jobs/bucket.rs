@@ -168,112 +168,153 @@ pub async fn submit_objects(
 ) -> Result<BulkSummary, BulkError> {
     let started = Instant::now();
     let sender = QueueSender::new(sqs.clone(), queue_url);
-    let mut state = load_state(state_path, source, queue_url)?;
-    let mut summary = BulkSummary::default();
+    let state = load_state(state_path, source, queue_url)?;
     if state.complete {
-        summary.complete = true;
-        summary.submitted_in_total = state.submitted;
-        return Ok(summary);
+        return Ok(BulkSummary {
+            complete: true,
+            submitted_in_total: state.submitted,
+            ..BulkSummary::default()
+        });
     }
-    let skip: HashSet<String> = state.sent_beyond.iter().cloned().collect();
     let (tx, mut rx) = mpsc::channel::<Result<Listed, String>>(LISTED_AHEAD);
     let lister = {
         let (s3, source, after) = (s3.clone(), source.clone(), state.after.clone());
         tokio::spawn(async move { list(&s3, &source, after, &tx).await })
     };
-    let bar = progress_bar(show_progress);
+    let mut run = Run {
+        skip: state.sent_beyond.iter().cloned().collect(),
+        state,
+        summary: BulkSummary::default(),
+        bar: progress_bar(show_progress),
+        source_done: false,
+        failed_once: false,
+    };
     let mut in_flight = FuturesOrdered::new();
-    let mut source_done = false;
-    let mut failed_once = false;
-    let mut beyond: Vec<String> = state.sent_beyond.clone();
     loop {
-        while !source_done && in_flight.len() < CONCURRENT_SENDS && !failed_once {
+        while !run.source_done && !run.failed_once && in_flight.len() < CONCURRENT_SENDS {
             if stop.load(Ordering::Relaxed) {
-                summary.interrupted = true;
+                run.summary.interrupted = true;
                 break;
             }
-            let mut batch: Vec<Object> = Vec::with_capacity(MAX_BATCH_ENTRIES);
-            // The cursor moves over filtered-out objects too.
-            let mut last_cursor = None;
-            while batch.len() < MAX_BATCH_ENTRIES {
-                match rx.recv().await {
-                    None => {
-                        source_done = true;
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        summary.failed.push(e);
-                        failed_once = true;
-                        source_done = true;
-                        break;
-                    }
-                    Some(Ok(Listed::Skipped(cursor))) => {
-                        summary.filtered_out += 1;
-                        last_cursor = Some(cursor);
-                    }
-                    Some(Ok(Listed::Object(o))) => {
-                        last_cursor = Some(o.cursor.clone());
-                        if skip.contains(&o.job_id()) {
-                            summary.already_submitted += 1;
-                        } else {
-                            bar.inc_length(1);
-                            batch.push(o);
-                        }
-                    }
-                }
-            }
-            if batch.is_empty() && last_cursor.is_none() {
+            let Some((batch, cursor)) = run.next_batch(&mut rx).await else {
                 break;
-            }
+            };
             let sender = sender.clone();
             in_flight.push_back(tokio::spawn(async move {
                 let bodies: Vec<String> = batch.iter().map(Object::job).collect();
                 let sent = sender.send_all(&bodies).await;
-                (batch, sent, last_cursor)
+                (batch, sent, cursor)
             }));
         }
         let Some(done) = in_flight.next().await else {
             break;
         };
-        let (batch, sent, last_cursor) = done.map_err(|e| BulkError::State(e.to_string()))?;
+        let (batch, sent, cursor) = done.map_err(|e| BulkError::State(e.to_string()))?;
+        run.record(&batch, sent, cursor);
+        save_state(state_path, &run.state)?;
+    }
+    lister.abort();
+    run.finish(state_path, started)
+}
+
+/// One run's bookkeeping: the state as calls are answered, in order.
+struct Run {
+    state: SubmitState,
+    /// Job ids an earlier run sent after its cursor.
+    skip: HashSet<String>,
+    summary: BulkSummary,
+    bar: indicatif::ProgressBar,
+    source_done: bool,
+    /// A call (or the listing) failed: no new calls, the cursor stays.
+    failed_once: bool,
+}
+
+impl Run {
+    /// Up to 10 objects to send, and the cursor after them (which also
+    /// moves over objects filtered out or sent before); `None` when the
+    /// source has nothing more.
+    async fn next_batch(
+        &mut self,
+        rx: &mut mpsc::Receiver<Result<Listed, String>>,
+    ) -> Option<(Vec<Object>, Option<String>)> {
+        let mut batch: Vec<Object> = Vec::with_capacity(MAX_BATCH_ENTRIES);
+        let mut cursor = None;
+        while batch.len() < MAX_BATCH_ENTRIES {
+            match rx.recv().await {
+                None => {
+                    self.source_done = true;
+                    break;
+                }
+                Some(Err(e)) => {
+                    self.summary.failed.push(e);
+                    self.failed_once = true;
+                    self.source_done = true;
+                    break;
+                }
+                Some(Ok(Listed::Skipped(c))) => {
+                    self.summary.filtered_out += 1;
+                    cursor = Some(c);
+                }
+                Some(Ok(Listed::Object(o))) => {
+                    cursor = Some(o.cursor.clone());
+                    if self.skip.contains(&o.job_id()) {
+                        self.summary.already_submitted += 1;
+                    } else {
+                        self.bar.inc_length(1);
+                        batch.push(o);
+                    }
+                }
+            }
+        }
+        (!batch.is_empty() || cursor.is_some()).then_some((batch, cursor))
+    }
+
+    /// Takes one call's answer (calls are answered in the order sent).
+    fn record(&mut self, batch: &[Object], sent: Vec<Result<(), String>>, cursor: Option<String>) {
         let mut sent_ids = Vec::new();
         for (o, result) in batch.iter().zip(sent) {
             match result {
                 Ok(()) => sent_ids.push(o.job_id()),
-                Err(reason) => summary
+                Err(reason) => self
+                    .summary
                     .failed
                     .push(format!("{}: not enqueued: {reason}", o.job_id())),
             }
         }
-        summary.submitted += sent_ids.len() as u64;
-        state.submitted += sent_ids.len() as u64;
-        bar.inc(sent_ids.len() as u64);
-        if !failed_once && sent_ids.len() == batch.len() {
+        self.summary.submitted += sent_ids.len() as u64;
+        self.state.submitted += sent_ids.len() as u64;
+        self.bar.inc(sent_ids.len() as u64);
+        if !self.failed_once && sent_ids.len() == batch.len() {
             // Every call up to this one succeeded: the cursor moves on.
-            if let Some(c) = last_cursor {
-                state.after = Some(c);
+            if let Some(c) = cursor {
+                self.state.after = Some(c);
             }
         } else {
             // From the first failure on the cursor stays; what later calls
             // sent is recorded by id.
-            failed_once = true;
-            beyond.extend(sent_ids);
+            self.failed_once = true;
+            self.state.sent_beyond.extend(sent_ids);
         }
-        state.sent_beyond = beyond.clone();
-        save_state(state_path, &state)?;
     }
-    lister.abort();
-    bar.finish_and_clear();
-    summary.complete = source_done && !failed_once && !summary.interrupted;
-    state.complete = summary.complete;
-    if state.complete {
-        state.sent_beyond.clear();
+
+    fn finish(
+        mut self,
+        state_path: Option<&Path>,
+        started: Instant,
+    ) -> Result<BulkSummary, BulkError> {
+        self.bar.finish_and_clear();
+        let s = &mut self.summary;
+        s.complete = self.source_done && !self.failed_once && !s.interrupted;
+        self.state.complete = s.complete;
+        if s.complete {
+            self.state.sent_beyond.clear();
+        }
+        save_state(state_path, &self.state)?;
+        s.submitted_in_total = self.state.submitted;
+        s.seconds = started.elapsed().as_secs_f64();
+        s.jobs_per_second = s.submitted as f64 / s.seconds.max(1e-9);
+        Ok(self.summary)
     }
-    save_state(state_path, &state)?;
-    summary.submitted_in_total = state.submitted;
-    summary.seconds = started.elapsed().as_secs_f64();
-    summary.jobs_per_second = summary.submitted as f64 / summary.seconds.max(1e-9);
-    Ok(summary)
 }
 
 /// What the lister hands over, in the source's order.

@@ -203,19 +203,16 @@ async fn submit_a_manifest_of_every_kind_of_line() {
     let dir = std::env::temp_dir().join(common::unique_bucket("bulk-manifest"));
     std::fs::create_dir_all(&dir).unwrap();
     let manifest = dir.join("manifest.csv");
-    std::fs::write(
-        &manifest,
+    let submit_manifest = |lines: &str| {
+        std::fs::write(&manifest, lines).unwrap();
+        let args = ["--queue", &jobs, "--manifest", manifest.to_str().unwrap()];
+        let out = submit(moto_endpoint(), &args).output().unwrap();
+        (out.status.code(), summary(&out))
+    };
+    let (code, s) = submit_manifest(
         "photos,in/a%20b.jpg\n\"photos\",\"in/c.png\",\"v3\"\ns3://other/x y.png\n\n# comment\n",
-    )
-    .unwrap();
-    let out = submit(
-        moto_endpoint(),
-        &["--queue", &jobs, "--manifest", manifest.to_str().unwrap()],
-    )
-    .output()
-    .unwrap();
-    let s = summary(&out);
-    assert!(out.status.success(), "{s}");
+    );
+    assert_eq!(code, Some(0), "{s}");
     assert_eq!(s["submitted"], 3, "{s}");
     let mut bodies: Vec<Value> = drain(&sqs, &jobs)
         .await
@@ -238,15 +235,8 @@ async fn submit_a_manifest_of_every_kind_of_line() {
     assert_eq!(bodies[2]["image"]["version_id"], "v3");
 
     // A line that is none of them stops the run at that line, with why.
-    std::fs::write(&manifest, "s3://photos/ok.jpg\nnot-a-line\n").unwrap();
-    let out = submit(
-        moto_endpoint(),
-        &["--queue", &jobs, "--manifest", manifest.to_str().unwrap()],
-    )
-    .output()
-    .unwrap();
-    let s = summary(&out);
-    assert_eq!(out.status.code(), Some(1), "{s}");
+    let (code, s) = submit_manifest("s3://photos/ok.jpg\nnot-a-line\n");
+    assert_eq!(code, Some(1), "{s}");
     assert!(s["failed"][0].as_str().unwrap().contains("line 2"), "{s}");
 }
 
@@ -259,5 +249,53 @@ fn wait_for_file(path: &Path, timeout: Duration) {
             path.display()
         );
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `scripts/rehearse.py`, as the docs run it with 100,000 jobs, at a size
+/// for the test suite: objects -> `submit s3://` -> two workers -> `collect
+/// --summary`, every job accounted for, and its figures reported.
+#[test]
+fn the_rehearsal_accounts_for_every_job() {
+    let jobs = 240;
+    let out = Command::new(common::root().join(".venv/bin/python"))
+        .arg(common::root().join("scripts/rehearse.py"))
+        .args(["--jobs", &jobs.to_string(), "--workers", "2"])
+        .args(["--binary", env!("CARGO_BIN_EXE_onnx-lambda")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["accounted_for"], true, "{report}");
+    assert_eq!(report["results"], jobs, "{report}");
+    assert_eq!(report["submit"]["summary"]["submitted"], jobs, "{report}");
+    let collect = &report["end_to_end"]["collect"];
+    // --summary: the top-1 classes add up to the results.
+    let classes: u64 = collect["classes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(classes, jobs, "{collect}");
+    let ok: u64 = report["end_to_end"]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["ok"].as_u64().unwrap())
+        .sum();
+    assert!(ok >= jobs, "{report}");
+    // Every job: a send, a receive and a delete in batches of at most 10,
+    // a result sent, received and deleted the same way: 0.6 calls a job at
+    // least, every call counted.
+    let calls = report["end_to_end"]["sqs_calls"].as_u64().unwrap();
+    assert!(calls >= jobs * 6 / 10, "{report}");
+    for p in report["processes"].as_array().unwrap() {
+        assert!(p["peak_rss_mib"].as_f64().unwrap() > 1.0, "{p}");
     }
 }

@@ -368,6 +368,12 @@ async fn results_in(sqs: &aws_sdk_sqs::Client, queue: &str) -> Vec<JobResult> {
         .collect()
 }
 
+/// [`results_in`], by job id.
+async fn results_by_job(sqs: &aws_sdk_sqs::Client, queue: &str) -> HashMap<String, JobResult> {
+    let results = results_in(sqs, queue).await;
+    results.into_iter().map(|r| (r.job_id.clone(), r)).collect()
+}
+
 #[tokio::test]
 async fn a_worker_stopped_mid_run_and_restarted_loses_nothing() {
     let sqs = sqs_client().await;
@@ -445,12 +451,7 @@ async fn s3_event_notifications_through_sqs_classify_the_new_objects() {
     let event: Value = common::event("sqs-jobs.json");
     let out = common::invoke(app.clone(), event, "jobs").await;
     assert_eq!(out["batchItemFailures"], json!([]), "{out}");
-    let got: HashMap<String, JobResult> = drain(&sqs, &results)
-        .await
-        .iter()
-        .map(|b| serde_json::from_str::<JobResult>(b).unwrap())
-        .map(|r| (r.job_id.clone(), r))
-        .collect();
+    let got = results_by_job(&sqs, &results).await;
     assert_eq!(
         got["photo-0001"].error.as_ref().unwrap().code,
         "s3_object_not_found"
@@ -762,12 +763,7 @@ async fn s3_batch_operations_tasks_each_get_a_result_code() {
             .count()
             == 2
     );
-    let got: HashMap<String, JobResult> = drain(&sqs, &results)
-        .await
-        .iter()
-        .map(|b| serde_json::from_str::<JobResult>(b).unwrap())
-        .map(|r| (r.job_id.clone(), r))
-        .collect();
+    let got = results_by_job(&sqs, &results).await;
     let pinned = format!("s3://{bucket}/in/a photo.png?versionId={}", versions[0]);
     assert_eq!(got.len(), 4, "{:?}", got.keys());
     assert_eq!(got[&pinned].predictions.as_ref().unwrap().len(), 3);

@@ -208,6 +208,45 @@ async fn the_batch_role_runs_a_batch_and_writes_its_results() {
         assert_eq!(r["status"], "ok", "{r}");
         assert_eq!(r["predictions"][0]["label"], "Egyptian cat", "{r}");
     }
+
+    // S3 Batch Operations over InputBucket, with the same role: an object
+    // under InputPrefix succeeds, one outside it is denied, permanently.
+    let bucket = stack.facts["input_bucket"].as_str().unwrap();
+    let task = |id: &str, key: &str| json!({"taskId": id, "s3Key": key, "s3VersionId": null, "s3Bucket": bucket});
+    api.invoke(json!({
+        "invocationSchemaVersion": "2.0", "invocationId": "inv", "job": {"id": "j"},
+        "tasks": [task("in", "in/photo.png"), task("private", "private/photo.png")]
+    }));
+    let out = answers(&api, 2);
+    let codes: Vec<(String, String)> = out[1].body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let result: Value = serde_json::from_str(r["resultString"].as_str().unwrap()).unwrap();
+            let what = result["label"]
+                .as_str()
+                .or(result["error"].as_str())
+                .unwrap()
+                .to_string();
+            (r["resultCode"].as_str().unwrap().to_string(), what)
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("Succeeded".to_string(), "Egyptian cat".to_string()),
+            (
+                "PermanentFailure".to_string(),
+                "s3_access_denied".to_string()
+            )
+        ],
+        "{}",
+        out[1].body
+    );
+    // Both results are on the results queue too.
+    let ids = common::job_ids_in(&stack.sqs("admin"), &stack.queue("ResultsQueue")).await;
+    assert_eq!(ids.len(), 2, "{ids:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

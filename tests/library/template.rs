@@ -72,7 +72,7 @@ fn strings(v: &Value) -> Vec<&Value> {
 fn roles_are_least_privilege() {
     let t = template();
     let mut grants: std::collections::BTreeSet<(String, String, String)> = Default::default();
-    for role in ["PredictRole", "BatchRole"] {
+    for role in ["PredictRole", "BatchRole", "BatchOperationsRole"] {
         for policy in t["Resources"][role]["Properties"]["Policies"]
             .as_array()
             .unwrap()
@@ -86,8 +86,15 @@ fn roles_are_least_privilege() {
                     assert!(!a.contains('*'), "{role}: {a}");
                     for r in strings(&st["Resource"]) {
                         let r = resource_text(r);
-                        let wildcard_ok =
-                            r.ends_with("${InputPrefix}*") || r.ends_with("Logs.Arn}:*");
+                        let wildcard_ok = r.ends_with("${InputPrefix}*")
+                            || r.ends_with("Logs.Arn}:*")
+                            // S3 Batch Operations: the function's versions,
+                            // the manifest anywhere in InputBucket, the
+                            // report under its own prefix.
+                            || (role == "BatchOperationsRole"
+                                && (r.ends_with("${BatchFunction.Arn}:*")
+                                    || r.ends_with("${InputBucket}/*")
+                                    || r.ends_with("${InputBucket}/batch-reports/*")));
                         assert!(!r.contains('*') || wildcard_ok, "{role}: {a} on {r}");
                         grants.insert((role.to_string(), a.to_string(), r));
                     }
@@ -110,6 +117,25 @@ fn roles_are_least_privilege() {
         );
         add("s3:ListBucket", format!("{s3}${{InputBucket}}"));
     }
+    // Jobs (and S3 Batch Operations tasks) may pin a version.
+    expected.insert((
+        "BatchRole".into(),
+        "s3:GetObjectVersion".into(),
+        format!("{s3}${{InputBucket}}/${{InputPrefix}}*"),
+    ));
+    let ops = |a: &str, r: String| ("BatchOperationsRole".to_string(), a.to_string(), r);
+    expected.insert(ops("lambda:InvokeFunction", "BatchFunction.Arn".into()));
+    expected.insert(ops(
+        "lambda:InvokeFunction",
+        "${BatchFunction.Arn}:*".into(),
+    ));
+    for a in ["s3:GetObject", "s3:GetObjectVersion"] {
+        expected.insert(ops(a, format!("{s3}${{InputBucket}}/*")));
+    }
+    expected.insert(ops(
+        "s3:PutObject",
+        format!("{s3}${{InputBucket}}/batch-reports/*"),
+    ));
     for a in [
         "sqs:ReceiveMessage",
         "sqs:DeleteMessage",
