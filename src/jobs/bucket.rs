@@ -635,7 +635,7 @@ mod tests {
         };
         assert_eq!(o.job_id(), "s3://bkt/in/a?b.jpg?versionId=v1");
         let job: serde_json::Value = serde_json::from_str(&o.job()).unwrap();
-        let parsed = super::super::message::parse_message(&o.job(), "m", 5).unwrap();
+        let parsed = crate::jobs::message::parse_message(&o.job(), "m", 5).unwrap();
         assert_eq!(parsed[0].job_id, o.job_id());
         assert_eq!(job["image"]["version_id"], "v1");
         assert_eq!(job["image"]["s3_uri"], "s3://bkt/in/a?b.jpg");
