@@ -49,35 +49,52 @@ LAMBDA_GB_SECOND = {"x86_64": 0.0000166667, "arm64": 0.0000133334}
 LAMBDA_PER_MILLION = 0.20
 
 
-# moto's SQS reads a queue's every attribute for each message sent, and
-# three of them walk every message in the queue, reading a datetime clock
-# for each: 0.4 s a SendMessageBatch with 3,000 messages queued, and the
-# rehearsal's queue would hold up to 100,000. The rehearsal's SQS server
-# skips those three counts inside SendMessage (which reads only
-# ContentBasedDeduplication from them) and reads the clock with
-# time.time() (the same milliseconds since the epoch). GetQueueAttributes,
-# receives and deletes are moto's own.
-MOTO_FAST_SQS = """
-import sys, threading, time
+# The rehearsal's moto servers. moto's SQS reads a queue's every
+# attribute for each message sent and each message received, and three of
+# them walk every message in the queue, reading a datetime clock for each:
+# 0.4 s a SendMessageBatch with 3,000 messages queued. Here those three
+# counts are skipped inside SendMessage and ReceiveMessage (which read only
+# ContentBasedDeduplication and MessageRetentionPeriod from them) and the
+# clock is read with time.time() (the same milliseconds since the epoch);
+# GetQueueAttributes and everything else is moto's own. The S3 server
+# stages the objects in-process before it serves (REHEARSAL_STAGE): one
+# PUT each over HTTP took moto 8 minutes for 100,000.
+MOTO_SERVER = """
+import json, os, sys, threading, time
 import moto.sqs.models as sqs
 from moto.core.utils import unix_time_millis
 sqs.unix_time_millis = lambda dt=None: time.time() * 1000.0 if dt is None else unix_time_millis(dt)
-sending = threading.local()
+quiet = threading.local()
 for name in ("approximate_number_of_messages", "approximate_number_of_messages_not_visible",
              "approximate_number_of_messages_delayed"):
     count = getattr(sqs.Queue, name).fget
-    setattr(sqs.Queue, name, property(lambda q, count=count: 0 if getattr(sending, "on", False) else count(q)))
-send_message = sqs.SQSBackend.send_message
-def send(self, *args, **kwargs):
-    sending.on = True
-    try:
-        return send_message(self, *args, **kwargs)
-    finally:
-        sending.on = False
-sqs.SQSBackend.send_message = send
+    setattr(sqs.Queue, name, property(lambda q, count=count: 0 if getattr(quiet, "on", False) else count(q)))
+def without_counts(method):
+    def run(self, *args, **kwargs):
+        quiet.on = True
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            quiet.on = False
+    return run
+sqs.SQSBackend.send_message = without_counts(sqs.SQSBackend.send_message)
+sqs.SQSBackend.receive_message = without_counts(sqs.SQSBackend.receive_message)
+stage = os.environ.get("REHEARSAL_STAGE")
+if stage:
+    from moto.s3.models import s3_backends
+    spec = json.load(open(stage))
+    s3 = s3_backends["123456789012"]["aws"]
+    s3.create_bucket(spec["bucket"], "us-east-1")
+    bodies = [open(b, "rb").read() for b in spec["bodies"]]
+    for i, key in enumerate(open(spec["keys"]).read().split()):
+        s3.put_object(spec["bucket"], key, bodies[i % len(bodies)])
 from moto.server import main
 sys.exit(main(sys.argv[1:]))
 """
+# Jobs enqueued ahead of the workers at most (about): moto's receives and
+# deletes still walk the whole queue, so submit is given the manifest in
+# chunks and waits for the queue to drain below this before the next.
+QUEUED_AHEAD = 4_000
 
 
 def free_port():
@@ -210,6 +227,49 @@ class Measured:
         return self.proc.returncode, out
 
 
+SUBMITS = []
+
+
+def submit_all(args, work, env, jobs, bucket, keys, sqs):
+    """`submit` over the objects, a chunk of QUEUED_AHEAD at a time (the
+    whole prefix at once with --source prefix), each chunk once the jobs
+    queue holds fewer than QUEUED_AHEAD; returns (exit code, summary) each."""
+    runs = []
+    if args.source == "prefix":
+        chunks = [[f"s3://{bucket}/r/"]]
+    else:
+        chunks = []
+        for start in range(0, len(keys), QUEUED_AHEAD):
+            manifest = os.path.join(work, f"manifest-{start}.csv")
+            with open(manifest, "w") as f:
+                f.write("".join(f"{bucket},{k}\n" for k in keys[start:start + QUEUED_AHEAD]))
+            chunks.append(["--manifest", manifest])
+    for i, source in enumerate(chunks):
+        while i and queued(sqs, jobs) >= QUEUED_AHEAD:
+            time.sleep(0.5)
+        state = os.path.join(work, f"submit-state-{i}.json")
+        run = Measured("submit", [args.binary, "submit", "--queue", jobs, "--state", state, *source], env)
+        code, out = run.finish(args.timeout)
+        SUBMITS.append(run.report)
+        runs.append((code, json.loads(out.strip().splitlines()[-1]) if out.strip() else {}))
+    return runs
+
+
+def submit_process(reports):
+    """The submit runs as one row: CPU added up, the highest peak."""
+    return {"process": f"submit ({len(reports)} runs)",
+            "seconds": round(sum(r["seconds"] for r in reports), 2),
+            "cpu_seconds": round(sum(r["cpu_seconds"] for r in reports), 2),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in reports),
+            "exit": max(r["exit"] for r in reports)}
+
+
+def queued(sqs, queue):
+    a = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return int(a["ApproximateNumberOfMessages"]) + int(a["ApproximateNumberOfMessagesNotVisible"])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, default=100_000)
@@ -231,18 +291,25 @@ def main():
     if not os.path.exists(args.binary):
         sys.exit(f"no binary at {args.binary}: build it (cargo build --release) or give --binary")
     work = tempfile.mkdtemp(prefix="onnx-lambda-rehearsal-")
-    # S3 and SQS in a moto server each, as in AWS two services: one Python
-    # process holding 100,000 objects slowed its SQS answers to about one a
-    # second (its heap, not the calls, cost the time).
+    bucket = "rehearsal"
+    keys = [f"r/{i // 1000:04d}/img-{i:07d}.png" for i in range(args.jobs)]
+    with open(os.path.join(work, "keys.txt"), "w") as f:
+        f.write("\n".join(keys))
+    bodies = sample_bodies(args.model, work)
+    with open(os.path.join(work, "stage.json"), "w") as f:
+        json.dump({"bucket": bucket, "keys": os.path.join(work, "keys.txt"), "bodies": bodies}, f)
+    # S3 and SQS in a moto server each, as in AWS two services.
     servers, endpoints = [], {}
+    t0 = time.monotonic()
     for service in ("s3", "sqs"):
         port = free_port()
         log = open(os.path.join(work, f"moto-{service}.log"), "w")
-        servers.append(subprocess.Popen([sys.executable, "-c", MOTO_FAST_SQS, "-H", "127.0.0.1", "-p", str(port)],
-                                        stdout=log, stderr=subprocess.STDOUT))
+        env = dict(os.environ, REHEARSAL_STAGE=os.path.join(work, "stage.json")) if service == "s3" else None
+        servers.append(subprocess.Popen([sys.executable, "-c", MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)],
+                                        stdout=log, stderr=subprocess.STDOUT, env=env))
         endpoints[service] = f"http://127.0.0.1:{port}"
     try:
-        report = rehearse(args, work, endpoints, os.path.join(work, "moto-sqs.log"))
+        report = rehearse(args, work, endpoints, os.path.join(work, "moto-sqs.log"), bucket, keys, t0)
     finally:
         for server in servers:
             server.send_signal(signal.SIGTERM)
@@ -256,7 +323,21 @@ def main():
     sys.exit(0 if report["accounted_for"] else 1)
 
 
-def rehearse(args, work, endpoints, moto_log):
+def sample_bodies(model, work):
+    """Files holding the objects' bytes, used in turn."""
+    if model == "bundled":
+        photos = os.path.join(ROOT, "tests", "data", "images")
+        return [os.path.join(photos, n) for n in sorted(os.listdir(photos)) if n.lower().endswith((".jpg", ".png"))]
+    paths = []
+    for seed in range(16):
+        path = os.path.join(work, f"body-{seed}.png")
+        with open(path, "wb") as f:
+            f.write(png(48, 36, seed))
+        paths.append(path)
+    return paths
+
+
+def rehearse(args, work, endpoints, moto_log, bucket, keys, t0):
     import boto3
     from botocore.config import Config
 
@@ -270,17 +351,14 @@ def rehearse(args, work, endpoints, moto_log):
                                     region_name="us-east-1")
     cfg = Config(max_pool_connections=32, retries={"max_attempts": 5})
     for endpoint in endpoints.values():
-        for _ in range(100):
+        for _ in range(1200):
             try:
                 socket.create_connection(("127.0.0.1", int(endpoint.rsplit(":", 1)[1])), 0.2).close()
                 break
             except OSError:
                 time.sleep(0.1)
-    s3 = session.client("s3", endpoint_url=endpoints["s3"], config=cfg)
     sqs = session.client("sqs", endpoint_url=endpoints["sqs"], config=cfg)
 
-    bucket = "rehearsal"
-    s3.create_bucket(Bucket=bucket)
     dlq = sqs.create_queue(QueueName="rehearsal-dlq")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     jobs = sqs.create_queue(QueueName="rehearsal-jobs", Attributes={
@@ -289,21 +367,8 @@ def rehearse(args, work, endpoints, moto_log):
     })["QueueUrl"]
     results = sqs.create_queue(QueueName="rehearsal-results")["QueueUrl"]
 
-    if args.model == "tiny":
-        model = tiny_model(work)
-        bodies = [png(48, 36, seed) for seed in range(16)]
-    else:
-        model = os.path.join(ROOT, "models", "mobilenetv2-1.0-fp32.onnx")
-        photos = os.path.join(ROOT, "tests", "data", "images")
-        bodies = [open(os.path.join(photos, n), "rb").read() for n in sorted(os.listdir(photos))
-                  if n.lower().endswith((".jpg", ".png"))]
-    keys = [f"r/{i // 1000:04d}/img-{i:07d}.png" for i in range(args.jobs)]
-    t0 = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda ik: s3.put_object(Bucket=bucket, Key=ik[1], Body=bodies[ik[0] % len(bodies)]),
-                      enumerate(keys)))
+    model = tiny_model(work) if args.model == "tiny" else os.path.join(ROOT, "models", "mobilenetv2-1.0-fp32.onnx")
     staged = time.monotonic() - t0
-    print(f"staged {args.jobs} objects in {staged:.0f} s", file=sys.stderr)
 
     # The workers and collect first, then submit, as in production: the jobs
     # are consumed while they are enqueued. (moto scans a queue's every
@@ -318,19 +383,11 @@ def rehearse(args, work, endpoints, moto_log):
     results_file = os.path.join(work, "results.jsonl")
     collect = Measured("collect", [args.binary, "collect", "--queue", results, "--expect", str(args.jobs),
                                    "--out", results_file, "--timeout", "300", "--summary"], env)
-    if args.source == "prefix":
-        source = [f"s3://{bucket}/r/"]
-    else:
-        manifest = os.path.join(work, "manifest.csv")
-        with open(manifest, "w") as f:
-            f.write("".join(f"{bucket},{k}\n" for k in keys))
-        source = ["--manifest", manifest]
-    state = os.path.join(work, "submit-state.json")
-    submit = Measured("submit", [args.binary, "submit", "--queue", jobs, "--state", state, *source], env)
-    code, out = submit.finish(args.timeout)
-    submit_summary = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
-    if code != 0:
-        raise SystemExit(f"submit failed: {out}")
+    submit_runs = submit_all(args, work, env, jobs, bucket, keys, sqs)
+    if any(code != 0 for code, _ in submit_runs):
+        raise SystemExit(f"submit failed: {submit_runs}")
+    submit_summary = {"runs": len(submit_runs),
+                      "submitted": sum(s.get("submitted", 0) for _, s in submit_runs)}
     code, out = collect.finish(args.timeout)
     processed = time.monotonic() - t1
     collect_summary = json.loads(out.strip().splitlines()[0]) if out.strip() else {}
@@ -353,16 +410,11 @@ def rehearse(args, work, endpoints, moto_log):
     unexpected = len(set(got) - expected)
     not_ok = sum(1 for s in got.values() if s != "ok")
 
-    def depth(q):
-        a = sqs.get_queue_attributes(QueueUrl=q, AttributeNames=[
-            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-        return int(a["ApproximateNumberOfMessages"]) + int(a["ApproximateNumberOfMessagesNotVisible"])
-
-    left = {"jobs": depth(jobs), "dead_letter": depth(dlq), "results": depth(results)}
+    left = {"jobs": queued(sqs, jobs), "dead_letter": queued(sqs, dlq), "results": queued(sqs, results)}
     accounted = missing == 0 and unexpected == 0 and not_ok == 0 and left["jobs"] == 0 and left["dead_letter"] == 0
 
     n = args.jobs
-    processes = [submit.report] + [w.report for w in workers] + [collect.report]
+    processes = [submit_process(SUBMITS)] + [w.report for w in workers] + [collect.report]
     worker_cpu = sum(w.report["cpu_seconds"] for w in workers)
     calls_per_image = all_calls / n
     gb = args.memory_mb / 1024
@@ -390,8 +442,7 @@ def rehearse(args, work, endpoints, moto_log):
         "cores": os.cpu_count(),
         "machine": platform.machine(),
         "staging_seconds": round(staged, 1),
-        "submit": {"seconds": submit.report["seconds"], "jobs_per_second": round(n / max(submit.report["seconds"], 1e-9), 1),
-                   "summary": submit_summary},
+        "submit": submit_summary,
         "end_to_end": {"seconds": round(processed, 1), "jobs_per_second": round(n / max(processed, 1e-9), 1),
                        "sqs_calls": all_calls, "collect": collect_summary, "workers": worker_summaries},
         "sqs_calls_per_image": round(calls_per_image, 3),
