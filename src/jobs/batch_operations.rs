@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aws_lambda_events::s3::batch_job::{S3BatchJobEvent, S3BatchJobResponse, S3BatchJobResult};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::batch::{process_jobs, BatchOutcome, ResultsQueue};
@@ -47,7 +48,7 @@ pub async fn handle_event(
     response.invocation_schema_version = version;
     response.invocation_id = invocation_id;
     response.treat_missing_keys_as = Some("PermanentFailure".into());
-    let event: S3BatchJobEvent = match serde_json::from_value(event.clone()) {
+    let event = match S3BatchJobEvent::deserialize(&event) {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, "unreadable S3 Batch Operations event");

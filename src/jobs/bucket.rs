@@ -26,6 +26,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 use super::message::url_decode;
+use super::submit::progress;
 use crate::aws::sqs::{QueueSender, MAX_BATCH_ENTRIES};
 
 /// `SendMessageBatch` calls in flight at once.
@@ -185,7 +186,9 @@ pub async fn submit_objects(
         skip: state.sent_beyond.iter().cloned().collect(),
         state,
         summary: BulkSummary::default(),
-        bar: progress_bar(show_progress),
+        // The length grows as the listing runs ahead: the time left is for
+        // what is listed so far.
+        bar: progress(0, "jobs", show_progress),
         source_done: false,
         failed_once: false,
     };
@@ -560,21 +563,6 @@ fn save_state(path: Option<&Path>, state: &SubmitState) -> Result<(), BulkError>
                 path.display()
             ))
         })
-}
-
-/// Jobs sent of those listed so far, the rate, and the time left for what
-/// is listed (the length grows while the listing runs ahead).
-fn progress_bar(show: bool) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{wide_bar} {pos}/{len} jobs, {per_sec}, ETA {eta}")
-    {
-        bar.set_style(style);
-    }
-    bar
 }
 
 #[cfg(test)]

@@ -77,12 +77,7 @@ pub async fn collect(
 ) -> std::io::Result<CollectSummary> {
     let started = Instant::now();
     let mut file = std::io::BufWriter::new(std::fs::File::create(out)?);
-    let bar = progress(expect, show_progress);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{wide_bar} {pos}/{len} results, {per_sec}, ETA {eta}",
-    ) {
-        bar.set_style(style);
-    }
+    let bar = progress(expect, "results", show_progress);
     let mut seen = std::collections::HashSet::new();
     let mut summary = CollectSummary {
         classes: by_class.then(BTreeMap::new),

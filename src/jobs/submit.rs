@@ -32,13 +32,18 @@ pub struct SubmitTarget {
     pub queue_url: String,
 }
 
-/// A progress bar on stderr, or a hidden one.
-pub(crate) fn progress(len: usize, show: bool) -> indicatif::ProgressBar {
-    if show {
-        indicatif::ProgressBar::new(len as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
+/// A progress bar on stderr counting `what` (jobs, results) with their
+/// rate and the time left, or a hidden one.
+pub(crate) fn progress(len: usize, what: &str, show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
     }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    let template = format!("{{wide_bar}} {{pos}}/{{len}} {what}, {{per_sec}}, ETA {{eta}}");
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// Uploads `files` to `s3://bucket/prefix<name>` and enqueues one job per
@@ -50,7 +55,7 @@ pub async fn submit(
     files: &[PathBuf],
     show_progress: bool,
 ) -> SubmitSummary {
-    let bar = progress(files.len(), show_progress);
+    let bar = progress(files.len(), "images", show_progress);
     let mut summary = SubmitSummary::default();
     let uploads = futures::stream::iter(files.iter().map(|f| upload(s3, target, f)))
         .buffered(CONCURRENT_UPLOADS)
