@@ -37,13 +37,6 @@ mod location;
 mod memory;
 pub mod metrics;
 pub mod model;
-// The operators' SIMD kernels, and the constants, fields and helpers only
-// they use, are x86_64's until the NEON kernels land: elsewhere those are
-// unused by design. The lints still hold on x86_64, where all of it runs.
-#[cfg_attr(
-    not(target_arch = "x86_64"),
-    allow(dead_code, unused_imports, unused_mut)
-)]
 pub mod ops;
 pub mod preprocess;
 pub mod serve;

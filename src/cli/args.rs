@@ -98,8 +98,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub tract_kernels: bool,
     /// Highest instruction set the project's operators use: portable,
-    /// avx2 or avx512 (default: the best this CPU has). Lower it to
-    /// measure here the path a machine without AVX-512 runs.
+    /// avx2 or avx512 on x86_64, portable or neon on arm64 (default: the
+    /// best this CPU has). Lower it to measure here the path a machine
+    /// without AVX-512 runs.
     #[arg(long, value_parser = Simd::parse)]
     pub simd: Option<Simd>,
     /// Lambda architecture for the cost estimate: x86_64 or arm64.
@@ -133,8 +134,9 @@ pub struct ProfileArgs {
     #[arg(long)]
     pub tract_kernels: bool,
     /// Highest instruction set the project's operators use: portable,
-    /// avx2 or avx512 (default: the best this CPU has). Lower it to
-    /// measure here the path a machine without AVX-512 runs.
+    /// avx2 or avx512 on x86_64, portable or neon on arm64 (default: the
+    /// best this CPU has). Lower it to measure here the path a machine
+    /// without AVX-512 runs.
     #[arg(long, value_parser = Simd::parse)]
     pub simd: Option<Simd>,
     /// One row per node instead of per operator kind.

@@ -27,6 +27,8 @@
 //! `profile`). Why each operator exists, and the measurements behind its
 //! thresholds, are in docs/operators.md.
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 pub(crate) mod conv;
 pub(crate) mod dense;
 pub(crate) mod depthwise;

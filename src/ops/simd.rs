@@ -14,15 +14,22 @@ pub enum Simd {
     /// AVX-512F (with AVX2 + FMA for the rest): 16 outputs a step, masked
     /// tails, so a 7- or 14-wide row is one step.
     Avx512,
+    /// AArch64's Advanced SIMD (every ARMv8-A core: Graviton2's Neoverse
+    /// N1 and later): 4 lanes, 32 registers, FMA by a lane of a register.
+    Neon,
 }
 
-/// The highest level [`Level::detect`] returns, as `Simd as u8`: lowered
-/// by [`Simd::limit`] only.
-static LIMIT: AtomicU8 = AtomicU8::new(Simd::Avx512 as u8);
+/// The highest level [`Level::detect`] returns, as `Simd as u8` (no limit
+/// until [`Simd::limit`] sets one).
+static LIMIT: AtomicU8 = AtomicU8::new(u8::MAX);
 
 impl Simd {
-    /// Every level, lowest first: each one's CPU has all below it.
-    pub(crate) const ALL: [Simd; 3] = [Simd::Portable, Simd::Avx2, Simd::Avx512];
+    /// This architecture's levels, lowest first: each one's CPU has all
+    /// below it.
+    #[cfg(not(target_arch = "aarch64"))]
+    pub(crate) const ALL: &[Simd] = &[Simd::Portable, Simd::Avx2, Simd::Avx512];
+    #[cfg(target_arch = "aarch64")]
+    pub(crate) const ALL: &[Simd] = &[Simd::Portable, Simd::Neon];
 
     /// Runs the project's operators at most at `level` from now on, for the
     /// whole process: so that `bench --simd avx2` and `profile --simd avx2`
@@ -31,12 +38,15 @@ impl Simd {
         LIMIT.store(level as u8, Ordering::Relaxed);
     }
 
-    /// The level named `name` (`portable`, `avx2`, `avx512`), for `--simd`.
+    /// The level named `name` (`portable`, `avx2`, `avx512` on x86_64;
+    /// `portable`, `neon` on aarch64), for `--simd`.
     pub fn parse(name: &str) -> Result<Simd, String> {
+        let names: Vec<&str> = Simd::ALL.iter().map(|l| l.name()).collect();
         Simd::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|l| l.name() == name)
-            .ok_or_else(|| format!("{name:?}: expected portable, avx2 or avx512"))
+            .ok_or_else(|| format!("{name:?}: expected one of {}", names.join(", ")))
     }
 
     /// The level's name, as `--simd` takes it and reports print it.
@@ -45,6 +55,7 @@ impl Simd {
             Simd::Portable => "portable",
             Simd::Avx2 => "avx2",
             Simd::Avx512 => "avx512",
+            Simd::Neon => "neon",
         }
     }
 }
@@ -101,6 +112,10 @@ fn cpu_levels() -> &'static [Level] {
                     levels.push(Level(Simd::Avx512));
                 }
             }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            levels.push(Level(Simd::Neon));
         }
         levels
     })

@@ -67,6 +67,6 @@ pub(crate) fn levels(what: &str, kernels: &[Simd]) -> Vec<Level> {
 }
 
 /// Every level: for operators with a kernel at each.
-pub(crate) const ALL_LEVELS: &[Simd] = &[Simd::Portable, Simd::Avx2, Simd::Avx512];
+pub(crate) const ALL_LEVELS: &[Simd] = &[Simd::Portable, Simd::Avx2, Simd::Avx512, Simd::Neon];
 /// The vector levels: for operators without a portable kernel.
-pub(crate) const VECTOR_LEVELS: &[Simd] = &[Simd::Avx2, Simd::Avx512];
+pub(crate) const VECTOR_LEVELS: &[Simd] = &[Simd::Avx2, Simd::Avx512, Simd::Neon];

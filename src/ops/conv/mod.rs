@@ -23,7 +23,7 @@
 //! is the only other pass. Bias, clamps and residual are applied in
 //! registers, or in that copy.
 //!
-//! It runs where AVX2 and FMA are present, like `pointwise`; elsewhere
+//! It runs where `pointwise` does (AVX2 and FMA, or NEON); elsewhere
 //! tract's convolution stays.
 
 use std::sync::Arc;
@@ -586,7 +586,7 @@ impl TypedOp for Conv {
 /// Replaces every convolution of the decluttered graph that this operator
 /// runs (see the module docs) and the specialised ones left, with the
 /// clamp, residual `Add` and clamp after it. Returns how many it replaced;
-/// none on a CPU without AVX2 and FMA.
+/// none on an x86 CPU without AVX2 and FMA.
 pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
     if !available() {
         return Ok(0);
@@ -613,7 +613,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
     Ok(replaced)
 }
 
-/// Whether this CPU runs the operator (AVX2 and FMA).
+/// Whether this CPU runs the operator (AVX2 and FMA, or NEON).
 pub(crate) fn available() -> bool {
     Isa::of(Level::detect()).is_ok()
 }

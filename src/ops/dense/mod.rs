@@ -117,6 +117,8 @@ impl Kernels {
             Simd::Avx512 => avx512::dot,
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2 => avx2::dot,
+            #[cfg(target_arch = "aarch64")]
+            Simd::Neon => neon::dot,
             _ => portable_dot,
         };
         Kernels { dot }
@@ -157,6 +159,10 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 #[path = "x86_64/avx2.rs"]
 mod avx2;
+
+#[cfg(target_arch = "aarch64")]
+#[path = "aarch64/neon.rs"]
+mod neon;
 
 impl PartialEq for Dense {
     fn eq(&self, other: &Dense) -> bool {

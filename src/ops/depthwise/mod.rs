@@ -13,11 +13,12 @@
 //! the scratch whatever the stride. The row loop then is loads and FMAs
 //! only: with AVX-512, four output rows at once sharing their input rows'
 //! loads ([`ROWS`]), 16 outputs at a time; with AVX2+FMA, one row and two
-//! vectors of 8 at a time for 3x3 (AVX2's 16 registers hold no more); a
-//! portable loop elsewhere (which the compiler vectorises for NEON or
-//! SSE). Outputs of 28x28 or smaller, where that loop is mostly per-plane
+//! vectors of 8 at a time for 3x3 (AVX2's 16 registers hold no more);
+//! with NEON, four rows and two vectors of 4 (`aarch64/neon.rs`); a
+//! portable loop elsewhere (which the compiler vectorises for SSE).
+//! Outputs of 28x28 or smaller, where that loop is mostly per-plane
 //! overhead, go 16 (AVX-512) or 8 (AVX2) channels at a time instead
-//! ([`blocked`]).
+//! ([`blocked`]; not yet for NEON).
 //!
 //! [`install`] swaps the operator in on the decluttered graph, before
 //! tract's optimiser runs, for every f32 NCHW convolution whose groups equal
@@ -104,6 +105,7 @@ pub(crate) struct Depthwise {
     bias: Arc<[f32]>,
     /// The weights `[ky][kx][channel]`, then the bias: a block of channels
     /// reads each tap's lanes (`blocked.rs`) as one contiguous run.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     by_tap: Arc<[f32]>,
     /// Output clamp; `None` leaves the values alone (and NaN stays NaN).
     clamp: Option<(f32, f32)>,
@@ -272,6 +274,13 @@ impl Kernels {
                     pays: blocked::pays::<blocked::Avx2>,
                     compute: blocked::compute::<blocked::Avx2>,
                 }),
+            },
+            #[cfg(target_arch = "aarch64")]
+            Simd::Neon => Kernels {
+                rows3: neon::rows::<3>,
+                rows5: neon::rows::<5>,
+                deinterleave: neon::deinterleave,
+                blocked: None,
             },
             _ => Kernels {
                 rows3: portable_rows::<3>,
@@ -514,6 +523,10 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 #[path = "x86_64/avx512.rs"]
 mod avx512;
+
+#[cfg(target_arch = "aarch64")]
+#[path = "aarch64/neon.rs"]
+mod neon;
 
 impl Op for Depthwise {
     fn name(&self) -> StaticName {

@@ -91,6 +91,10 @@ fn kernel(level: Level) -> PlaneFn {
         Simd::Avx512 => pool_plane_avx512,
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => pool_plane_avx2,
+        // NEON is the aarch64 target's baseline: the portable loop
+        // compiles to it (`fmax` on 4 lanes).
+        #[cfg(target_arch = "aarch64")]
+        Simd::Neon => pool_plane_portable,
         _ => pool_plane_portable,
     }
 }

@@ -22,6 +22,9 @@ use crate::ops::{Level, Simd};
 const AVX512_CHAINS: usize = 12;
 const AVX2_CHAINS: usize = 10;
 const PORTABLE_CHAINS: usize = 12;
+/// Graviton3's Neoverse V1 has four 128-bit FMA pipes of 4 cycles (16
+/// chains to fill); Graviton2's N1 two (8). NEON has 32 registers.
+const NEON_CHAINS: usize = 16;
 
 /// Runs, and steps per chain in each.
 const RUNS: usize = 5;
@@ -38,7 +41,7 @@ const A: f32 = 0.001;
 pub struct Peak {
     /// Billions of multiply-adds per second on one core.
     pub gmacs: f64,
-    /// The instruction set measured (`avx512`, `avx2`, `portable`).
+    /// The instruction set measured (`avx512`, `avx2`, `neon`, `portable`).
     pub simd: &'static str,
     /// Multiply-adds per instruction and independent chains.
     pub lanes: usize,
@@ -90,6 +93,7 @@ fn shape(simd: Simd) -> (usize, usize) {
         Simd::Avx512 => (16, AVX512_CHAINS),
         Simd::Avx2 => (8, AVX2_CHAINS),
         Simd::Portable => (8, PORTABLE_CHAINS),
+        Simd::Neon => (4, NEON_CHAINS),
     }
 }
 
@@ -104,6 +108,8 @@ fn chains_sum(level: Level, steps: usize, m: f32, a: f32) -> f32 {
         Simd::Avx512 => unsafe { avx512::chains_sum(steps, m, a) },
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => unsafe { avx2::chains_sum(steps, m, a) },
+        #[cfg(target_arch = "aarch64")]
+        Simd::Neon => unsafe { neon::chains_sum(steps, m, a) },
         _ => portable(steps, m, a),
     }
 }
@@ -132,6 +138,9 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 #[path = "x86_64/avx512.rs"]
 mod avx512;
+#[cfg(target_arch = "aarch64")]
+#[path = "aarch64/neon.rs"]
+mod neon;
 
 #[cfg(test)]
 mod tests {

@@ -19,8 +19,8 @@
 //!
 //! [`install`] swaps the operator in on the decluttered graph, where tract
 //! has already turned each 1x1 convolution into an `EinSum` (`IHW,OI->OHW`)
-//! followed by its bias `Add`. It runs only where AVX2 and FMA are present:
-//! elsewhere (Graviton's NEON, old x86) tract's own kernels stay.
+//! followed by its bias `Add`. It runs where AVX2 and FMA (x86_64) or
+//! NEON (aarch64) are present: elsewhere (old x86) tract's kernels stay.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -139,7 +139,7 @@ impl Pointwise {
         self.epilogue.residual
     }
 
-    /// Whether this CPU runs the operator (AVX2 and FMA).
+    /// Whether this CPU runs the operator (AVX2 and FMA, or NEON).
     pub(crate) fn available() -> TractResult<()> {
         Isa::of(Level::detect()).map(|_| ())
     }
@@ -331,6 +331,7 @@ impl Pointwise {
 /// the 14x14 from 100 to 115, the whole model 4.7-5.0 -> 4.0-4.4 ms
 /// (`profile --by-node --threads 1`, AMD EPYC Zen 5, five runs alternating
 /// with the same build without it). 1 and 4 KiB ahead measured the same.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PREFETCH_AHEAD: usize = 512;
 
 /// How far ahead of each store the AVX2 tile prefetches the output, in
@@ -342,6 +343,7 @@ const PREFETCH_AHEAD: usize = 512;
 /// (`profile --by-node --threads 1`, AMD EPYC Zen 2, three runs
 /// alternating). Not in the joined expansion (`fused.rs`), whose output
 /// is an L2 scratch: there it cost 0.1 ms.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const OUT_AHEAD: usize = MAX_VECS * 8;
 
 /// Columns of pixels left after whole vectors below which they are done
@@ -427,7 +429,7 @@ pub(super) struct Isa {
     /// f32 lanes per vector.
     pub(super) lanes: usize,
     pub(super) tile: unsafe fn(&Tile<'_>),
-    /// [`Kind::Columns`] tiles, the same for both (AVX2 + FMA).
+    /// [`Kind::Columns`] tiles (AVX2 + FMA for both x86 levels).
     pub(super) columns: unsafe fn(&Tile<'_>),
 }
 
@@ -450,7 +452,14 @@ impl Isa {
                 tile: avx2::tile,
                 columns: avx2::columns,
             }),
-            _ => bail!("the pointwise operator needs AVX2 and FMA"),
+            #[cfg(target_arch = "aarch64")]
+            Simd::Neon => Ok(Isa {
+                rows: 8,
+                lanes: neon::LANES,
+                tile: neon::tile,
+                columns: neon::columns,
+            }),
+            _ => bail!("the pointwise operator needs AVX2 and FMA, or NEON"),
         }
     }
 }
@@ -481,6 +490,7 @@ pub(super) struct Tile<'a> {
     pub(super) store: Range<usize>,
     pub(super) strip: Strip,
     /// Whether to prefetch the output (AVX2), see [`OUT_AHEAD`].
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) prefetch_out: bool,
     pub(super) pre: Option<(f32, f32)>,
     pub(super) post: Option<(f32, f32)>,
@@ -501,6 +511,12 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 #[path = "x86_64/avx2.rs"]
 mod avx2;
+
+// Indexed loops over the accumulators, as in the x86 tiles.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "aarch64")]
+#[path = "aarch64/neon.rs"]
+mod neon;
 
 /// Bitwise, so an operator equals itself even with NaN in its constants.
 impl PartialEq for Pointwise {
@@ -613,7 +629,7 @@ const MIN_PIXELS: usize = 16;
 
 /// Replaces every 1x1 convolution this module handles (see the module docs)
 /// in a decluttered graph, with the bias, clamps and residual `Add` after
-/// it. Returns how many it replaced; none on a CPU without AVX2 and FMA.
+/// it. Returns how many it replaced; none on an x86 CPU without AVX2 and FMA.
 pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
     if Pointwise::available().is_err() {
         return Ok(0);

@@ -8,9 +8,10 @@
 //! How: each input channel goes into the depthwise operator's phase
 //! scratch (`depthwise.rs`: zero-padded, split by stride, so every tap is a
 //! contiguous run). Then, per vector of output pixels, a register tile of
-//! 16 output channels (8 with AVX2): each of the `C * K * K` taps is one
-//! load of pixels and 16 FMAs with broadcast weights, and bias and the
-//! ReLU6 that follows are applied before the only store.
+//! 16 output channels (8 with AVX2 and NEON): each of the `C * K * K`
+//! taps is one load of pixels and 16 FMAs with broadcast weights (NEON:
+//! weights by lane), and bias and the ReLU6 that follows are applied
+//! before the only store.
 //!
 //! [`install`] takes every f32 NCHW convolution with one group and at most
 //! [`MAX_INPUT_CHANNELS`] input channels that `depthwise::conv_layer`
@@ -206,6 +207,8 @@ impl Kernels {
             Simd::Avx512 => avx512::row,
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2 => avx2::row,
+            #[cfg(target_arch = "aarch64")]
+            Simd::Neon => neon::row,
             _ => portable_row,
         };
         Kernels { row }
@@ -257,6 +260,10 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 #[path = "x86_64/avx2.rs"]
 mod avx2;
+
+#[cfg(target_arch = "aarch64")]
+#[path = "aarch64/neon.rs"]
+mod neon;
 
 /// Bitwise, so an operator equals itself even with NaN in its constants.
 impl PartialEq for Stem {
