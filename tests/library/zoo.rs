@@ -7,8 +7,8 @@
 //! standalone BatchNorm, HardSwish, SiLU) run in tract, and are checked
 //! the same way. The models are generated once into the cache.
 //!
-//! Where the CPU runs the project's general convolution (AVX2 and FMA),
-//! the test also checks that it took the dense convolutions of the
+//! Where the CPU runs the project's general convolution (AVX2 and FMA, or
+//! NEON), the test also checks that it took the dense convolutions of the
 //! families that have them, and ResNet's residual additions, so the
 //! agreement covers them.
 
@@ -72,16 +72,41 @@ const DENSE: [&str; 5] = [
     "googlenet",
 ];
 
-/// Whether this CPU has what `ops::conv` needs.
+/// Whether this CPU has what `ops::conv` needs (AVX2 and FMA, or NEON,
+/// which every aarch64 core has).
 fn general_conv_runs() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("neon")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         false
     }
+}
+
+/// The models to run: all of [`IN_SUITE`], or those `ZOO_MODELS` names
+/// (comma-separated; scripts/arm64.sh runs a few under emulation). A
+/// name not in the suite fails the test rather than running nothing.
+fn selected() -> Vec<&'static str> {
+    let Ok(names) = std::env::var("ZOO_MODELS") else {
+        return IN_SUITE.to_vec();
+    };
+    names
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            *IN_SUITE
+                .iter()
+                .find(|m| **m == n)
+                .unwrap_or_else(|| panic!("ZOO_MODELS: {n} is not one of {IN_SUITE:?}"))
+        })
+        .collect()
 }
 
 fn x_again(input: &[f32]) -> Tensor {
@@ -98,9 +123,11 @@ fn floats(path: &Path) -> Vec<f32> {
 
 #[test]
 fn every_zoo_family_agrees_with_onnx_runtime() {
-    let dir = zoo(&IN_SUITE);
+    let models = selected();
+    assert!(!models.is_empty(), "ZOO_MODELS names no model");
+    let dir = zoo(&models);
     let mut failures = Vec::new();
-    for name in IN_SUITE {
+    for name in models {
         let model = Model::load_path(&dir.join(format!("{name}.onnx")), LoadOptions::default())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(model.classes(), 1000, "{name}");
