@@ -9,8 +9,11 @@
 #
 #   scripts/package.sh            # x86_64 bootstrap + zip
 #   scripts/package.sh --sam      # ... and `sam build` of template.yaml
-#   ARCH=arm64 scripts/package.sh # Graviton; needs the aarch64-unknown-linux-gnu
-#                                 # target (rustup target add), not available here
+#   ARCH=arm64 scripts/package.sh # Graviton: Debian's rustc and its aarch64
+#                                 # standard library (scripts/arm64.sh installs
+#                                 # them), linked by cargo lambda's zig
+# Either way the bootstrap must run on Lambda's provided.al2023 runtime:
+# the script fails if it needs a glibc symbol newer than that (2.34).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,10 +25,36 @@ source scripts/venv.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
 flags=(--release --bin onnx-lambda)
-[ "$arch" = arm64 ] && flags+=(--arm64)
+if [ "$arch" = arm64 ]; then
+  flags+=(--arm64)
+  # rustup's toolchain has no aarch64 standard library here and cannot
+  # get one: Debian's rustc has it (scripts/arm64.sh installs it). cargo
+  # lambda asks rustup whether the target is installed, and would try to
+  # add it: this rustup answers that it is.
+  [ -d /usr/lib/rustlib/aarch64-unknown-linux-gnu ] || scripts/arm64.sh --install
+  export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
+  rustup_shim=$(mktemp -d)
+  printf '#!/bin/sh\necho aarch64-unknown-linux-gnu\n' >"$rustup_shim/rustup"
+  chmod +x "$rustup_shim/rustup"
+  export RUSTUP="$rustup_shim/rustup"
+fi
 echo "== cargo lambda build ${flags[*]}"
 cargo lambda build "${flags[@]}"
 bootstrap="$CARGO_TARGET_DIR/lambda/onnx-lambda/bootstrap"
+
+# provided.al2023 has glibc 2.34: a bootstrap that needs a newer symbol
+# version would fail to start there with "GLIBC_2.xx not found".
+glibc=$(readelf --version-info --wide "$bootstrap" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
+machine=$(readelf --file-header "$bootstrap" | sed -n 's/^ *Machine: *//p')
+echo "bootstrap: $machine, needs ${glibc:-no versioned glibc symbol}"
+case "$arch:$machine" in
+  x86_64:*X86-64* | arm64:AArch64) ;;
+  *) echo "$bootstrap is for $machine, not $arch" >&2; exit 1 ;;
+esac
+if [ -n "$glibc" ] && [ "$(printf '%s\nGLIBC_2.34\n' "$glibc" | sort -V | tail -1)" != GLIBC_2.34 ]; then
+  echo "$bootstrap needs $glibc, newer than provided.al2023's 2.34" >&2
+  exit 1
+fi
 
 if [ "${1:-}" = "--sam" ]; then
   echo "== sam build (template.yaml, BuildMethod rust-cargolambda)"
