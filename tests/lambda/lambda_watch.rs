@@ -206,9 +206,24 @@ async fn stage_s3() -> (String, String) {
     )
 }
 
+/// The command that starts the function: `bootstrap()`, or under the
+/// program `BOOTSTRAP_RUNNER` names (with its arguments), so that the arm64
+/// package answers the same events under qemu:
+/// `BOOTSTRAP_RUNNER="qemu-aarch64 -L /"` (docs/ci.md).
+fn function_command() -> Command {
+    let runner = std::env::var("BOOTSTRAP_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    let Some(program) = words.next() else {
+        return Command::new(bootstrap());
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(words).arg(bootstrap());
+    cmd
+}
+
 /// The function process, talking to the emulator on `port`.
 fn start_function(port: u16, model: &str, results: &str, s3: &Proxy, dir: &Path) -> Guard {
-    let mut cmd = Command::new(bootstrap());
+    let mut cmd = function_command();
     cmd.current_dir(dir)
         .envs(aws_env())
         .env("AWS_ENDPOINT_URL_S3", &s3.endpoint)
