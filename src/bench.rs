@@ -309,7 +309,7 @@ pub fn machine() -> Machine {
             .map(|(_, v)| v.trim().to_string())
     };
     let cpu = field("model name")
-        .or_else(|| field("CPU part").map(|p| format!("CPU part {p}")))
+        .or_else(|| field("CPU part").map(|p| arm_core(&p)))
         .unwrap_or_else(|| "unknown".into());
     let present = field("flags")
         .or_else(|| field("Features"))
@@ -325,6 +325,18 @@ pub fn machine() -> Machine {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         simd: crate::ops::Level::detect().simd().name(),
     }
+}
+
+/// An Arm core by its `/proc/cpuinfo` part number (which is all an arm64
+/// kernel says of the model): Graviton's by name, others by number.
+fn arm_core(part: &str) -> String {
+    let name = match part {
+        "0xd0c" => "Neoverse N1 (Graviton2)",
+        "0xd40" => "Neoverse V1 (Graviton3)",
+        "0xd4f" => "Neoverse V2 (Graviton4)",
+        _ => return format!("CPU part {part}"),
+    };
+    format!("Arm {name}")
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`), or 0 elsewhere.
@@ -390,6 +402,13 @@ mod tests {
             assert_ne!(m.cpu, "unknown");
             assert!(m.to_string().contains(std::env::consts::ARCH));
         }
+    }
+
+    #[test]
+    fn graviton_cores_are_named_by_their_part_number() {
+        assert_eq!(arm_core("0xd0c"), "Arm Neoverse N1 (Graviton2)");
+        assert_eq!(arm_core("0xd4f"), "Arm Neoverse V2 (Graviton4)");
+        assert_eq!(arm_core("0xd03"), "CPU part 0xd03");
     }
 
     #[test]
