@@ -70,11 +70,17 @@ def run_rusage(cmd, env=None):
     return wall, usage.ru_maxrss * 1024
 
 
+# The Lambda architecture this machine's results price: Graviton on arm64.
+ARCH = "arm64" if platform.machine() in ("aarch64", "arm64") else "x86_64"
+
+
 def machine():
     info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), platform.processor())
-    flags = next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), [])
-    wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512vl"]
+    field = lambda name: next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.split(":", 1)[0].strip() == name), None)
+    # An arm64 kernel names no model, only the core's part number.
+    model = field("model name") or (field("CPU part") and f"CPU part {field('CPU part')}") or platform.processor()
+    flags = (field("flags") or field("Features") or "").split()
+    wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "asimd"]
     return f"{model}, {os.cpu_count()} cores, {platform.machine()} {' '.join(f for f in wanted if f in flags)}"
 
 
@@ -136,8 +142,8 @@ def main():
     ap.add_argument("--large-dir", default=os.path.join(tempfile.gettempdir(), "onnx-lambda-12mp"))
     args = ap.parse_args()
     large = large_photos(args.large_dir)
-    ours = [args.binary, "bench", "--json", "--iterations", str(args.iterations)]
-    ort = [args.python, os.path.join(HERE, "bench_onnxruntime.py"), "--json", "--iterations", str(args.iterations)]
+    ours = [args.binary, "bench", "--json", "--arch", ARCH, "--iterations", str(args.iterations)]
+    ort = [args.python, os.path.join(HERE, "bench_onnxruntime.py"), "--json", "--arch", ARCH, "--iterations", str(args.iterations)]
     configs = {
         # name: (ours command, ort command); None where one side has no such setting
         "small_t1": (ours + ["--threads", "1", "--batch-size", "10", SMALL], ort + ["--threads", "1", "--batch-size", "10", SMALL]),
@@ -199,7 +205,7 @@ def main():
     row("peak RSS, small photos (bench, 1 thread)", m("small_t1", 0, "peak_rss_bytes") / 2**20, m("small_t1", 1, "peak_rss_bytes") / 2**20, "MiB", "{:.0f}")
     row("peak RSS, 12-megapixel photos (bench, 1 thread)", m("large_t1", 0, "peak_rss_bytes") / 2**20, m("large_t1", 1, "peak_rss_bytes") / 2**20, "MiB", "{:.0f}")
     row("CPU time per small photo, 1 thread", m("small_t1", 0, "cpu_ms_per_image"), m("small_t1", 1, "cpu_ms_per_image"), "ms", "{:.2f}")
-    row("Lambda cost per million small photos (x86_64, 1,769 MB, 10 per invocation)", m("small_t1", 0, "usd_per_million_images"), m("small_t1", 1, "lambda_cost", "usd_per_million_images"), "USD", "{:.3f}")
+    row(f"Lambda cost per million small photos ({ARCH}, 1,769 MB, 10 per invocation)", m("small_t1", 0, "usd_per_million_images"), m("small_t1", 1, "lambda_cost", "usd_per_million_images"), "USD", "{:.3f}")
     row("Lambda cost per million 12-megapixel photos (same)", m("large_t1", 0, "usd_per_million_images"), m("large_t1", 1, "lambda_cost", "usd_per_million_images"), "USD", "{:.3f}")
     size = os.path.getsize(args.binary)
     row("deployment size: binary vs installed packages", size / 1e6, python_packages_bytes(args.python) / 1e6, "MB")

@@ -80,7 +80,7 @@ def main():
     ap.add_argument("--models", default="", help="comma-separated (default: every model in the zoo's index)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=8, help="bench passes over the 6 sample photos")
-    ap.add_argument("--simd", default="", help="passed to bench and profile: portable, avx2, avx512")
+    ap.add_argument("--simd", default="", help="passed to bench and profile: portable, avx2, avx512 (x86_64); portable, neon (arm64)")
     args = ap.parse_args()
     index = json.load(open(os.path.join(args.zoo, "index.json")))
     wanted = [m for m in args.models.split(",") if m]

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 /// The instruction set an operator runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Simd {
-    /// Plain Rust, vectorised by the compiler (SSE2, NEON).
+    /// Plain Rust, vectorised by the compiler (SSE2; NEON on aarch64).
     Portable,
     /// AVX2 + FMA: 8 outputs a step.
     Avx2,
