@@ -34,6 +34,7 @@ if [ "$arch" = arm64 ]; then
   [ -d /usr/lib/rustlib/aarch64-unknown-linux-gnu ] || scripts/arm64.sh --install
   export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
   rustup_shim=$(mktemp -d)
+  trap 'rm -rf "$rustup_shim"' EXIT
   printf '#!/bin/sh\necho aarch64-unknown-linux-gnu\n' >"$rustup_shim/rustup"
   chmod +x "$rustup_shim/rustup"
   export RUSTUP="$rustup_shim/rustup"
@@ -42,6 +43,7 @@ echo "== cargo lambda build ${flags[*]}"
 cargo lambda build "${flags[@]}"
 bootstrap="$CARGO_TARGET_DIR/lambda/onnx-lambda/bootstrap"
 
+command -v readelf >/dev/null || { apt-get update -q && apt-get install -y -q binutils; }
 # provided.al2023 has glibc 2.34: a bootstrap that needs a newer symbol
 # version would fail to start there with "GLIBC_2.xx not found".
 glibc=$(readelf --version-info --wide "$bootstrap" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
