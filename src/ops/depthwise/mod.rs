@@ -22,7 +22,7 @@
 //!
 //! [`install`] swaps the operator in on the decluttered graph, before
 //! tract's optimiser runs, for every f32 NCHW convolution whose groups equal
-//! its channels, with a square 3x3 or 5x5 kernel, no dilation and constant
+//! its channels, with a square 3x3, 5x5 or 7x7 kernel, no dilation and constant
 //! weights. Anything else stays with tract.
 
 use std::cell::RefCell;
@@ -54,6 +54,11 @@ const LANES: usize = 8;
 /// were slower than one.
 const ROWS: usize = 4;
 
+/// Largest square kernel side taken (ConvNeXt's 7x7), and its taps: the
+/// row kernels keep a tap list of this length on the stack.
+pub(super) const MAX_K: usize = 7;
+pub(super) const MAX_TAPS: usize = MAX_K * MAX_K;
+
 /// The shape of one depthwise layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Geometry {
@@ -63,7 +68,7 @@ pub(crate) struct Geometry {
     pub in_hw: (usize, usize),
     /// Output height and width.
     pub out_hw: (usize, usize),
-    /// Square kernel side (3 or 5).
+    /// Square kernel side (3, 5 or 7).
     pub kernel: usize,
     /// Vertical and horizontal stride.
     pub stride: (usize, usize),
@@ -240,6 +245,7 @@ impl Depthwise {
 struct Kernels {
     rows3: unsafe fn(&Rows<'_>, &mut [f32]),
     rows5: unsafe fn(&Rows<'_>, &mut [f32]),
+    rows7: unsafe fn(&Rows<'_>, &mut [f32]),
     /// Deinterleaves whole vector steps; returns the outputs done.
     deinterleave: unsafe fn(&[f32], &mut [f32], &mut [f32]) -> usize,
     /// The channel-blocked path for small planes (`blocked.rs`).
@@ -259,6 +265,7 @@ impl Kernels {
             Simd::Avx512 => Kernels {
                 rows3: avx512::rows::<3>,
                 rows5: avx512::rows::<5>,
+                rows7: avx512::rows::<7>,
                 deinterleave: avx512_deinterleave,
                 blocked: Some(Blocked {
                     pays: blocked::pays::<blocked::Avx512>,
@@ -269,6 +276,7 @@ impl Kernels {
             Simd::Avx2 => Kernels {
                 rows3: avx2::rows::<3>,
                 rows5: avx2::rows::<5>,
+                rows7: avx2::rows::<7>,
                 deinterleave: avx2::deinterleave,
                 blocked: Some(Blocked {
                     pays: blocked::pays::<blocked::Avx2>,
@@ -279,12 +287,14 @@ impl Kernels {
             Simd::Neon => Kernels {
                 rows3: neon::rows::<3>,
                 rows5: neon::rows::<5>,
+                rows7: neon::rows::<7>,
                 deinterleave: neon::deinterleave,
                 blocked: None,
             },
             _ => Kernels {
                 rows3: portable_rows::<3>,
                 rows5: portable_rows::<5>,
+                rows7: portable_rows::<7>,
                 deinterleave: |_, _, _| 0,
                 blocked: None,
             },
@@ -293,10 +303,10 @@ impl Kernels {
 
     /// One channel plane's output rows from its phase scratch.
     fn rows(&self, job: &Rows<'_>, out: &mut [f32]) {
-        let rows = if job.g.kernel == 3 {
-            self.rows3
-        } else {
-            self.rows5
+        let rows = match job.g.kernel {
+            3 => self.rows3,
+            5 => self.rows5,
+            _ => self.rows7,
         };
         // SAFETY: `of` chose the kernels for a `Level` this CPU has; they
         // read the scratch and write `out` within the geometry's bounds.
@@ -364,7 +374,7 @@ impl Rows<'_> {
     /// Where output row `y`'s first input row starts in the scratch, and
     /// the offset of column tap `kx` from the start of any input row.
     #[inline(always)]
-    fn window<const K: usize>(&self, y: usize) -> (usize, [usize; 5]) {
+    fn window<const K: usize>(&self, y: usize) -> (usize, [usize; MAX_K]) {
         let (s, len) = (self.g.stride.1, self.g.phase_len());
         let cols = std::array::from_fn(|kx| (kx % s) * len + kx / s);
         (y * self.g.stride.0 * s * len, cols)
@@ -379,8 +389,8 @@ impl Rows<'_> {
     /// Where each of the `K * K` taps of output row `y` starts, in
     /// `ky * K + kx` order (the weights' order).
     #[inline(always)]
-    fn taps<const K: usize>(&self, y: usize) -> [usize; 25] {
-        let mut taps = [0usize; 25];
+    fn taps<const K: usize>(&self, y: usize) -> [usize; MAX_TAPS] {
+        let mut taps = [0usize; MAX_TAPS];
         for ky in 0..K {
             for kx in 0..K {
                 taps[ky * K + kx] = self.tap(y, ky, kx);
@@ -479,6 +489,12 @@ fn clamp_one(v: f32, (lo, hi): (f32, f32)) -> f32 {
     } else {
         v
     }
+}
+
+/// [`deinterleave`] with the kernels of `level`, for other operators
+/// that split rows by stride (max pooling).
+pub(super) fn deinterleave_at(level: Level, src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    deinterleave(src, even, odd, Kernels::of(level));
 }
 
 /// `src[2m]` to `even[m]` and `src[2m + 1]` to `odd[m]`, as far as each
@@ -685,7 +701,7 @@ pub(super) struct ConvLayer {
 }
 
 /// The layer a tract `Conv` computes, if it is an f32 NCHW (or CHW)
-/// convolution with a square 3x3 or 5x5 kernel, no dilation, constant
+/// convolution with a square 3x3, 5x5 or 7x7 kernel, no dilation, constant
 /// weights and bias, a fixed input shape, and groups, input and output
 /// channels that `accepts`; else `None`.
 pub(super) fn conv_layer(
@@ -700,7 +716,7 @@ pub(super) fn conv_layer(
     let out_channels = spec.output_channels;
     let square = spec.kernel_shape.len() == 2
         && spec.kernel_shape[0] == spec.kernel_shape[1]
-        && matches!(spec.kernel_shape[0], 3 | 5);
+        && matches!(spec.kernel_shape[0], 3 | 5 | 7);
     if conv.q_params.is_some()
         || input.datum_type != f32::datum_type()
         || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
@@ -811,7 +827,7 @@ mod tests {
     fn matches_the_definition_on_odd_shapes_strides_and_pads() {
         let mut cases = 0;
         for (h, w) in [(1, 1), (6, 11), (7, 7), (9, 13), (16, 5), (17, 33)] {
-            for kernel in [3, 5] {
+            for kernel in [3, 5, 7] {
                 for stride in [(1, 1), (2, 2), (1, 2), (3, 1)] {
                     for pad in [(0, 0), (1, 1), (kernel / 2, kernel / 2), (2, 0)] {
                         let (ph, pw) = (pad.0.min(kernel - 1), pad.1.min(kernel - 1));
@@ -836,7 +852,7 @@ mod tests {
     fn asymmetric_padding_matches_the_definition() {
         let mut cases = 0;
         for (h, w) in [(7, 8), (16, 17), (57, 58)] {
-            for kernel in [3, 5] {
+            for kernel in [3, 5, 7] {
                 for stride in [(1, 1), (2, 2)] {
                     let half = kernel / 2;
                     for (before, after) in
@@ -849,7 +865,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(cases, 36);
+        assert_eq!(cases, 54);
     }
 
     /// A three-channel layer of `in_hw` with square `kernel`, its output
@@ -920,7 +936,7 @@ mod tests {
     fn large_planes_run_the_row_kernels_and_match_the_definition() {
         let mut cases = 0;
         for (h, w) in [(30, 31), (57, 29), (61, 63)] {
-            for kernel in [3, 5] {
+            for kernel in [3, 5, 7] {
                 for stride in [(1, 1), (2, 2)] {
                     let g = three_channels((h, w), kernel, stride, (kernel / 2, kernel / 2));
                     if g.out_hw.0 * g.out_hw.1 <= 28 * 28 {
@@ -931,7 +947,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(cases, 8);
+        assert_eq!(cases, 12);
     }
 
     #[test]

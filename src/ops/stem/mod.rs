@@ -13,9 +13,10 @@
 //! weights by lane), and bias and the ReLU6 that follows are applied
 //! before the only store.
 //!
-//! [`install`] takes every f32 NCHW convolution with one group and at most
-//! [`MAX_INPUT_CHANNELS`] input channels that `depthwise::conv_layer`
-//! describes; anything else stays with tract.
+//! [`install`] takes every f32 NCHW convolution with one group, at most
+//! [`MAX_INPUT_CHANNELS`] input channels and a 3x3 or 5x5 kernel that
+//! `depthwise::conv_layer` describes; anything else (ResNet's 7x7 stem
+//! among them) is left to `conv`.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -34,6 +35,11 @@ use crate::ops::{following_clamp, par_planes, replace_with, same_bits, same_clam
 /// Most input channels taken: past a few, the taps outgrow the registers'
 /// reuse and tract's matrix product is the better tool.
 const MAX_INPUT_CHANNELS: usize = 4;
+
+/// Largest square kernel side taken: the tap offsets of one output row
+/// live on the stack. ResNet's 7x7 stem runs in `conv`, at 72-76% of
+/// the FMA peak (docs/operators.md).
+const MAX_KERNEL: usize = 5;
 
 /// Output channels interleaved in the packed weights (one AVX-512 tile).
 const BLOCK: usize = 16;
@@ -144,7 +150,7 @@ impl Stem {
             let first = b * BLOCK;
             let store = channels.start.max(first) - first..channels.end.min(first + BLOCK) - first;
             for y in 0..g.out_hw.0 {
-                let mut offsets = [0usize; MAX_INPUT_CHANNELS * 25];
+                let mut offsets = [0usize; MAX_INPUT_CHANNELS * MAX_KERNEL * MAX_KERNEL];
                 for c in 0..g.channels {
                     for ky in 0..k {
                         for kx in 0..k {
@@ -335,7 +341,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
         let Some(layer) = conv_layer(model, node, conv, |group, channels, _| {
             group == 1 && channels <= MAX_INPUT_CHANNELS
         })?
-        else {
+        .filter(|layer| layer.geometry.kernel <= MAX_KERNEL) else {
             continue;
         };
         let (clamp, last) = following_clamp(model, id)?;

@@ -4,7 +4,7 @@
 //!
 //! A step is 8 outputs (two vectors, the scratch's [`LANES`]) of
 //! [`ROWS`] output rows at once: 8 accumulators, the kernel's weights 4
-//! to a register (3 registers for 3x3, 7 for 5x5) used by lane (`fmla
+//! to a register (3 registers for 3x3, 7 for 5x5, 13 for 7x7) used by lane (`fmla
 //! v.4s, v.4s, v.s[i]`), and each input vector loaded once for every row
 //! it is a tap of. For 3x3 at stride 1 that is 36 loads for 72 FMAs; the 8
 //! independent chains just cover 2 pipes x 4 cycles, so the bound is the
@@ -16,10 +16,13 @@ use std::arch::aarch64::*;
 
 use crate::ops::aarch64::neon::{clamp, fma_lane};
 
-use super::{Rows, LANES, ROWS};
+use super::{Rows, LANES, MAX_TAPS, ROWS};
 
 /// f32 lanes per vector: a step is two.
 const V: usize = 4;
+
+/// Registers holding a kernel's weights, 4 to a register.
+const W_VECS: usize = MAX_TAPS.div_ceil(V);
 
 /// The vector part of [`super::deinterleave`]: `ld2` splits 8 inputs into
 /// their even and odd halves in one instruction; returns how many outputs
@@ -48,9 +51,9 @@ pub(super) unsafe fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]
 /// None beyond NEON; the reads stay in the scratch (see
 /// `Geometry::phase_len`) and the writes in `out`.
 pub(super) unsafe fn rows<const K: usize>(job: &Rows<'_>, out: &mut [f32]) {
-    let mut packed = [0f32; V * 7];
+    let mut packed = [0f32; V * W_VECS];
     packed[..K * K].copy_from_slice(&job.w[..K * K]);
-    // SAFETY: 7 vectors of 4 inside `packed`.
+    // SAFETY: W_VECS vectors of 4 inside `packed`.
     let w = std::array::from_fn(|i| unsafe { vld1q_f32(packed.as_ptr().add(V * i)) });
     let kernel = Kernel {
         w,
@@ -79,7 +82,7 @@ pub(super) unsafe fn rows<const K: usize>(job: &Rows<'_>, out: &mut [f32]) {
 
 /// A plane's weights (4 to a register), bias and clamp, in registers.
 struct Kernel {
-    w: [float32x4_t; 7],
+    w: [float32x4_t; W_VECS],
     bias: float32x4_t,
     clamp: Option<(float32x4_t, float32x4_t)>,
 }

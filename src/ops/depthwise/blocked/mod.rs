@@ -20,7 +20,7 @@ use std::ops::Range;
 
 use tract_onnx::prelude::*;
 
-use super::{Depthwise, Geometry};
+use super::{Depthwise, Geometry, MAX_TAPS};
 use crate::ops::par_planes;
 
 #[path = "x86_64/avx2.rs"]
@@ -61,7 +61,7 @@ pub(super) trait Lanes {
     /// As for `transpose_in`; `offsets` are [`Positions`]'s outputs.
     unsafe fn convolve(
         op: &Depthwise,
-        taps: &[usize; 25],
+        taps: &[usize; MAX_TAPS],
         planes: Range<usize>,
         padded: &[f32],
         offsets: &[usize],
@@ -129,8 +129,8 @@ impl Layout {
 
     /// Offset of each tap from an output pixel's top-left input, in
     /// `ky * K + kx` order (the weights' order), for vectors of `block`.
-    fn taps(&self, kernel: usize, block: usize) -> [usize; 25] {
-        let mut taps = [0; 25];
+    fn taps(&self, kernel: usize, block: usize) -> [usize; MAX_TAPS] {
+        let mut taps = [0; MAX_TAPS];
         for ky in 0..kernel {
             for kx in 0..kernel {
                 taps[ky * kernel + kx] = (ky * self.cols + kx) * block;
@@ -301,7 +301,7 @@ mod tests {
         let mut cases = 0u32;
         for channels in [1, 5, 8, 9, 16, 17, 40] {
             for (h, w) in [(1, 1), (3, 3), (7, 7), (14, 14), (9, 13), (5, 17)] {
-                for kernel in [3, 5] {
+                for kernel in [3, 5, 7] {
                     for (stride, pad) in [((1, 1), (1, 1)), ((2, 2), (0, 1)), ((1, 2), (2, 0))] {
                         let pad = (pad.0.min(kernel - 1), pad.1.min(kernel - 1));
                         if h + 2 * pad.0 < kernel || w + 2 * pad.1 < kernel {

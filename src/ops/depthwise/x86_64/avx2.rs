@@ -2,7 +2,7 @@ use std::arch::x86_64::*;
 
 use crate::ops::x86_64::avx2::clamp;
 
-use super::{Rows, LANES, ROWS};
+use super::{Rows, LANES, MAX_TAPS, ROWS};
 
 /// The vector part of [`super::deinterleave`]: 16 inputs a step, while
 /// all of them fit; returns how many outputs per side it wrote.
@@ -42,7 +42,7 @@ pub(super) unsafe fn rows<const K: usize>(job: &Rows<'_>, out: &mut [f32]) {
         // SAFETY: forwarded.
         return unsafe { rows3(job, out) };
     }
-    let mut w = [_mm256_setzero_ps(); 25];
+    let mut w = [_mm256_setzero_ps(); MAX_TAPS];
     for (i, wt) in job.w.iter().enumerate().take(K * K) {
         w[i] = _mm256_set1_ps(*wt);
     }
@@ -142,7 +142,7 @@ fn store(row: &mut [f32], x: usize, a: __m256) {
 
 /// A plane's weights, bias and clamp, in registers.
 struct Kernel {
-    w: [__m256; 25],
+    w: [__m256; MAX_TAPS],
     bias: __m256,
     clamp: Option<(__m256, __m256)>,
 }

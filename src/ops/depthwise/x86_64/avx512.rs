@@ -2,7 +2,7 @@ use std::arch::x86_64::*;
 
 use crate::ops::x86_64::avx512::{clamp, mask};
 
-use super::{Rows, ROWS};
+use super::{Rows, MAX_TAPS, ROWS};
 
 /// `src[2m]` to `even[m]`, `src[2m + 1]` to `odd[m]`, 32 inputs a step
 /// and masked tails, so short rows (14 wide) need no scalar loop.
@@ -53,7 +53,7 @@ pub(super) unsafe fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]
 /// The CPU must have AVX-512F.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn rows<const K: usize>(job: &Rows<'_>, out: &mut [f32]) {
-    let mut w = [_mm512_setzero_ps(); 25];
+    let mut w = [_mm512_setzero_ps(); MAX_TAPS];
     for (i, wt) in job.w.iter().enumerate().take(K * K) {
         w[i] = _mm512_set1_ps(*wt);
     }
@@ -85,7 +85,7 @@ pub(super) unsafe fn rows<const K: usize>(job: &Rows<'_>, out: &mut [f32]) {
 
 /// A plane's weights, bias and clamp, in registers.
 struct Kernel {
-    w: [__m512; 25],
+    w: [__m512; MAX_TAPS],
     bias: __m512,
     clamp: Option<(__m512, __m512)>,
 }

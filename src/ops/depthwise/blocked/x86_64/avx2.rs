@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::{lane_values, Lanes};
-use crate::ops::depthwise::Depthwise;
+use crate::ops::depthwise::{Depthwise, MAX_TAPS};
 use crate::ops::x86_64::avx2::{clamp, mask, transpose};
 
 /// Channels per block: one AVX2 vector.
@@ -58,7 +58,7 @@ impl Lanes for Avx2 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn convolve(
         op: &Depthwise,
-        taps: &[usize; 25],
+        taps: &[usize; MAX_TAPS],
         planes: Range<usize>,
         padded: &[f32],
         offsets: &[usize],
@@ -66,7 +66,7 @@ impl Lanes for Avx2 {
     ) {
         let n = op.geometry.kernel * op.geometry.kernel;
         let lanes = |t| lane_values(op, planes.clone(), t);
-        let mut w = [_mm256_setzero_ps(); 25];
+        let mut w = [_mm256_setzero_ps(); MAX_TAPS];
         for (t, wt) in w.iter_mut().enumerate().take(n) {
             *wt = _mm256_loadu_ps(lanes(t).as_ptr());
         }
@@ -124,10 +124,10 @@ impl Lanes for Avx2 {
 
 /// What [`Job::pixels`] reads and writes for one block.
 struct Job {
-    w: [__m256; 25],
+    w: [__m256; MAX_TAPS],
     bias: __m256,
     clamp: Option<(__m256, __m256)>,
-    taps: [usize; 25],
+    taps: [usize; MAX_TAPS],
     padded: *const f32,
     result: *mut f32,
 }

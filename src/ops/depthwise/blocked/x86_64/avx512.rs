@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::{lane_values, Lanes};
-use crate::ops::depthwise::Depthwise;
+use crate::ops::depthwise::{Depthwise, MAX_TAPS};
 use crate::ops::x86_64::avx512::{clamp, mask, transpose};
 
 /// Channels per block: one AVX-512 vector.
@@ -57,7 +57,7 @@ impl Lanes for Avx512 {
     #[target_feature(enable = "avx512f")]
     unsafe fn convolve(
         op: &Depthwise,
-        taps: &[usize; 25],
+        taps: &[usize; MAX_TAPS],
         planes: Range<usize>,
         padded: &[f32],
         offsets: &[usize],
@@ -66,7 +66,7 @@ impl Lanes for Avx512 {
         let g = &op.geometry;
         let n = g.kernel * g.kernel;
         let lanes = |t| lane_values(op, planes.clone(), t);
-        let mut w = [_mm512_setzero_ps(); 25];
+        let mut w = [_mm512_setzero_ps(); MAX_TAPS];
         for (t, wt) in w.iter_mut().enumerate().take(n) {
             *wt = _mm512_loadu_ps(lanes(t).as_ptr());
         }
@@ -121,10 +121,10 @@ impl Lanes for Avx512 {
 
 /// What [`Job::pixels`] reads and writes for one block.
 struct Job {
-    w: [__m512; 25],
+    w: [__m512; MAX_TAPS],
     bias: __m512,
     clamp: Option<(__m512, __m512)>,
-    taps: [usize; 25],
+    taps: [usize; MAX_TAPS],
     padded: *const f32,
     result: *mut f32,
 }
