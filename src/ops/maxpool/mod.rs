@@ -68,7 +68,7 @@ impl MaxPool {
                     for (i, out) in chunk.chunks_exact_mut(out_plane).enumerate() {
                         let plane = &input[(first + i) * in_plane..][..in_plane];
                         // SAFETY: `kernel` chose a function for a `Level` this CPU has.
-                        unsafe { pool(plane, out, &g, scratch) };
+                        unsafe { pool(plane, out, &g, scratch, level) };
                     }
                 });
                 Ok(())
@@ -78,10 +78,11 @@ impl MaxPool {
 }
 
 /// One plane's pooling, for a level; the last argument is scratch.
-type PlaneFn = unsafe fn(&[f32], &mut [f32], &Geometry, &mut Vec<f32>);
+type PlaneFn = unsafe fn(&[f32], &mut [f32], &Geometry, &mut Vec<f32>, Level);
 
 thread_local! {
-    /// Each input row's maxima across, for the plane being pooled.
+    /// The padded plane and its maxima across (stride 1), or one padded
+    /// row and its stride phases (otherwise).
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -92,9 +93,9 @@ fn kernel(level: Level) -> PlaneFn {
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => pool_plane_avx2,
         // NEON is the aarch64 target's baseline: the portable loop
-        // compiles to it (`fmax` on 4 lanes).
+        // compiles to it (`fmax` on 4 lanes), and `ld2` splits the rows.
         #[cfg(target_arch = "aarch64")]
-        Simd::Neon => pool_plane_portable,
+        Simd::Neon => pool_plane_neon,
         _ => pool_plane_portable,
     }
 }
@@ -104,14 +105,32 @@ unsafe fn pool_plane_portable(
     output: &mut [f32],
     g: &Geometry,
     scratch: &mut Vec<f32>,
+    level: Level,
 ) {
-    pool_plane(input, output, g, scratch);
+    pool_plane(input, output, g, scratch, level);
+}
+
+#[cfg(target_arch = "aarch64")]
+unsafe fn pool_plane_neon(
+    input: &[f32],
+    output: &mut [f32],
+    g: &Geometry,
+    scratch: &mut Vec<f32>,
+    level: Level,
+) {
+    pool_plane(input, output, g, scratch, level);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pool_plane_avx2(input: &[f32], output: &mut [f32], g: &Geometry, scratch: &mut Vec<f32>) {
-    pool_plane(input, output, g, scratch);
+unsafe fn pool_plane_avx2(
+    input: &[f32],
+    output: &mut [f32],
+    g: &Geometry,
+    scratch: &mut Vec<f32>,
+    level: Level,
+) {
+    pool_plane(input, output, g, scratch, level);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -121,17 +140,9 @@ unsafe fn pool_plane_avx512(
     output: &mut [f32],
     g: &Geometry,
     scratch: &mut Vec<f32>,
+    level: Level,
 ) {
-    pool_plane(input, output, g, scratch);
-}
-
-/// The output columns `x` whose tap `x * stride + kx - pad` lies in
-/// `0..len`.
-fn inside(len: usize, out: usize, stride: usize, kx: usize, pad: usize) -> std::ops::Range<usize> {
-    let first = pad.saturating_sub(kx).div_ceil(stride);
-    // x * stride + kx < len + pad
-    let end = (len + pad).saturating_sub(kx).div_ceil(stride).min(out);
-    first..end.max(first)
+    pool_plane(input, output, g, scratch, level);
 }
 
 /// `max(o, v)` as a select stored unconditionally: it compiles to the
@@ -160,48 +171,103 @@ fn fold_max(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// Separable: each input row's maximum over every output column's window
-/// (`k` folds of a row into `scratch`), then each output row the maximum
-/// of its window's rows (`k` folds; at vertical stride 1, one fold of all
-/// the rows a kernel row reaches): `2k` comparisons an output, not `k²`.
+/// The padded plane's sides: rows and columns the output's windows reach
+/// (ceil mode's overhang included), the input at `(pad.0, pad.1)`.
+fn padded_hw(g: &Geometry) -> (usize, usize) {
+    (
+        (g.out_hw.0 - 1) * g.stride.0 + g.kernel,
+        (g.out_hw.1 - 1) * g.stride.1 + g.kernel,
+    )
+}
+
+/// Every output row through contiguous folds only, padding as minus
+/// infinity (ONNX pads max pooling with it): `2k` comparisons an output,
+/// not `k²`, 8 lanes at a time whatever the stride.
 #[inline(always)]
-fn pool_plane(input: &[f32], output: &mut [f32], g: &Geometry, scratch: &mut Vec<f32>) {
-    let ((h, w), (ho, wo), k, (sy, sx), (py, px)) = (g.in_hw, g.out_hw, g.kernel, g.stride, g.pad);
-    scratch.clear();
-    scratch.resize(h * wo, f32::NEG_INFINITY);
-    for (row, across) in input.chunks_exact(w).zip(scratch.chunks_exact_mut(wo)) {
-        for kx in 0..k {
-            let xs = inside(w, wo, sx, kx, px);
-            if xs.is_empty() {
-                continue;
-            }
-            let start = xs.start * sx + kx - px;
-            let dst = &mut across[xs.clone()];
-            if sx == 1 {
-                fold_max(dst, &row[start..start + dst.len()]);
-            } else {
-                for (o, &v) in dst.iter_mut().zip(row[start..].iter().step_by(sx)) {
-                    max_into(o, v);
-                }
-            }
-        }
+fn pool_plane(
+    input: &[f32],
+    output: &mut [f32],
+    g: &Geometry,
+    scratch: &mut Vec<f32>,
+    level: Level,
+) {
+    if g.stride == (1, 1) {
+        pool_plane_flat(input, output, g, scratch);
+    } else {
+        pool_plane_rows(input, output, g, scratch, level);
     }
-    output.fill(f32::NEG_INFINITY);
-    for ky in 0..k {
-        // The output rows whose kernel row `ky` lands inside the input.
-        let ys = inside(h, ho, sy, ky, py);
-        if ys.is_empty() {
-            continue;
+}
+
+/// Stride 1: the plane copied into a padded one, then the maxima across
+/// and down each as `k` folds of the whole flattened plane. A window
+/// that crosses a row's end only lands in columns no output reads, and
+/// long runs keep small planes (7x7, 14x14) from being all loop overhead.
+#[inline(always)]
+fn pool_plane_flat(input: &[f32], output: &mut [f32], g: &Geometry, scratch: &mut Vec<f32>) {
+    let ((_, w), (ho, wo), k, (py, px)) = (g.in_hw, g.out_hw, g.kernel, g.pad);
+    let (hp, wp) = padded_hw(g);
+    scratch.clear();
+    scratch.resize(2 * hp * wp, f32::NEG_INFINITY);
+    let (padded, across) = scratch.split_at_mut(hp * wp);
+    let n = w.min(wp - px);
+    for (y, row) in input.chunks_exact(w).enumerate().take(hp - py) {
+        padded[(y + py) * wp + px..][..n].copy_from_slice(&row[..n]);
+    }
+    let len = hp * wp - (k - 1);
+    across[..len].copy_from_slice(&padded[..len]);
+    for kx in 1..k {
+        fold_max(&mut across[..len], &padded[kx..kx + len]);
+    }
+    // Down: into `padded`, no longer needed, then each row's first `wo`.
+    let len = ho * wp;
+    padded[..len].copy_from_slice(&across[..len]);
+    for ky in 1..k {
+        fold_max(&mut padded[..len], &across[ky * wp..ky * wp + len]);
+    }
+    for (y, out) in output.chunks_exact_mut(wo).enumerate() {
+        out.copy_from_slice(&padded[y * wp..][..wo]);
+    }
+}
+
+/// Any other stride, one output row at a time: its window's input rows
+/// folded down into a padded row, which is split by horizontal stride
+/// (phase `p` holds padded columns `p, p + s, ...`; the vector
+/// deinterleave for 2), so each kernel column is one contiguous fold.
+#[inline(always)]
+fn pool_plane_rows(
+    input: &[f32],
+    output: &mut [f32],
+    g: &Geometry,
+    scratch: &mut Vec<f32>,
+    level: Level,
+) {
+    let ((h, w), (ho, wo), k, (sy, sx), (py, px)) = (g.in_hw, g.out_hw, g.kernel, g.stride, g.pad);
+    let wp = padded_hw(g).1;
+    let phase = wp.div_ceil(sx);
+    scratch.clear();
+    scratch.resize(wp + sx * phase, f32::NEG_INFINITY);
+    let (row, phases) = scratch.split_at_mut(wp);
+    let n = w.min(wp - px);
+    for (y, out) in output.chunks_exact_mut(wo).enumerate().take(ho) {
+        // The input rows of this window: `y * sy + ky - py` for ky < k.
+        let first = (y * sy).saturating_sub(py);
+        let end = (y * sy + k).saturating_sub(py).min(h);
+        let across = &mut row[px..px + n];
+        across.fill(f32::NEG_INFINITY);
+        for iy in first..end {
+            fold_max(across, &input[iy * w..][..n]);
         }
-        let first = ys.start * sy + ky - py;
-        if sy == 1 {
-            let dst = &mut output[ys.start * wo..ys.end * wo];
-            fold_max(dst, &scratch[first * wo..][..dst.len()]);
+        if sx == 2 {
+            let (even, odd) = phases.split_at_mut(phase);
+            super::depthwise::deinterleave_at(level, row, even, odd);
         } else {
-            for (i, y) in ys.enumerate() {
-                let iy = first + i * sy;
-                fold_max(&mut output[y * wo..][..wo], &scratch[iy * wo..][..wo]);
+            for (i, &v) in row.iter().enumerate() {
+                phases[(i % sx) * phase + i / sx] = v;
             }
+        }
+        out.fill(f32::NEG_INFINITY);
+        for kx in 0..k {
+            fold_max(out, &phases[(kx % sx) * phase + kx / sx..][..wo]);
         }
     }
 }
@@ -347,7 +413,7 @@ mod tests {
         let mut cases = 0;
         for (h, w) in [(1, 1), (5, 7), (14, 14), (28, 31), (56, 57)] {
             for k in [2, 3, 5] {
-                for stride in [(1, 1), (2, 2), (3, 2)] {
+                for stride in [(1, 1), (2, 2), (3, 2), (1, 3)] {
                     for (before, after) in [
                         ((0, 0), (0, 0)),
                         ((1, 1), (1, 1)),
