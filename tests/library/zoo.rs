@@ -7,10 +7,11 @@
 //! standalone BatchNorm, HardSwish, SiLU) run in tract, and are checked
 //! the same way. The models are generated once into the cache.
 //!
-//! Where the CPU runs the project's general convolution (AVX2 and FMA, or
-//! NEON), the test also checks that it took the dense convolutions of the
-//! families that have them, and ResNet's residual additions, so the
-//! agreement covers them.
+//! The test also checks that the project's depthwise operator took every
+//! depthwise layer (ConvNeXt's 7x7 among them) and, where the CPU runs the
+//! project's general convolution (AVX2 and FMA, or NEON), that it took the
+//! dense convolutions of the families that have them and the additions
+//! after them, so the agreement covers them.
 
 use crate::common;
 
@@ -71,6 +72,13 @@ const DENSE: [&str; 5] = [
     "densenet121",
     "googlenet",
 ];
+
+/// The families whose every `Add` ends in a tile's store: ResNet's
+/// residual `Add` and ReLU inside each block's second convolution, and the
+/// per-part products tract splits a convolution over a `Concat` into
+/// (SqueezeNet's and GoogLeNet's), summed with their bias and ReLU in the
+/// last part's tile.
+const SUMS_IN_TILES: [&str; 3] = ["resnet18", "squeezenet1_1", "googlenet"];
 
 /// Whether this CPU has what `ops::conv` needs (AVX2 and FMA, or NEON,
 /// which every aarch64 core has).
@@ -147,16 +155,23 @@ fn every_zoo_family_agrees_with_onnx_runtime() {
             .filter(|p| p.op.contains("onnx-lambda"))
             .map(|p| format!("{} x{}", p.op, p.nodes))
             .collect();
-        if name == "resnet18" && general_conv_runs() {
-            // Each block's residual `Add` and ReLU end inside its second
-            // convolution's epilogue.
+        if SUMS_IN_TILES.contains(&name) && general_conv_runs() {
             let adds: Vec<&str> = profile
                 .iter()
                 .map(|p| p.op.as_str())
                 .filter(|op| op.contains("Add"))
                 .collect();
-            assert!(adds.is_empty(), "resnet18: residual adds left: {adds:?}");
+            assert!(adds.is_empty(), "{name}: additions left to tract: {adds:?}");
         }
+        let tract_depthwise: Vec<&str> = profile
+            .iter()
+            .map(|p| p.op.as_str())
+            .filter(|op| op.starts_with("DepthWiseConv"))
+            .collect();
+        assert!(
+            tract_depthwise.is_empty(),
+            "{name}: depthwise layers left to tract: {tract_depthwise:?}"
+        );
         eprintln!(
             "{name}: largest logit {scale:.3}, largest difference {worst:.2e}; ours: {ops:?}"
         );
