@@ -34,6 +34,7 @@ pub(crate) mod dense;
 pub(crate) mod depthwise;
 pub(crate) mod fused;
 pub(crate) mod graph;
+pub(crate) mod layernorm;
 pub(crate) mod maxpool;
 mod peak;
 pub(crate) mod pointwise;
@@ -84,6 +85,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<()> {
     conv::install(model)?;
     dense::install(model)?;
     maxpool::install(model)?;
+    layernorm::install(model)?;
     Ok(())
 }
 
