@@ -33,6 +33,7 @@ pub(crate) mod conv;
 pub(crate) mod dense;
 pub(crate) mod depthwise;
 pub(crate) mod fused;
+pub(crate) mod gelu;
 pub(crate) mod graph;
 pub(crate) mod layernorm;
 pub(crate) mod maxpool;
@@ -86,6 +87,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<()> {
     dense::install(model)?;
     maxpool::install(model)?;
     layernorm::install(model)?;
+    gelu::install(model)?;
     Ok(())
 }
 
