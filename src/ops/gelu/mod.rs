@@ -39,6 +39,8 @@ fn compute_with(xs: &mut [f32], level: Level) {
         Simd::Avx2 => gelu_avx2,
         // NEON is the aarch64 target's baseline: the portable loop
         // compiles to it.
+        #[cfg(target_arch = "aarch64")]
+        Simd::Neon => gelu_portable,
         _ => gelu_portable,
     };
     // SAFETY: the kernel was chosen for a `Level` this CPU has.

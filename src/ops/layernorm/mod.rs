@@ -99,8 +99,10 @@ fn kernel(level: Level) -> GroupFn {
         Simd::Avx512 => group_avx512,
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => group_avx2,
-        // NEON is the aarch64 target's baseline: the portable loops
-        // compile to it.
+        // NEON is the aarch64 target's baseline: the portable loop
+        // compiles to it.
+        #[cfg(target_arch = "aarch64")]
+        Simd::Neon => group_portable,
         _ => group_portable,
     }
 }
