@@ -723,22 +723,22 @@ fn describe(model: &TypedModel, node: &TypedNode, einsum: &EinSum) -> TractResul
     let Some(axes) = matrix_axes(&a, &b, &o, in_shape) else {
         return Ok(None);
     };
-    let (k, m) = (in_shape[axes.k_in], out_shape[axes.m_out]);
-    let pixels: usize = in_shape[axes.k_in + 1..].iter().product();
-    let images: usize = in_shape[..axes.k_in].iter().product();
-    if konst.shape() != [m, k] && konst.shape() != [k, m] || pixels < MIN_PIXELS || m == 0 || k == 0
-    {
+    let (k, m) = (
+        in_shape[axes.k_in.clone()].iter().product::<usize>(),
+        out_shape[axes.m_out],
+    );
+    let pixels: usize = in_shape[axes.k_in.end..].iter().product();
+    let images: usize = in_shape[..axes.k_in.start].iter().product();
+    if konst.len() != m * k || pixels < MIN_PIXELS || m == 0 || k == 0 {
         return Ok(None);
     }
+    // `W[m][k]`, `k` running over the contracted axes in the activations'
+    // order (their memory order).
     let view = konst.to_plain_array_view::<f32>()?;
-    let view = if axes.w_transposed {
-        view.reversed_axes()
-    } else {
-        view
-    };
-    if view.shape() != [m, k] {
+    if view.shape()[axes.weight_order[0]] != m {
         return Ok(None);
     }
+    let weights = row_major(view.permuted_axes(tract_ndarray::IxDyn(&axes.weight_order)))?;
     Ok(Some(Layer {
         dims: Dims {
             images,
@@ -749,58 +749,80 @@ fn describe(model: &TypedModel, node: &TypedNode, einsum: &EinSum) -> TractResul
         in_shape: in_shape.into(),
         out_shape: out_shape.into(),
         channel_axis: axes.m_out,
-        weights: row_major(view)?,
+        weights,
     }))
 }
 
 /// The matrix's values row by row: a copy when they are stored so (the
 /// bundled model), else a 2-D walk. Walked as a dynamic-rank view, the 2.2
 /// M weights of MobileNetV2's 1x1 layers took 3 ms of every cold start
-/// (`perf`).
+/// (`perf`); only weights with their contracted axes split in several (a
+/// channel shuffle's) still walk so.
 fn row_major(view: tract_ndarray::ArrayViewD<'_, f32>) -> TractResult<Vec<f32>> {
     if let Some(values) = view.as_slice() {
         return Ok(values.to_vec());
     }
-    let view = view.into_dimensionality::<tract_ndarray::Ix2>()?;
+    if view.ndim() == 2 {
+        let view = view.into_dimensionality::<tract_ndarray::Ix2>()?;
+        return Ok(view.iter().copied().collect());
+    }
     Ok(view.iter().copied().collect())
 }
 
-/// Where the product's axes are in an `EinSum`'s expression.
+/// Where a 1x1 convolution's axes are, in an `EinSum`'s terms.
 struct MatrixAxes {
-    /// `K` in the activations.
-    k_in: usize,
+    /// The contracted axes (`K`, one or several adjacent ones: a channel
+    /// shuffle's reshape splits the channels in two) in the activations.
+    k_in: Range<usize>,
     /// `M` in the output.
     m_out: usize,
-    /// The weights are `[K, M]` rather than `[M, K]`.
-    w_transposed: bool,
+    /// The weights' axes in the order `M`, then the contracted axes as
+    /// the activations hold them: read so, the weights are `W[m][k]`.
+    weight_order: Vec<usize>,
 }
 
 /// `a` (activations), `b` (weights) and `o` (output), one letter per axis:
-/// `a = P K S`, `b = M K` or `K M`, `o = P' M S`, where `S` (the pixels)
-/// is the same in both and `P'` is `P` less axes of size 1.
+/// `a = P K S`, `b` = `M` and `K`'s letters in any order, `o = P' M S`,
+/// where `K` is one or more adjacent axes, `S` (the pixels) is the same in
+/// both and `P'` is `P` less axes of size 1.
 fn matrix_axes(a: &[char], b: &[char], o: &[char], in_shape: &[usize]) -> Option<MatrixAxes> {
     let once = |s: &[char]| s.iter().all(|c| s.iter().filter(|d| *d == c).count() == 1);
-    if b.len() != 2 || a.len() != in_shape.len() || !once(a) || !once(b) || !once(o) {
+    if a.len() != in_shape.len() || !once(a) || !once(b) || !once(o) {
         return None;
     }
-    let kc = *b.iter().find(|c| a.contains(c) && !o.contains(c))?;
-    let mc = *b.iter().find(|c| o.contains(c) && !a.contains(c))?;
-    let k_in = a.iter().position(|&c| c == kc)?;
+    let contracted = |c: &char| a.contains(c) && !o.contains(c);
+    let k_start = a.iter().position(contracted)?;
+    let k_end = k_start + a[k_start..].iter().take_while(|c| contracted(c)).count();
+    let ms: Vec<char> = b
+        .iter()
+        .copied()
+        .filter(|c| o.contains(c) && !a.contains(c))
+        .collect();
+    let [mc] = ms[..] else { return None };
+    let all_k = a[k_end..].iter().all(|c| !contracted(c));
+    if !all_k || b.len() != k_end - k_start + 1 || !a[k_start..k_end].iter().all(|c| b.contains(c))
+    {
+        return None;
+    }
     let m_out = o.iter().position(|&c| c == mc)?;
-    let kept: Vec<char> = a[..k_in]
+    let kept: Vec<char> = a[..k_start]
         .iter()
         .copied()
         .filter(|c| o.contains(c))
         .collect();
-    let dropped_are_ones = a[..k_in]
+    let dropped_are_ones = a[..k_start]
         .iter()
         .zip(in_shape)
         .all(|(c, &d)| o.contains(c) || d == 1);
-    (a[k_in + 1..] == o[m_out + 1..] && o[..m_out] == kept[..] && dropped_are_ones).then_some(
+    let weight_order = std::iter::once(mc)
+        .chain(a[k_start..k_end].iter().copied())
+        .map(|c| b.iter().position(|&d| d == c))
+        .collect::<Option<Vec<usize>>>()?;
+    (a[k_end..] == o[m_out + 1..] && o[..m_out] == kept[..] && dropped_are_ones).then_some(
         MatrixAxes {
-            k_in,
+            k_in: k_start..k_end,
             m_out,
-            w_transposed: b[0] == kc,
+            weight_order,
         },
     )
 }
@@ -1184,6 +1206,55 @@ mod tests {
             assert!(want.contains(&0.0) && want.iter().any(|&v| v > 0.0));
             for (a, b) in got.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-5, "{parts} parts: {a} vs {b}");
+            }
+        }
+    }
+
+    /// ShuffleNet's 1x1 layers after a channel shuffle: tract folds the
+    /// shuffle's reshape into the product, so the channels are two axes,
+    /// contracted together against weights `[O, a, I]`, with the batch
+    /// axis dropped. Taken, and the results are tract's.
+    #[test]
+    fn takes_products_over_channels_split_in_two_axes() {
+        if levels().is_empty() {
+            return;
+        }
+        for (expr, shape, w_shape) in [
+            (("aIHW", "OaI"), [5, 2, 4, 9], [6, 5, 2]),
+            (("IaHW", "OaI"), [2, 5, 4, 9], [6, 5, 2]),
+            (("IaHW", "IOa"), [2, 5, 4, 9], [2, 6, 5]),
+        ] {
+            let mut model = TypedModel::default();
+            let x = model.add_source("x", f32::fact(shape)).unwrap();
+            let w = Tensor::from_shape(&w_shape, &noise(60, 1)).unwrap();
+            let w = model.add_const("w", w).unwrap();
+            let axes = AxesMapping::from_strs(&[expr.0, expr.1], &["OHW"]).unwrap();
+            let y = model
+                .wire_node("mm", EinSum::new(axes, f32::datum_type()), &[x, w])
+                .unwrap();
+            model.select_output_outlets(&y).unwrap();
+            let input = Tensor::from_shape(&shape, &noise(360, 2)).unwrap();
+            let run = |m: &TypedModel| -> Vec<f32> {
+                let out = m
+                    .clone()
+                    .into_runnable()
+                    .unwrap()
+                    .run(tvec!(input.clone().into()))
+                    .unwrap();
+                out[0]
+                    .to_plain_array_view::<f32>()
+                    .unwrap()
+                    .iter()
+                    .copied()
+                    .collect()
+            };
+            let want = run(&model);
+            let mut ours = model;
+            assert_eq!(install(&mut ours).unwrap(), 1, "{expr:?}");
+            let got = run(&ours);
+            assert_eq!(got.len(), 6 * 36);
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "{expr:?}: {a} vs {b}");
             }
         }
     }
