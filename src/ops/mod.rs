@@ -95,7 +95,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<()> {
 mod tests {
     use super::*;
     use crate::ops::testing::bundled_decluttered;
-    use tract_onnx::prelude::{Framework, InferenceModelExt, Tensor};
+    use tract_onnx::prelude::Tensor;
 
     /// On the bundled MobileNetV2, every ReLU6 ends up inside one of the
     /// project's operators: after the first convolution in the stem's
@@ -141,7 +141,6 @@ mod tests {
 
     /// One ONNX `Conv` (3x3 kernel, NCHW) on a `[1, c, h, w]` input, as
     /// the loader parses and declutters it.
-    #[allow(clippy::too_many_arguments)]
     fn conv_model(
         c: usize,
         out: usize,
@@ -151,83 +150,21 @@ mod tests {
         strides: [i64; 2],
         dilations: [i64; 2],
     ) -> TypedModel {
-        use tract_onnx::pb::{attribute_proto::AttributeType, tensor_proto::DataType, *};
-        let ints = |name: &str, v: &[i64]| AttributeProto {
-            name: name.into(),
-            r#type: AttributeType::Ints as i32,
-            ints: v.to_vec(),
-            ..Default::default()
-        };
-        let tensor = |name: &str, dims: Vec<i64>, seed| TensorProto {
-            name: name.into(),
-            float_data: noise(dims.iter().product::<i64>() as usize, seed),
-            dims,
-            data_type: DataType::Float as i32,
-            ..Default::default()
-        };
-        let value = |name: &str| ValueInfoProto {
-            name: name.into(),
-            ..Default::default()
-        };
-        let group_attr = AttributeProto {
-            name: "group".into(),
-            r#type: AttributeType::Int as i32,
-            i: group as i64,
-            ..Default::default()
-        };
-        let node = NodeProto {
-            input: vec!["x".into(), "w".into(), "b".into()],
-            output: vec!["y".into()],
-            op_type: "Conv".into(),
-            attribute: vec![
-                ints("kernel_shape", &[3, 3]),
-                ints("pads", &pads),
-                ints("strides", &strides),
-                ints("dilations", &dilations),
-                group_attr,
-            ],
-            ..Default::default()
-        };
+        use crate::ops::testing::onnx;
+        let attributes = vec![
+            onnx::ints("kernel_shape", &[3, 3]),
+            onnx::ints("pads", &pads),
+            onnx::ints("strides", &strides),
+            onnx::ints("dilations", &dilations),
+            onnx::int("group", group as i64),
+        ];
         let (c, out) = (c as i64, out as i64);
-        let graph = GraphProto {
-            node: vec![node],
-            initializer: vec![
-                tensor("w", vec![out, c / group as i64, 3, 3], 5),
-                tensor("b", vec![out], 6),
-            ],
-            input: vec![ValueInfoProto {
-                r#type: Some(TypeProto {
-                    value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                        elem_type: DataType::Float as i32,
-                        shape: Some(TensorShapeProto {
-                            dim: [1, c, hw.0 as i64, hw.1 as i64]
-                                .map(|d| tensor_shape_proto::Dimension {
-                                    value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
-                                    ..Default::default()
-                                })
-                                .to_vec(),
-                        }),
-                    })),
-                    ..Default::default()
-                }),
-                ..value("x")
-            }],
-            output: vec![value("y")],
-            ..Default::default()
-        };
-        let proto = ModelProto {
-            ir_version: 7,
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: 13,
-            }],
-            graph: Some(graph),
-            ..Default::default()
-        };
-        let model = tract_onnx::onnx().model_for_proto_model(&proto).unwrap();
-        let mut typed = model.into_typed().unwrap();
-        crate::model::declutter::declutter(&mut typed).unwrap();
-        typed
+        let initializer = vec![
+            onnx::weights("w", vec![out, c / group as i64, 3, 3], 5),
+            onnx::weights("b", vec![out], 6),
+        ];
+        let nodes = vec![onnx::node("Conv", &["x", "w", "b"], "y", attributes)];
+        onnx::decluttered(nodes, initializer, &[1, c, hw.0 as i64, hw.1 as i64], 13)
     }
 
     /// Asymmetric padding (as TensorFlow's "SAME" exports it) is taken by

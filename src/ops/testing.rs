@@ -25,6 +25,19 @@ pub(crate) fn run_optimized(model: TypedModel, input: &Tensor) -> Vec<f32> {
         .collect()
 }
 
+/// `model` run as it is, not optimised, on `inputs`: its first output's
+/// values (an installer's graph before and after, compared).
+pub(crate) fn run_plain(model: &TypedModel, inputs: &[&Tensor]) -> Vec<f32> {
+    let inputs = inputs.iter().map(|t| (*t).clone().into()).collect();
+    let out = model.clone().into_runnable().unwrap().run(inputs).unwrap();
+    out[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
+}
+
 /// The bundled MobileNetV2 at batch 1, as the loader's declutter leaves
 /// it (where the operators are installed).
 pub(crate) fn bundled_decluttered() -> TypedModel {
@@ -70,3 +83,118 @@ pub(crate) fn levels(what: &str, kernels: &[Simd]) -> Vec<Level> {
 pub(crate) const ALL_LEVELS: &[Simd] = &[Simd::Portable, Simd::Avx2, Simd::Avx512, Simd::Neon];
 /// The vector levels: for operators without a portable kernel.
 pub(crate) const VECTOR_LEVELS: &[Simd] = &[Simd::Avx2, Simd::Avx512, Simd::Neon];
+
+/// ONNX graphs written out in tests, as the loader parses and declutters
+/// them: the installers' input when a test needs tract-onnx's own
+/// expansion of an operator.
+pub(crate) mod onnx {
+    use tract_onnx::pb::{attribute_proto::AttributeType, tensor_proto::DataType, *};
+    use tract_onnx::prelude::*;
+
+    /// An integer-list attribute.
+    pub(crate) fn ints(name: &str, values: &[i64]) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Ints as i32,
+            ints: values.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// An integer attribute.
+    pub(crate) fn int(name: &str, value: i64) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Int as i32,
+            i: value,
+            ..Default::default()
+        }
+    }
+
+    /// A float attribute.
+    pub(crate) fn float(name: &str, value: f32) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Float as i32,
+            f: value,
+            ..Default::default()
+        }
+    }
+
+    /// A node with one output.
+    pub(crate) fn node(
+        op: &str,
+        inputs: &[&str],
+        output: &str,
+        attribute: Vec<AttributeProto>,
+    ) -> NodeProto {
+        NodeProto {
+            input: inputs.iter().map(|i| i.to_string()).collect(),
+            output: vec![output.into()],
+            op_type: op.into(),
+            attribute,
+            ..Default::default()
+        }
+    }
+
+    /// An f32 initializer of `dims` with deterministic values.
+    pub(crate) fn weights(name: &str, dims: Vec<i64>, seed: u32) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            float_data: super::noise(dims.iter().product::<i64>() as usize, seed),
+            dims,
+            data_type: DataType::Float as i32,
+            ..Default::default()
+        }
+    }
+
+    /// The graph of `nodes` with one f32 input `x` of `shape` and one
+    /// output `y`, at `opset`, parsed, typed and decluttered.
+    pub(crate) fn decluttered(
+        nodes: Vec<NodeProto>,
+        initializer: Vec<TensorProto>,
+        shape: &[i64],
+        opset: i64,
+    ) -> TypedModel {
+        let dim = |d: &i64| tensor_shape_proto::Dimension {
+            value: Some(tensor_shape_proto::dimension::Value::DimValue(*d)),
+            ..Default::default()
+        };
+        let tensor = type_proto::Tensor {
+            elem_type: DataType::Float as i32,
+            shape: Some(TensorShapeProto {
+                dim: shape.iter().map(dim).collect(),
+            }),
+        };
+        let graph = GraphProto {
+            node: nodes,
+            initializer,
+            input: vec![ValueInfoProto {
+                name: "x".into(),
+                r#type: Some(TypeProto {
+                    value: Some(type_proto::Value::TensorType(tensor)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            output: vec![ValueInfoProto {
+                name: "y".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let proto = ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: opset,
+            }],
+            graph: Some(graph),
+            ..Default::default()
+        };
+        let model = tract_onnx::onnx().model_for_proto_model(&proto).unwrap();
+        let mut typed = model.into_typed().unwrap();
+        crate::model::declutter::declutter(&mut typed).unwrap();
+        typed
+    }
+}

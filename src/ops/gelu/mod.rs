@@ -153,7 +153,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::{levels, noise, ALL_LEVELS};
+    use crate::ops::testing::{levels, noise, run_plain, ALL_LEVELS};
 
     /// `erf` by Simpson's rule in f64 (2,000 intervals: error far below
     /// f32's), and the definition of GELU on it.
@@ -223,28 +223,14 @@ mod tests {
             &noise(111, 5).iter().map(|v| 5.0 * v).collect::<Vec<_>>(),
         )
         .unwrap();
-        let run = |m: &TypedModel| -> Vec<f32> {
-            let out = m
-                .clone()
-                .into_runnable()
-                .unwrap()
-                .run(tvec!(input.clone().into()))
-                .unwrap();
-            out[0]
-                .to_plain_array_view::<f32>()
-                .unwrap()
-                .iter()
-                .copied()
-                .collect()
-        };
-        let want = run(&model);
+        let want = run_plain(&model, &[&input]);
         let mut ours = model;
         assert_eq!(install(&mut ours).unwrap(), 1);
         assert!(ours
             .nodes
             .iter()
             .all(|n| n.op_as::<ElementWiseOp>().is_none()));
-        for (a, b) in run(&ours).iter().zip(&want) {
+        for (a, b) in run_plain(&ours, &[&input]).iter().zip(&want) {
             assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
         }
     }

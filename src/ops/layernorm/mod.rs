@@ -374,9 +374,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::{levels, noise, run_optimized, ALL_LEVELS};
-    use tract_onnx::pb::{attribute_proto::AttributeType, tensor_proto::DataType, *};
-    use tract_onnx::prelude::{Framework, InferenceModelExt};
+    use crate::ops::testing::{levels, noise, onnx, run_optimized, ALL_LEVELS};
 
     /// The definition, in f64: mean and variance over the axis.
     fn reference(op: &LayerNorm, x: &[f32]) -> Vec<f32> {
@@ -446,95 +444,24 @@ mod tests {
     /// with `perm` transposes around it as PyTorch's ConvNeXt exports it,
     /// as the loader parses and declutters it.
     fn layer_norm_model(shape: [i64; 4], around: Option<([i64; 4], [i64; 4])>) -> TypedModel {
-        let ints = |name: &str, v: &[i64]| AttributeProto {
-            name: name.into(),
-            r#type: AttributeType::Ints as i32,
-            ints: v.to_vec(),
-            ..Default::default()
-        };
         let normalised = around.map_or(shape[3], |(perm, _)| shape[perm[3] as usize]);
-        let tensor = |name: &str, seed| TensorProto {
-            name: name.into(),
-            float_data: noise(normalised as usize, seed),
-            dims: vec![normalised],
-            data_type: DataType::Float as i32,
-            ..Default::default()
+        let norm = |input, output| {
+            let eps = vec![onnx::float("epsilon", 1e-6)];
+            onnx::node("LayerNormalization", &[input, "s", "b"], output, eps)
         };
-        let node = |op: &str, input: &[&str], output: &str, attribute| NodeProto {
-            input: input.iter().map(|i| i.to_string()).collect(),
-            output: vec![output.into()],
-            op_type: op.into(),
-            attribute,
-            ..Default::default()
+        let nodes = match around {
+            Some((before, after)) => vec![
+                onnx::node("Transpose", &["x"], "t", vec![onnx::ints("perm", &before)]),
+                norm("t", "n"),
+                onnx::node("Transpose", &["n"], "y", vec![onnx::ints("perm", &after)]),
+            ],
+            None => vec![norm("x", "y")],
         };
-        let epsilon = AttributeProto {
-            name: "epsilon".into(),
-            r#type: AttributeType::Float as i32,
-            f: 1e-6,
-            ..Default::default()
-        };
-        let mut nodes = vec![];
-        let (input, output) = match around {
-            Some((before, after)) => {
-                nodes.push(node("Transpose", &["x"], "t", vec![ints("perm", &before)]));
-                nodes.push(node(
-                    "LayerNormalization",
-                    &["t", "s", "b"],
-                    "n",
-                    vec![epsilon],
-                ));
-                nodes.push(node("Transpose", &["n"], "y", vec![ints("perm", &after)]));
-                ("x", "y")
-            }
-            None => {
-                nodes.push(node(
-                    "LayerNormalization",
-                    &["x", "s", "b"],
-                    "y",
-                    vec![epsilon],
-                ));
-                ("x", "y")
-            }
-        };
-        let dim = |d: i64| tensor_shape_proto::Dimension {
-            value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
-            ..Default::default()
-        };
-        let graph = GraphProto {
-            node: nodes,
-            initializer: vec![tensor("s", 5), tensor("b", 6)],
-            input: vec![ValueInfoProto {
-                name: input.into(),
-                r#type: Some(TypeProto {
-                    value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                        elem_type: DataType::Float as i32,
-                        shape: Some(TensorShapeProto {
-                            dim: shape.map(dim).to_vec(),
-                        }),
-                    })),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            output: vec![ValueInfoProto {
-                name: output.into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let proto = ModelProto {
-            ir_version: 8,
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: 17,
-            }],
-            graph: Some(graph),
-            ..Default::default()
-        };
-        let model = tract_onnx::onnx().model_for_proto_model(&proto).unwrap();
-        let mut typed = model.into_typed().unwrap();
-        crate::model::declutter::declutter(&mut typed).unwrap();
-        typed
+        let initializer = vec![
+            onnx::weights("s", vec![normalised], 5),
+            onnx::weights("b", vec![normalised], 6),
+        ];
+        onnx::decluttered(nodes, initializer, &shape, 17)
     }
 
     /// ConvNeXt's channels-last LayerNorm between transposes, and a plain

@@ -875,7 +875,7 @@ fn following_bias(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::{bundled_decluttered, noise, VECTOR_LEVELS};
+    use crate::ops::testing::{bundled_decluttered, noise, run_plain, VECTOR_LEVELS};
     use tract_onnx::tract_core::axes::AxesMapping;
     use tract_onnx::tract_core::ops::math;
 
@@ -1172,26 +1172,14 @@ mod tests {
         for parts in [2, 3, 4] {
             let shape = [1, 5, 4, 9];
             let model = split_product(parts, shape);
-            let inputs: TVec<TValue> = (0..parts)
+            let inputs: Vec<Tensor> = (0..parts)
                 .map(|p| {
                     let v = noise(shape.iter().product(), 10 + p as u32);
-                    Tensor::from_shape(&shape, &v).unwrap().into()
+                    Tensor::from_shape(&shape, &v).unwrap()
                 })
                 .collect();
-            let run = |m: &TypedModel| {
-                let out = m
-                    .clone()
-                    .into_runnable()
-                    .unwrap()
-                    .run(inputs.clone())
-                    .unwrap();
-                out[0]
-                    .to_plain_array_view::<f32>()
-                    .unwrap()
-                    .iter()
-                    .copied()
-                    .collect::<Vec<f32>>()
-            };
+            let inputs: Vec<&Tensor> = inputs.iter().collect();
+            let run = |m: &TypedModel| run_plain(m, &inputs);
             let want = run(&model);
             let mut ours = model.clone();
             assert_eq!(install(&mut ours).unwrap(), parts);
@@ -1234,20 +1222,7 @@ mod tests {
                 .unwrap();
             model.select_output_outlets(&y).unwrap();
             let input = Tensor::from_shape(&shape, &noise(360, 2)).unwrap();
-            let run = |m: &TypedModel| -> Vec<f32> {
-                let out = m
-                    .clone()
-                    .into_runnable()
-                    .unwrap()
-                    .run(tvec!(input.clone().into()))
-                    .unwrap();
-                out[0]
-                    .to_plain_array_view::<f32>()
-                    .unwrap()
-                    .iter()
-                    .copied()
-                    .collect()
-            };
+            let run = |m: &TypedModel| run_plain(m, &[&input]);
             let want = run(&model);
             let mut ours = model;
             assert_eq!(install(&mut ours).unwrap(), 1, "{expr:?}");
