@@ -201,3 +201,31 @@ pub(crate) fn following_residual(
         && out.shape == mine.shape;
     Ok(same.then_some((other, next.id)))
 }
+
+/// A constant's f32 values as one per position along `axis` of a tensor of
+/// `rank` axes and `len` positions there: every other axis of size 1,
+/// aligned from the right as broadcasting aligns it, or a single value for
+/// all. How a bias, a scale or a normalisation's parameters read once
+/// decluttered; `None` for any other constant.
+pub(crate) fn per_axis(konst: &Tensor, rank: usize, axis: usize, len: usize) -> Option<Vec<f32>> {
+    let offset = rank.checked_sub(konst.rank())?;
+    let fits = konst
+        .shape()
+        .iter()
+        .enumerate()
+        .all(|(i, &d)| d == 1 || (i + offset == axis && d == len));
+    if konst.datum_type() != f32::datum_type() || !fits {
+        return None;
+    }
+    let values = konst
+        .try_as_plain_ram()
+        .ok()?
+        .as_slice::<f32>()
+        .ok()?
+        .to_vec();
+    match values.len() {
+        1 => Some(vec![values[0]; len]),
+        n if n == len => Some(values),
+        _ => None,
+    }
+}

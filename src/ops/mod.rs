@@ -50,8 +50,8 @@ mod x86_64;
 use tract_onnx::prelude::{TractResult, TypedModel};
 
 pub(crate) use graph::{
-    following_clamp, following_residual, preceding_clamp, replace_with, same_bits, same_clamp,
-    sole_successor, weights_oihw,
+    following_clamp, following_residual, per_axis, preceding_clamp, replace_with, same_bits,
+    same_clamp, sole_successor, weights_oihw,
 };
 pub use peak::{fma_peak, Peak};
 pub(crate) use pool::par_planes;

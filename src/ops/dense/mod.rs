@@ -31,7 +31,7 @@ use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
-use crate::ops::{replace_with, same_bits, sole_successor, Level, Simd};
+use crate::ops::{per_axis, replace_with, same_bits, sole_successor, Level, Simd};
 
 /// `x · Wᵀ + bias` for `x` of `[m][k]` and constant `W` of `[n][k]`.
 #[derive(Debug, Clone)]
@@ -401,22 +401,9 @@ fn following_bias_at(
     let Some(konst) = model.outlet_fact(other)?.konst.clone() else {
         return Ok(None);
     };
-    // Aligned from the right, only the output's `n` axis may be longer than 1.
-    let offset = out.rank().saturating_sub(konst.rank());
-    let along_n = konst
-        .shape()
-        .iter()
-        .enumerate()
-        .all(|(i, &d)| d == 1 || i + offset == n_axis);
-    let per_output = along_n && konst.rank() <= out.rank() && konst.len() == n;
-    if !same_shape || konst.datum_type() != f32::datum_type() || !(per_output || konst.len() == 1) {
+    let bias = per_axis(&konst, out.rank(), n_axis, n).filter(|_| same_shape);
+    let Some(bias) = bias else {
         return Ok(None);
-    }
-    let values = konst.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-    let bias = if per_output {
-        values
-    } else {
-        vec![values[0]; n]
     };
     Ok(Some((bias, next.id)))
 }

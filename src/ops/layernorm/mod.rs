@@ -28,7 +28,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
 
-use crate::ops::{replace_with, same_bits, sole_successor, Level, Simd};
+use crate::ops::{per_axis, replace_with, same_bits, sole_successor, Level, Simd};
 
 /// Positions normalised together: their means and variances live in
 /// three arrays of this many floats (768 bytes each, in L1).
@@ -247,30 +247,6 @@ fn constant_operand(model: &TypedModel, node: &TypedNode, from: usize) -> Option
     (konst.datum_type() == f32::datum_type()).then_some(konst)
 }
 
-/// A constant's values as one per position of `axis` of `shape` (the
-/// other axes of size 1, aligned from the right; or a single value).
-fn per_axis(konst: &Tensor, shape: &[usize], axis: usize) -> Option<Vec<f32>> {
-    let len = shape[axis];
-    let offset = shape.len().checked_sub(konst.rank())?;
-    let fits = konst
-        .shape()
-        .iter()
-        .enumerate()
-        .all(|(i, &d)| d == 1 || (i + offset == axis && d == len));
-    let values = konst
-        .try_as_plain_ram()
-        .ok()?
-        .as_slice::<f32>()
-        .ok()?
-        .to_vec();
-    match values.len() {
-        _ if !fits => None,
-        1 => Some(vec![values[0]; len]),
-        n if n == len => Some(values),
-        _ => None,
-    }
-}
-
 /// `Mul` by a per-axis constant (`what` = "Mul"), or `Add` of one, right
 /// after node `id`, keeping its shape: its values and the node.
 fn following_per_axis(
@@ -285,7 +261,12 @@ fn following_per_axis(
     if !is_bin(next, what) || out.shape.as_concrete() != Some(shape) {
         return None;
     }
-    let values = per_axis(&*constant_operand(model, next, id)?, shape, axis)?;
+    let values = per_axis(
+        &*constant_operand(model, next, id)?,
+        shape.len(),
+        axis,
+        shape[axis],
+    )?;
     Some((values, next.id))
 }
 

@@ -32,7 +32,7 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
 use crate::ops::{
-    following_clamp, following_residual, par_planes, replace_with, same_bits, same_clamp,
+    following_clamp, following_residual, par_planes, per_axis, replace_with, same_bits, same_clamp,
     sole_successor, Level, Simd,
 };
 
@@ -847,27 +847,13 @@ fn following_bias(
     let other = next.inputs[usize::from(next.inputs[0].node == id)];
     let konst = model.outlet_fact(other)?.konst.clone();
     let out = model.outlet_fact(OutletId::new(next.id, 0))?;
-    let Some(konst) = konst.filter(|k| k.datum_type() == f32::datum_type()) else {
+    let Some(konst) = konst else {
         return Ok(none);
     };
-    if out.shape.as_concrete() != Some(&layer.out_shape[..]) || konst.rank() > layer.out_shape.len()
-    {
+    let (rank, m) = (layer.out_shape.len(), layer.dims.m);
+    let bias = per_axis(&konst, rank, layer.channel_axis, m);
+    let Some(bias) = bias.filter(|_| out.shape.as_concrete() == Some(&layer.out_shape[..])) else {
         return Ok(none);
-    }
-    // Aligned from the right, every axis but the channel's has size 1.
-    let offset = layer.out_shape.len() - konst.rank();
-    let per_channel = konst
-        .shape()
-        .iter()
-        .enumerate()
-        .all(|(i, &d)| d == 1 || (i + offset == layer.channel_axis && d == layer.dims.m));
-    let plain = konst.try_as_plain_ram()?;
-    let values = plain.as_slice::<f32>()?;
-    let bias = match values.len() {
-        _ if !per_channel => return Ok(none),
-        1 => vec![values[0]; layer.dims.m],
-        n if n == layer.dims.m => values.to_vec(),
-        _ => return Ok(none),
     };
     Ok((Some(bias), next.id))
 }
