@@ -21,7 +21,9 @@
 //! (the columns past the output width are discarded), so a tile runs
 //! along whole rows of pixels; the copy back into the output's own width
 //! is the only other pass. Bias, clamps and residual are applied in
-//! registers, or in that copy.
+//! registers, or in that copy. Small planes with many channels (ResNet's
+//! 7x7 layers) take the input as tap columns, repacked strip by strip
+//! so that every tile reads it contiguously (`Conv::tiles`).
 //!
 //! It runs where `pointwise` does (AVX2 and FMA, or NEON); elsewhere
 //! tract's convolution stays.
@@ -351,67 +353,157 @@ impl Conv {
         runs: &[Run],
     ) {
         let s = self.shape;
-        let layout = self.layout;
-        let (ci, co) = (s.c_in_group(), s.c_out_group());
-        let ld = s.ld(layout);
+        let co = s.c_out_group();
         let panels = co.div_ceil(PANEL);
-        let k_all = ci * s.taps();
+        let k_all = s.c_in_group() * s.taps();
         let row_tiles = co.div_ceil(isa.rows);
-        // Weights or pixels outer, whichever is larger, as in `pointwise`.
-        let weights_outer = co > s.computed(layout);
-        let per_group = row_tiles * runs.len();
-        let mut units = vec![(); s.groups * per_group];
         let out = SharedOut(y.as_mut_ptr());
         let macs = s.macs() / s.images.max(1);
-        // The closure only returns Ok: the kernels cannot fail.
+        // One tile: rows from `r0` of group `g`, one run, its input read
+        // from `input`.
+        let tile = |g: usize, r0: usize, (_, to, strip): Run, input: Input<'_>| {
+            let w_at = (g * panels + r0 / PANEL) * PANEL * k_all + r0 % PANEL;
+            let tile = Tile {
+                k: input.k,
+                taps: input.taps,
+                w: self.weights[w_at..].as_ptr(),
+                bias: self.bias[g * panels * PANEL + r0..].as_ptr(),
+                x: input.x.as_ptr(),
+                ld: input.ld,
+                out_ld,
+                out: out.get().wrapping_add((g * co + r0) * out_ld + to),
+                residual: residual.map(|r| r[(g * co + r0) * out_ld + to..].as_ptr()),
+                store: 0..isa.rows.min(co - r0),
+                strip,
+                prefetch_out: true,
+                pre: self.epilogue.pre,
+                post: residual.and(self.epilogue.post),
+            };
+            let run = match strip.kind {
+                Kind::Vectors { .. } => isa.tile,
+                Kind::Columns => isa.columns,
+            };
+            // SAFETY: `Isa::of` chose kernels this CPU has. The tile
+            // reads, for every tap and input channel of `input`, the
+            // run's pixels (in `Layout::Grid`, shifted by at most the
+            // plane's last row, which `Shape::grid_ld` leaves room for;
+            // in a packed panel, `width` values a channel), and its
+            // panel's weights and bias (padded to whole panels); it
+            // writes rows `store` of its own run of `y`, which no other
+            // unit writes, reading the same places of `residual`.
+            unsafe { run(&tile) };
+        };
+        // Weights or pixels outer, whichever is larger, as in `pointwise`.
+        let weights_outer = co > s.computed(self.layout);
+        if !(weights_outer && self.layout == Layout::Columns) {
+            // The input read where it lies.
+            let (ci, ld) = (s.c_in_group(), s.ld(self.layout));
+            let per_group = row_tiles * runs.len();
+            let mut units = vec![(); s.groups * per_group];
+            let _ = par_chunks_mut(&mut units, 1, macs, |first, chunk| {
+                for unit in first..first + chunk.len() {
+                    let (g, rest) = (unit / per_group, unit % per_group);
+                    let (t, run) = if weights_outer {
+                        (rest / runs.len(), runs[rest % runs.len()])
+                    } else {
+                        (rest % row_tiles, runs[rest / row_tiles])
+                    };
+                    let input = Input {
+                        taps: &self.taps,
+                        x: &x[g * s.group_len(self.layout) + run.0..],
+                        ld,
+                        k: ci,
+                    };
+                    tile(g, t * isa.rows, run, input);
+                }
+                Ok(())
+            });
+            return;
+        }
+        // Weights outer on tap columns: every tile of weights reads all the
+        // input, which is repacked run by run, one contiguous row of the
+        // run's pixels per tap and channel (the same values in another
+        // order). Read in place, a tile's loads stride across planes that,
+        // for ResNet's 512 channels at 7x7 (900 KB), do not stay in L2.
+        // On the grid the repacking would copy each pixel once per tap:
+        // there the input is read in place.
+        let width = |strip: &Strip| match strip.kind {
+            Kind::Vectors { vecs, .. } => vecs * isa.lanes,
+            Kind::Columns => strip.cols,
+        };
+        let starts: Vec<usize> = runs
+            .iter()
+            .scan(0, |at, r| {
+                let start = *at;
+                *at += k_all * width(&r.2);
+                Some(start)
+            })
+            .collect();
+        let per_group: usize = runs.iter().map(|r| k_all * width(&r.2)).sum();
+        let mut packed = vec![0f32; s.groups * per_group];
+        let _ = par_chunks_mut(
+            &mut packed,
+            per_group.max(1),
+            s.groups * per_group,
+            |first, chunk| {
+                for (n, group) in chunk.chunks_exact_mut(per_group).enumerate() {
+                    for (run, &start) in runs.iter().zip(&starts) {
+                        let w = width(&run.2);
+                        self.pack(x, first + n, run, &mut group[start..][..k_all * w], w);
+                    }
+                }
+                Ok(())
+            },
+        );
+        let mut units = vec![(); s.groups * row_tiles];
         let _ = par_chunks_mut(&mut units, 1, macs, |first, chunk| {
             for unit in first..first + chunk.len() {
-                let (g, rest) = (unit / per_group, unit % per_group);
-                let (t, (from, to, strip)) = if weights_outer {
-                    (rest / runs.len(), runs[rest % runs.len()])
-                } else {
-                    (rest % row_tiles, runs[rest / row_tiles])
-                };
-                let r0 = t * isa.rows;
-                let w_at = (g * panels + r0 / PANEL) * PANEL * k_all + r0 % PANEL;
-                let tile = Tile {
-                    k: ci,
-                    taps: &self.taps,
-                    w: self.weights[w_at..].as_ptr(),
-                    bias: self.bias[g * panels * PANEL + r0..].as_ptr(),
-                    x: x[g * s.group_len(layout) + from..].as_ptr(),
-                    ld,
-                    out_ld,
-                    out: out.get().wrapping_add((g * co + r0) * out_ld + to),
-                    residual: residual.map(|r| r[(g * co + r0) * out_ld + to..].as_ptr()),
-                    store: 0..isa.rows.min(co - r0),
-                    strip,
-                    prefetch_out: true,
-                    pre: self.epilogue.pre,
-                    post: residual.and(self.epilogue.post),
-                };
-                let run = match strip.kind {
-                    Kind::Vectors { .. } => isa.tile,
-                    Kind::Columns => isa.columns,
-                };
-                // SAFETY: `Isa::of` chose kernels this CPU has. The tile
-                // reads, for every tap and input channel of its group, the
-                // run's pixels of a plane (in `Layout::Grid`, shifted by at
-                // most the plane's last row, which `Shape::grid_ld` leaves
-                // room for), and its panel's weights and bias (padded to
-                // whole panels); it writes rows `store` of its own run of
-                // `y`, which no other unit writes, reading the same
-                // places of `residual`.
-                unsafe { run(&tile) };
+                let (g, t) = (unit / row_tiles, unit % row_tiles);
+                for (run, &start) in runs.iter().zip(&starts) {
+                    let w = width(&run.2);
+                    let input = Input {
+                        taps: &[0],
+                        x: &packed[g * per_group + start..],
+                        ld: w,
+                        k: k_all,
+                    };
+                    tile(g, t * isa.rows, *run, input);
+                }
             }
             Ok(())
         });
+    }
+
+    /// Copies one run's pixels of group `g`, for every tap and input
+    /// channel, into `panel`: `width` values a row, one row per tap and
+    /// channel as the weights hold them.
+    fn pack(&self, x: &[f32], g: usize, &(from, _, strip): &Run, panel: &mut [f32], width: usize) {
+        let s = self.shape;
+        let ci = s.c_in_group();
+        let ld = s.ld(self.layout);
+        let base = g * s.group_len(self.layout) + from;
+        for (t, &tap) in self.taps.iter().enumerate() {
+            for c in 0..ci {
+                let src = &x[base + tap + c * ld..][..strip.cols];
+                panel[(t * ci + c) * width..][..strip.cols].copy_from_slice(src);
+            }
+        }
     }
 }
 
 /// A strip of pixels, where it starts in the input planes and where in
 /// the output channels.
 type Run = (usize, usize, Strip);
+
+/// Where a tile reads its input: for each tap (an offset from `x`),
+/// `k` input channels `ld` apart.
+#[derive(Clone, Copy)]
+struct Input<'a> {
+    taps: &'a [usize],
+    x: &'a [f32],
+    ld: usize,
+    k: usize,
+}
 
 /// Whether `Layout::Grid` should compute output row by output row,
 /// straight into the output, rather than on the phase grid's whole rows
@@ -893,6 +985,8 @@ mod tests {
                 (3, 3),
                 [3, 3, 3, 3],
             ),
+            // More output channels than pixels: the input packed.
+            shape(2, 1, (80, 68), (7, 7), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
         ];
         let mut paths = std::collections::HashSet::new();
         for level in levels("conv", VECTOR_LEVELS) {
@@ -937,6 +1031,7 @@ mod tests {
         let pool = crate::ops::OperatorPool::new(2);
         let cases = [
             shape(2, 1, (8, 200), (6, 6), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            shape(1, 1, (80, 68), (7, 7), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
             shape(
                 1,
                 2,
