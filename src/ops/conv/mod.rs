@@ -353,80 +353,51 @@ impl Conv {
         runs: &[Run],
     ) {
         let s = self.shape;
-        let co = s.c_out_group();
-        let panels = co.div_ceil(PANEL);
-        let k_all = s.c_in_group() * s.taps();
-        let row_tiles = co.div_ceil(isa.rows);
-        let out = SharedOut(y.as_mut_ptr());
-        let macs = s.macs() / s.images.max(1);
-        // One tile: rows from `r0` of group `g`, one run, its input read
-        // from `input`.
-        let tile = |g: usize, r0: usize, (_, to, strip): Run, input: Input<'_>| {
-            let w_at = (g * panels + r0 / PANEL) * PANEL * k_all + r0 % PANEL;
-            let tile = Tile {
-                k: input.k,
-                taps: input.taps,
-                w: self.weights[w_at..].as_ptr(),
-                bias: self.bias[g * panels * PANEL + r0..].as_ptr(),
-                x: input.x.as_ptr(),
-                ld: input.ld,
-                out_ld,
-                out: out.get().wrapping_add((g * co + r0) * out_ld + to),
-                residual: residual.map(|r| r[(g * co + r0) * out_ld + to..].as_ptr()),
-                store: 0..isa.rows.min(co - r0),
-                strip,
-                prefetch_out: true,
-                pre: self.epilogue.pre,
-                post: residual.and(self.epilogue.post),
-            };
-            let run = match strip.kind {
-                Kind::Vectors { .. } => isa.tile,
-                Kind::Columns => isa.columns,
-            };
-            // SAFETY: `Isa::of` chose kernels this CPU has. The tile
-            // reads, for every tap and input channel of `input`, the
-            // run's pixels (in `Layout::Grid`, shifted by at most the
-            // plane's last row, which `Shape::grid_ld` leaves room for;
-            // in a packed panel, `width` values a channel), and its
-            // panel's weights and bias (padded to whole panels); it
-            // writes rows `store` of its own run of `y`, which no other
-            // unit writes, reading the same places of `residual`.
-            unsafe { run(&tile) };
+        let dest = Dest {
+            out: SharedOut(y.as_mut_ptr()),
+            ld: out_ld,
+            residual,
         };
         // Weights or pixels outer, whichever is larger, as in `pointwise`.
-        let weights_outer = co > s.computed(self.layout);
-        if !(weights_outer && self.layout == Layout::Columns) {
-            // The input read where it lies.
-            let (ci, ld) = (s.c_in_group(), s.ld(self.layout));
-            let per_group = row_tiles * runs.len();
-            let mut units = vec![(); s.groups * per_group];
-            let _ = par_chunks_mut(&mut units, 1, macs, |first, chunk| {
-                for unit in first..first + chunk.len() {
-                    let (g, rest) = (unit / per_group, unit % per_group);
-                    let (t, run) = if weights_outer {
-                        (rest / runs.len(), runs[rest % runs.len()])
-                    } else {
-                        (rest % row_tiles, runs[rest / row_tiles])
-                    };
-                    let input = Input {
-                        taps: &self.taps,
-                        x: &x[g * s.group_len(self.layout) + run.0..],
-                        ld,
-                        k: ci,
-                    };
-                    tile(g, t * isa.rows, run, input);
-                }
-                Ok(())
-            });
-            return;
+        let weights_outer = s.c_out_group() > s.computed(self.layout);
+        if weights_outer && self.layout == Layout::Columns {
+            return self.packed_tiles(isa, x, &dest, runs);
         }
-        // Weights outer on tap columns: every tile of weights reads all the
-        // input, which is repacked run by run, one contiguous row of the
-        // run's pixels per tap and channel (the same values in another
-        // order). Read in place, a tile's loads stride across planes that,
-        // for ResNet's 512 channels at 7x7 (900 KB), do not stay in L2.
-        // On the grid the repacking would copy each pixel once per tap:
-        // there the input is read in place.
+        // The input read where it lies.
+        let (ci, ld) = (s.c_in_group(), s.ld(self.layout));
+        let row_tiles = s.c_out_group().div_ceil(isa.rows);
+        let per_group = row_tiles * runs.len();
+        let mut units = vec![(); s.groups * per_group];
+        let _ = par_chunks_mut(&mut units, 1, s.macs() / s.images.max(1), |first, chunk| {
+            for unit in first..first + chunk.len() {
+                let (g, rest) = (unit / per_group, unit % per_group);
+                let (t, run) = if weights_outer {
+                    (rest / runs.len(), runs[rest % runs.len()])
+                } else {
+                    (rest % row_tiles, runs[rest / row_tiles])
+                };
+                let input = Input {
+                    taps: &self.taps,
+                    x: &x[g * s.group_len(self.layout) + run.0..],
+                    ld,
+                    k: ci,
+                };
+                self.tile(isa, &dest, (g, t * isa.rows), run, input);
+            }
+            Ok(())
+        });
+    }
+
+    /// [`Conv::tiles`] for weights outer on tap columns: every tile of
+    /// weights reads all the input, which is repacked run by run, one
+    /// contiguous row of the run's pixels per tap and channel (the same
+    /// values in another order). Read in place, a tile's loads stride
+    /// across planes that, for ResNet's 512 channels at 7x7 (900 KB), do
+    /// not stay in L2. On the grid the repacking would copy each pixel
+    /// once per tap: there the input is read in place.
+    fn packed_tiles(&self, isa: Isa, x: &[f32], dest: &Dest<'_>, runs: &[Run]) {
+        let s = self.shape;
+        let k_all = s.c_in_group() * s.taps();
         let width = |strip: &Strip| match strip.kind {
             Kind::Vectors { vecs, .. } => vecs * isa.lanes,
             Kind::Columns => strip.cols,
@@ -455,23 +426,63 @@ impl Conv {
                 Ok(())
             },
         );
+        let row_tiles = s.c_out_group().div_ceil(isa.rows);
         let mut units = vec![(); s.groups * row_tiles];
-        let _ = par_chunks_mut(&mut units, 1, macs, |first, chunk| {
+        let _ = par_chunks_mut(&mut units, 1, s.macs() / s.images.max(1), |first, chunk| {
             for unit in first..first + chunk.len() {
                 let (g, t) = (unit / row_tiles, unit % row_tiles);
-                for (run, &start) in runs.iter().zip(&starts) {
-                    let w = width(&run.2);
+                for (&run, &start) in runs.iter().zip(&starts) {
                     let input = Input {
                         taps: &[0],
                         x: &packed[g * per_group + start..],
-                        ld: w,
+                        ld: width(&run.2),
                         k: k_all,
                     };
-                    tile(g, t * isa.rows, *run, input);
+                    self.tile(isa, dest, (g, t * isa.rows), run, input);
                 }
             }
             Ok(())
         });
+    }
+
+    /// One register tile: output channels from `r0` of group `g`, all
+    /// input channels, one run, its input read from `input`.
+    fn tile(&self, isa: Isa, dest: &Dest<'_>, (g, r0): (usize, usize), run: Run, input: Input<'_>) {
+        let s = self.shape;
+        let co = s.c_out_group();
+        let panels = co.div_ceil(PANEL);
+        let k_all = s.c_in_group() * s.taps();
+        let (_, to, strip) = run;
+        let w_at = (g * panels + r0 / PANEL) * PANEL * k_all + r0 % PANEL;
+        let at = (g * co + r0) * dest.ld + to;
+        let tile = Tile {
+            k: input.k,
+            taps: input.taps,
+            w: self.weights[w_at..].as_ptr(),
+            bias: self.bias[g * panels * PANEL + r0..].as_ptr(),
+            x: input.x.as_ptr(),
+            ld: input.ld,
+            out_ld: dest.ld,
+            out: dest.out.get().wrapping_add(at),
+            residual: dest.residual.map(|r| r[at..].as_ptr()),
+            store: 0..isa.rows.min(co - r0),
+            strip,
+            prefetch_out: true,
+            pre: self.epilogue.pre,
+            post: dest.residual.and(self.epilogue.post),
+        };
+        let run = match strip.kind {
+            Kind::Vectors { .. } => isa.tile,
+            Kind::Columns => isa.columns,
+        };
+        // SAFETY: `Isa::of` chose kernels this CPU has. The tile reads,
+        // for every tap and input channel of `input`, the run's pixels (in
+        // `Layout::Grid`, shifted by at most the plane's last row, which
+        // `Shape::grid_ld` leaves room for; repacked, `width` values a
+        // channel), and its panel's weights and bias (padded to whole
+        // panels); it writes rows `store` of its own run of `y`, which no
+        // other unit writes, reading the same places of `residual`.
+        unsafe { run(&tile) };
     }
 
     /// Copies one run's pixels of group `g`, for every tap and input
@@ -494,6 +505,14 @@ impl Conv {
 /// A strip of pixels, where it starts in the input planes and where in
 /// the output channels.
 type Run = (usize, usize, Strip);
+
+/// Where the tiles write: `ld` values per output channel, with the
+/// residual (laid out as the output) when the epilogue adds one.
+struct Dest<'a> {
+    out: SharedOut,
+    ld: usize,
+    residual: Option<&'a [f32]>,
+}
 
 /// Where a tile reads its input: for each tap (an offset from `x`),
 /// `k` input channels `ld` apart.
