@@ -370,30 +370,49 @@ pub(super) enum Kind {
 }
 
 /// The strips that cover `pixels`: whole strips of [`MAX_VECS`] vectors,
-/// then what is left as vectors (the last masked) or as columns.
+/// then what is left as vectors (the last masked) or as columns. Where
+/// that would leave one vector after whole strips, the last two strips
+/// share the vectors (3 + 1 as 2 + 2): a one-vector AVX2 tile has 4
+/// accumulators, and with the FMA's 4-cycle latency it runs one FMA a
+/// cycle where two pipes are free (a 56-pixel row is 7 vectors).
 pub(super) fn strips(pixels: usize, isa: Isa) -> impl Iterator<Item = Strip> {
-    let width = isa.lanes * MAX_VECS;
     let rest = pixels % isa.lanes;
     let columns = if rest < COLUMN_TAIL { rest } else { 0 };
     let vectors = pixels - columns;
+    let count = vectors.div_ceil(isa.lanes);
+    let whole = count / MAX_VECS;
+    let shared = count % MAX_VECS == 1 && whole > 0;
+    let sizes = (0..whole)
+        .map(move |i| {
+            if shared && i + 1 == whole {
+                MAX_VECS - 1
+            } else {
+                MAX_VECS
+            }
+        })
+        .chain(match count % MAX_VECS {
+            0 => None,
+            1 if shared => Some(2),
+            left => Some(left),
+        });
     let tail = (columns > 0).then_some(Strip {
         first: vectors,
         cols: columns,
         kind: Kind::Columns,
     });
-    (0..vectors)
-        .step_by(width)
-        .map(move |first| {
-            let cols = (vectors - first).min(width);
-            let vecs = cols.div_ceil(isa.lanes);
-            Strip {
-                first,
+    sizes
+        .scan(0, move |first, vecs| {
+            let at = *first;
+            let cols = (vectors - at).min(vecs * isa.lanes);
+            *first += cols;
+            Some(Strip {
+                first: at,
                 cols,
                 kind: Kind::Vectors {
                     vecs,
                     tail: cols - (vecs - 1) * isa.lanes,
                 },
-            }
+            })
         })
         .chain(tail)
 }
@@ -981,15 +1000,18 @@ mod tests {
         };
         let isa = Isa::of(avx2).unwrap();
         for pixels in 1..400 {
-            let mut next = 0;
+            let (mut next, mut ones) = (0, 0);
             for strip in strips(pixels, isa) {
                 assert_eq!(strip.first, next, "{pixels} pixels");
                 next += strip.cols;
-                if let Kind::Vectors { tail, .. } = strip.kind {
+                if let Kind::Vectors { tail, vecs } = strip.kind {
                     assert_eq!(tail, isa.lanes, "{pixels} pixels: {strip:?}");
+                    ones += usize::from(vecs == 1);
                 }
             }
             assert_eq!(next, pixels);
+            // A one-vector strip only where the vectors are fewer than 2.
+            assert!(ones == 0 || pixels < 2 * isa.lanes, "{pixels} pixels");
         }
     }
 
