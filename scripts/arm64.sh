@@ -97,7 +97,7 @@ ZOO_MODELS=resnet18,squeezenet1_1,regnet_y_400mf,mobilenet_v3_small,shufflenet_v
   pipeline::every_photo_gets_its_family_and_onnxruntimes_top5 zoo::
 
 echo "== predict on the sample photos: aarch64 under qemu against x86_64 ($(date -u +%H:%M:%S))"
-photos=(../shared/images/*.jpg ../shared/images/*.png)
+photos=(tests/data/images/*.jpg tests/data/images/*.png)
 env -u RUSTC -u RUSTDOC CARGO_TARGET_DIR="$x86_target_dir" cargo build --locked --quiet --bin onnx-lambda
 x86="$x86_target_dir/debug/onnx-lambda"
 qemu-aarch64 -L / "$CARGO_TARGET_DIR/$target/debug/onnx-lambda" predict "${photos[@]}" >"$log.arm64"

@@ -1,6 +1,7 @@
 //! The layering the README describes, enforced: each library module imports
 //! only from layers below it, and no function outside tests grows past
-//! [`MAX_FN_LINES`] without a comment saying why.
+//! [`MAX_FN_LINES`] without a comment saying why. And the clone is the
+//! whole project: no script or test reads files beside it.
 
 use crate::common;
 
@@ -266,5 +267,48 @@ fn functions_stay_short_or_say_why() {
         long.is_empty(),
         "functions over {MAX_FN_LINES} lines:\n{}",
         long.join("\n")
+    );
+}
+
+/// A clone builds and tests with nothing beside it: CI runs in a clean
+/// clone wherever it is put. `scripts/arm64.sh` read its photos from
+/// `../shared/images` and failed, without a message, in a clone elsewhere.
+#[test]
+fn nothing_reads_beside_the_clone() {
+    fn text_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy();
+            if path.is_dir() {
+                if !["target", "data", ".venv", ".venv-bench"].contains(&&*name) {
+                    text_files(&path, out);
+                }
+            } else if ["rs", "sh", "py", "toml", "yaml", "lua", "run"]
+                .iter()
+                .any(|e| name.ends_with(&format!(".{e}")) || name == *e)
+            {
+                out.push(path);
+            }
+        }
+    }
+    let root = common::root();
+    let mut files = Vec::new();
+    for dir in [
+        "scripts", "tests", "src", "benches", "examples", "fuzz", ".ci",
+    ] {
+        text_files(&root.join(dir), &mut files);
+    }
+    assert!(files.iter().any(|f| f.ends_with("scripts/arm64.sh")));
+    assert!(files.iter().any(|f| f.ends_with(".ci/run")));
+    let this = Path::new(file!()).file_name().unwrap();
+    let outside: Vec<String> = files
+        .iter()
+        .filter(|f| f.file_name() != Some(this))
+        .filter(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains("../shared")))
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "files reading beside the clone: {outside:?}"
     );
 }
