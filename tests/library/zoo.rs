@@ -8,8 +8,8 @@
 //! way. The models are generated once into the cache.
 //!
 //! The test also checks that the project's operators took every depthwise
-//! layer (ConvNeXt's 7x7 among them) and every LayerNorm and GELU
-//! (ConvNeXt's) and, where the CPU runs the project's general convolution
+//! layer (ConvNeXt's 7x7 among them), every LayerNorm and GELU and every
+//! matrix product (ConvNeXt's) and, where the CPU runs the project's general convolution
 //! (AVX2 and FMA, or NEON), that it took the dense convolutions of the
 //! families that have them and the additions after them, so the agreement
 //! covers them.
@@ -185,6 +185,20 @@ fn every_zoo_family_agrees_with_onnx_runtime() {
             left.is_empty() || shufflenet_on_arm,
             "{name}: depthwise layers, layer norms or GELUs left to tract: {left:?}"
         );
+        // ConvNeXt's channels-last linear layers run as pairs of 1x1
+        // layers (`ops::pointwise::channels_last`), and its classifier in
+        // `Dense`: no product is left to tract.
+        if name == "convnext_tiny" && general_conv_runs() {
+            let products: Vec<&str> = profile
+                .iter()
+                .map(|p| p.op.as_str())
+                .filter(|op| op.starts_with("OptMatMul"))
+                .collect();
+            assert!(
+                products.is_empty(),
+                "{name}: products left to tract: {products:?}"
+            );
+        }
         if DENSE.contains(&name) && general_conv_runs() {
             assert!(
                 ops.iter().any(|o| o.starts_with("Conv(onnx-lambda)")),

@@ -197,7 +197,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
 mod tests {
     use super::*;
     use crate::ops::depthwise::Geometry;
-    use crate::ops::pointwise::{Dims, Epilogue};
+    use crate::ops::pointwise::{Dims, Epilogue, Weights};
     use crate::ops::testing::{noise, VECTOR_LEVELS};
 
     fn pair(m: usize, (h, w): (usize, usize), stride: usize) -> ExpandDepthwise {
@@ -215,7 +215,7 @@ mod tests {
         let expand = Pointwise::new(
             dims,
             (&[images, k, h, w], &[images, m, h, w]),
-            &noise(m * k, 1),
+            Weights::Rows(&noise(m * k, 1)),
             &noise(m, 2),
             relu6,
         );

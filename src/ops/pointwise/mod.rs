@@ -83,17 +83,57 @@ pub(crate) struct Pointwise {
     epilogue: Epilogue,
 }
 
+/// A layer's weights as its graph stores them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Weights<'a> {
+    /// `W[m][k]`, row-major: a 1x1 convolution's `[M, K, 1, 1]`.
+    Rows(&'a [f32]),
+    /// `W[k][m]`, row-major: a channels-last linear layer's `[K, M]`,
+    /// whose rows hold each panel's lanes side by side.
+    Columns(&'a [f32]),
+}
+
+impl Weights<'_> {
+    /// In panels of [`PANEL`] output channels (see [`Pointwise`]).
+    fn packed(self, m: usize, k: usize) -> Vec<f32> {
+        let panels = m.div_ceil(PANEL);
+        let mut packed = vec![0f32; panels * PANEL * k];
+        match self {
+            Weights::Rows(w) => {
+                assert_eq!(w.len(), m * k, "weights");
+                for (row, w) in w.chunks_exact(k.max(1)).enumerate().take(m) {
+                    let panel = &mut packed[row / PANEL * PANEL * k..][..PANEL * k];
+                    for (kk, v) in w.iter().enumerate() {
+                        panel[kk * PANEL + row % PANEL] = *v;
+                    }
+                }
+            }
+            // Panel by panel, so the writes run in order and the reads
+            // are strided runs of a panel's width.
+            Weights::Columns(w) => {
+                assert_eq!(w.len(), m * k, "weights");
+                for (p, panel) in packed.chunks_exact_mut(PANEL * k.max(1)).enumerate() {
+                    let lanes = (m - p * PANEL).min(PANEL);
+                    for (kk, out) in panel.chunks_exact_mut(PANEL).enumerate() {
+                        out[..lanes].copy_from_slice(&w[kk * m + p * PANEL..][..lanes]);
+                    }
+                }
+            }
+        }
+        packed
+    }
+}
+
 impl Pointwise {
-    /// `weights` is `W[m][k]` row-major; `bias` has `m` values.
+    /// `bias` has `m` values.
     pub(crate) fn new(
         dims: Dims,
         (in_shape, out_shape): (&[usize], &[usize]),
-        weights: &[f32],
+        weights: Weights<'_>,
         bias: &[f32],
         epilogue: Epilogue,
     ) -> Pointwise {
         let Dims { m, k, .. } = dims;
-        assert_eq!(weights.len(), m * k, "weights");
         assert_eq!(bias.len(), m, "bias");
         assert_eq!(
             in_shape.iter().product::<usize>(),
@@ -104,13 +144,7 @@ impl Pointwise {
             dims.images * m * dims.pixels
         );
         let panels = m.div_ceil(PANEL);
-        let mut packed = vec![0f32; panels * PANEL * k];
-        for (row, w) in weights.chunks_exact(k.max(1)).enumerate().take(m) {
-            let panel = &mut packed[row / PANEL * PANEL * k..][..PANEL * k];
-            for (kk, v) in w.iter().enumerate() {
-                panel[kk * PANEL + row % PANEL] = *v;
-            }
-        }
+        let packed = weights.packed(m, k);
         let mut padded = bias.to_vec();
         padded.resize(panels * PANEL, 0.0);
         Pointwise {
@@ -515,6 +549,8 @@ pub(super) struct Tile<'a> {
     pub(super) post: Option<(f32, f32)>,
 }
 
+mod channels_last;
+
 // Indexed loops over the accumulators on purpose: written with iterators
 // (and the epilogue inline), LLVM kept every accumulator in memory and the
 // tiles ran at a third of the speed.
@@ -678,7 +714,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
     if Pointwise::available().is_err() {
         return Ok(0);
     }
-    let mut replaced = 0;
+    let mut replaced = channels_last::install(model)?;
     for id in model.eval_order()? {
         let node = model.node(id);
         let Some(einsum) = node.op_as::<EinSum>() else {
@@ -692,7 +728,13 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
         let (bias, epilogue, last) = late_bias(model, &layer, (bias, epilogue, last))?;
         let bias = bias.unwrap_or_else(|| vec![0.0; layer.dims.m]);
         let shapes = (&layer.in_shape[..], &layer.out_shape[..]);
-        let op = Pointwise::new(layer.dims, shapes, &layer.weights, &bias, epilogue);
+        let op = Pointwise::new(
+            layer.dims,
+            shapes,
+            Weights::Rows(&layer.weights),
+            &bias,
+            epilogue,
+        );
         let mut inputs = tvec![node.inputs[0]];
         inputs.extend(residual);
         let name = node.name.clone();
@@ -710,14 +752,27 @@ struct Layer {
     out_shape: TVec<usize>,
     /// Position of the channel axis in the output.
     channel_axis: usize,
-    /// `W[m][k]`, row-major.
+    /// `W[m][k]`, row-major (`W[k][m]` in `channels_last`'s layers).
     weights: Vec<f32>,
 }
 
-/// The layer an `EinSum` computes, if it is `[images..., K, pixels...] x
-/// [M, K] -> [images..., M, pixels...]` with constant f32 weights (axes of
-/// size 1 before `K` may be dropped), else `None`.
-fn describe(model: &TypedModel, node: &TypedNode, einsum: &EinSum) -> TractResult<Option<Layer>> {
+/// An `EinSum` of f32 activations by constant f32 weights, as both kinds
+/// of 1x1 layer read it.
+struct Product {
+    konst: Arc<Tensor>,
+    in_shape: TVec<usize>,
+    out_shape: TVec<usize>,
+    /// The activations', the weights' and the output's axes, a letter each.
+    letters: [Vec<char>; 3],
+}
+
+/// The product `node` computes, if its shapes are known, its weights are
+/// a constant and everything is f32, unquantised.
+fn f32_product(
+    model: &TypedModel,
+    node: &TypedNode,
+    einsum: &EinSum,
+) -> TractResult<Option<Product>> {
     let facts = model.node_input_facts(node.id)?;
     let out_fact = model.outlet_fact(OutletId::new(node.id, 0))?;
     let (ins, outs) = einsum.axes.to_strs();
@@ -738,7 +793,29 @@ fn describe(model: &TypedModel, node: &TypedNode, einsum: &EinSum) -> TractResul
     {
         return Ok(None);
     }
-    let [a, b, o] = [&ins[0], &ins[1], &outs[0]].map(|s| s.chars().collect::<Vec<char>>());
+    let letters = [&ins[0], &ins[1], &outs[0]].map(|s| s.chars().collect::<Vec<char>>());
+    Ok(Some(Product {
+        konst,
+        in_shape: in_shape.into(),
+        out_shape: out_shape.into(),
+        letters,
+    }))
+}
+
+/// The layer an `EinSum` computes, if it is `[images..., K, pixels...] x
+/// [M, K] -> [images..., M, pixels...]` with constant f32 weights (axes of
+/// size 1 before `K` may be dropped), else `None`.
+fn describe(model: &TypedModel, node: &TypedNode, einsum: &EinSum) -> TractResult<Option<Layer>> {
+    let Some(Product {
+        konst,
+        in_shape,
+        out_shape,
+        letters: [a, b, o],
+    }) = f32_product(model, node, einsum)?
+    else {
+        return Ok(None);
+    };
+    let (in_shape, out_shape) = (&in_shape[..], &out_shape[..]);
     let Some(axes) = matrix_axes(&a, &b, &o, in_shape) else {
         return Ok(None);
     };
@@ -853,14 +930,26 @@ fn following_bias(
     id: usize,
     layer: &Layer,
 ) -> TractResult<(Option<Vec<f32>>, usize)> {
+    following_per_channel(model, id, layer, "Add")
+}
+
+/// The per-channel constant operand of a binary `op` right after node
+/// `id`, as one value per output channel, and the node the chain now ends
+/// at.
+fn following_per_channel(
+    model: &TypedModel,
+    id: usize,
+    layer: &Layer,
+    op: &str,
+) -> TractResult<(Option<Vec<f32>>, usize)> {
     let none = (None, id);
     let Some(next) = sole_successor(model, id) else {
         return Ok(none);
     };
-    let is_add = next
+    let is_op = next
         .op_as::<TypedBinOp>()
-        .is_some_and(|bin| bin.0.name() == "Add");
-    if !is_add || next.inputs.len() != 2 {
+        .is_some_and(|bin| bin.0.name() == op);
+    if !is_op || next.inputs.len() != 2 {
         return Ok(none);
     }
     let other = next.inputs[usize::from(next.inputs[0].node == id)];
@@ -937,7 +1026,7 @@ mod tests {
         let (w, b) = (noise(d.m * d.k, seed), noise(d.m, seed + 1));
         let in_shape = [d.images, d.k, d.pixels];
         let out_shape = [d.images, d.m, d.pixels];
-        let op = Pointwise::new(d, (&in_shape, &out_shape), &w, &b, e);
+        let op = Pointwise::new(d, (&in_shape, &out_shape), Weights::Rows(&w), &b, e);
         (op, w, b, noise(d.images * d.k * d.pixels, seed + 2))
     }
 
@@ -1262,6 +1351,21 @@ mod tests {
                 .unwrap();
             model.select_output_outlets(&y).unwrap();
             assert_eq!(install(&mut model).unwrap(), 0, "{shape:?} {expr:?}");
+        }
+    }
+
+    /// Weights stored as columns (a linear layer's `[K, M]`) pack into the
+    /// panels their rows would, partial last panel included.
+    #[test]
+    fn columns_pack_as_their_rows() {
+        for (m, k) in [(1, 1), (8, 3), (13, 70), (96, 384)] {
+            let rows = noise(m * k, 3);
+            let columns: Vec<f32> = (0..k)
+                .flat_map(|kk| (0..m).map(move |o| (o, kk)))
+                .map(|(o, kk)| rows[o * k + kk])
+                .collect();
+            let (a, b) = (Weights::Rows(&rows), Weights::Columns(&columns));
+            assert_eq!(a.packed(m, k), b.packed(m, k), "{m}x{k}");
         }
     }
 
