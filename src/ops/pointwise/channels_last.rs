@@ -97,8 +97,7 @@ fn describe_chain(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
     let Some(second) = product(model, next, Side::ChannelsLastIn)? else {
         return Ok(None);
     };
-    let pixels = |l: &Layer| l.dims.pixels;
-    if second.dims.k != first.dims.m || pixels(&second) != pixels(&first) {
+    if second.dims.k != first.dims.m || second.dims.pixels != first.dims.pixels {
         return Ok(None);
     }
     let (bias2, after_bias) = following_bias(model, next.id, &second)?;
@@ -114,15 +113,13 @@ fn describe_chain(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
         }
         bias2.iter_mut().zip(&scale).for_each(|(b, g)| *b *= g);
     }
-    // The first product's output becomes channels-first: `[1, 4C, S...]`.
+    // The first product's output becomes channels-first: `[1, 4C, S...]`,
+    // the pixels its input's (`weight_axes`: one leading axis, the channel,
+    // the pixels).
     let mut first = first;
-    first.out_shape = std::iter::once(1)
-        .chain(std::iter::once(m1))
-        .chain(
-            first.in_shape[first.in_shape.len() - spatial(&first)..]
-                .iter()
-                .copied(),
-        )
+    first.out_shape = [1, m1]
+        .into_iter()
+        .chain(first.in_shape[2..].iter().copied())
         .collect();
     second.in_shape = first.out_shape.clone();
     Ok(Some(Chain {
@@ -133,11 +130,6 @@ fn describe_chain(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
         bias: (bias1.unwrap_or_else(|| vec![0.0; m1]), bias2),
         after_second,
     }))
-}
-
-/// Axes of an NCHW input after its channels.
-fn spatial(layer: &Layer) -> usize {
-    layer.out_shape.len() - 1
 }
 
 /// Which side of the pair a product is.
