@@ -130,6 +130,9 @@ fn store<const V: usize, const MASKED: bool>(
             }
             if t.prefetch_out {
                 _mm_prefetch::<_MM_HINT_T0>(out.wrapping_add(OUT_AHEAD).cast());
+                if let Some(res) = res {
+                    _mm_prefetch::<_MM_HINT_T0>(res.wrapping_add(OUT_AHEAD).cast());
+                }
             }
         }
     }
