@@ -17,6 +17,10 @@
 //! | `fused` | an expansion joined to the depthwise layer it feeds |
 //! | `conv` | every other convolution with 4+ output channels a group |
 //! | `dense` | the classifier's matrix product with constant weights |
+//! | `maxpool` | max pooling (NCHW, square kernels) |
+//! | `layernorm` | a normalisation over channels (ConvNeXt's) |
+//! | `gelu` | exact GELU |
+//! | `subsample` | chains of `Downsample` (strided 1x1 convolutions' inputs) |
 //!
 //! Beside them: `x86_64/avx2.rs` and `x86_64/avx512.rs` (the building
 //! blocks every kernel of that instruction set shares: the closing clamp,
@@ -42,6 +46,7 @@ pub(crate) mod pointwise;
 mod pool;
 mod simd;
 pub(crate) mod stem;
+pub(crate) mod subsample;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(target_arch = "x86_64")]
@@ -88,6 +93,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<()> {
     maxpool::install(model)?;
     layernorm::install(model)?;
     gelu::install(model)?;
+    subsample::install(model)?;
     Ok(())
 }
 
