@@ -229,3 +229,66 @@ pub(crate) fn per_axis(konst: &Tensor, rank: usize, axis: usize, len: usize) -> 
         _ => None,
     }
 }
+
+/// The constant operand of a binary `op` (`"Add"`, `"Mul"`) right after
+/// node `id`, whose output has `shape`, as one value per position of
+/// `axis` (a bias, or a batch norm's scale or shift once decluttered), and
+/// the node the chain now ends at.
+pub(crate) fn following_per_axis(
+    model: &TypedModel,
+    id: usize,
+    op: &str,
+    (shape, axis): (&[usize], usize),
+) -> TractResult<(Option<Vec<f32>>, usize)> {
+    let none = (None, id);
+    let Some(next) = sole_successor(model, id) else {
+        return Ok(none);
+    };
+    let is_op = next
+        .op_as::<TypedBinOp>()
+        .is_some_and(|bin| bin.0.name() == op);
+    if !is_op || next.inputs.len() != 2 {
+        return Ok(none);
+    }
+    let other = next.inputs[usize::from(next.inputs[0].node == id)];
+    let konst = model.outlet_fact(other)?.konst.clone();
+    let out = model.outlet_fact(OutletId::new(next.id, 0))?;
+    let Some(konst) = konst else {
+        return Ok(none);
+    };
+    let values = per_axis(&konst, shape.len(), axis, shape[axis]);
+    let Some(values) = values.filter(|_| out.shape.as_concrete() == Some(shape)) else {
+        return Ok(none);
+    };
+    Ok((Some(values), next.id))
+}
+
+/// `x * scale + shift`, one scale and one shift per channel.
+pub(crate) type Affine = (Vec<f32>, Vec<f32>);
+
+/// The per-channel constant `Mul`s and `Add`s right after node `id`, in
+/// any order (a bias, then a batch norm's scale and shift once
+/// decluttered), composed into one `x * scale + shift`, and the node the
+/// chain now ends at.
+pub(crate) fn following_affine(
+    model: &TypedModel,
+    id: usize,
+    channels: (&[usize], usize),
+) -> TractResult<(Option<Affine>, usize)> {
+    let len = channels.0[channels.1];
+    let (mut scale, mut shift) = (vec![1f32; len], vec![0f32; len]);
+    let mut last = id;
+    loop {
+        if let (Some(c), next) = following_per_axis(model, last, "Mul", channels)? {
+            scale.iter_mut().zip(&c).for_each(|(s, c)| *s *= c);
+            shift.iter_mut().zip(&c).for_each(|(t, c)| *t *= c);
+            last = next;
+        } else if let (Some(c), next) = following_per_axis(model, last, "Add", channels)? {
+            shift.iter_mut().zip(&c).for_each(|(t, c)| *t += c);
+            last = next;
+        } else {
+            break;
+        }
+    }
+    Ok(((last != id).then_some((scale, shift)), last))
+}

@@ -55,8 +55,8 @@ mod x86_64;
 use tract_onnx::prelude::{TractResult, TypedModel};
 
 pub(crate) use graph::{
-    following_clamp, following_residual, per_axis, preceding_clamp, replace_with, same_bits,
-    same_clamp, sole_successor, weights_oihw,
+    following_affine, following_clamp, following_per_axis, following_residual, per_axis,
+    preceding_clamp, replace_with, same_bits, same_clamp, sole_successor, weights_oihw,
 };
 pub use peak::{fma_peak, Peak};
 pub(crate) use pool::par_planes;
@@ -310,6 +310,70 @@ mod tests {
             assert_eq!(got.len(), want.len(), "{what}");
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 assert!((a - b).abs() <= 1e-4, "{what} at {i}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// A 1x1 and a 3x3 convolution, with and without a bias, then a batch
+    /// norm and ReLU as PyTorch exports them unfolded (DenseNet's): the
+    /// norm folds into the weights and bias (tract's declutter does it for
+    /// `Conv`, `pointwise` for the 1x1 layers tract makes products of),
+    /// the ReLU into the store, nothing but the project's operator is
+    /// left, and the results are tract's.
+    #[test]
+    fn install_folds_a_following_batch_norm() {
+        use crate::ops::testing::{onnx, run_optimized};
+        if !conv::available() || pointwise::Pointwise::available().is_err() {
+            return; // tract runs these layers on this CPU.
+        }
+        for (kernel, with_bias) in [(1, false), (1, true), (3, false), (3, true)] {
+            let what = format!("{kernel}x{kernel}, bias {with_bias}");
+            let conv_in: &[&str] = if with_bias {
+                &["x", "w", "b"]
+            } else {
+                &["x", "w"]
+            };
+            let pad = kernel / 2;
+            let nodes = vec![
+                onnx::node("Conv", conv_in, "c", vec![onnx::ints("pads", &[pad; 4])]),
+                onnx::node(
+                    "BatchNormalization",
+                    &["c", "gamma", "beta", "mean", "var"],
+                    "n",
+                    vec![onnx::float("epsilon", 1e-5)],
+                ),
+                onnx::node("Relu", &["n"], "y", vec![]),
+            ];
+            let mut var = onnx::weights("var", vec![8], 5);
+            var.float_data.iter_mut().for_each(|v| *v = v.abs() + 0.5);
+            let initializer = vec![
+                onnx::weights("w", vec![8, 6, kernel, kernel], 1),
+                onnx::weights("b", vec![8], 2),
+                onnx::weights("gamma", vec![8], 3),
+                onnx::weights("beta", vec![8], 4),
+                onnx::weights("mean", vec![8], 6),
+                var,
+            ];
+            let model = onnx::decluttered(nodes, initializer, &[1, 6, 9, 11], 17);
+            let x = Tensor::from_shape(&[1, 6, 9, 11], &noise(6 * 99, 7)).unwrap();
+            let want = run_optimized(model.clone(), &x);
+            let mut ours = model;
+            install(&mut ours).unwrap();
+            let left: Vec<String> = ours
+                .nodes
+                .iter()
+                .filter(|n| !["Source", "Const"].contains(&&*n.op.name()))
+                .filter(|n| !n.op.name().contains("onnx-lambda"))
+                .map(|n| format!("{} {:?}", n.name, n.op))
+                .collect();
+            assert!(left.is_empty(), "{what}: {left:?}");
+            let got = run_optimized(ours, &x);
+            assert_eq!(got.len(), want.len());
+            for (a, b) in got.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{what}: {a} vs {b}"
+                );
             }
         }
     }

@@ -19,6 +19,7 @@
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 
 use super::*;
+use crate::ops::sole_successor;
 
 /// Replaces each pair of channels-last products around one element-wise
 /// operator (see the module docs). Returns how many pairs it replaced.
@@ -221,6 +222,7 @@ fn weight_axes(a: &[char], b: &[char], o: &[char], side: Side) -> Option<(usize,
 mod tests {
     use super::*;
     use crate::ops::testing::{noise, onnx, run_optimized};
+    use tract_onnx::tract_core::ops::binary::TypedBinOp;
 
     /// ConvNeXt's block as PyTorch exports it, with `Tanh` for its GELU
     /// (both element-wise): NCHW to NHWC, `Linear(c, 4c)`, the activation,

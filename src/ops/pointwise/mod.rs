@@ -27,13 +27,12 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
 use crate::ops::{
-    following_clamp, following_residual, par_planes, per_axis, replace_with, same_bits, same_clamp,
-    sole_successor, Level, Simd,
+    following_affine, following_clamp, following_per_axis, following_residual, par_planes,
+    replace_with, same_bits, same_clamp, Level, Simd,
 };
 
 /// Output channels interleaved in the packed weights (one AVX-512 tile).
@@ -725,10 +724,21 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
         let Some(einsum) = node.op_as::<EinSum>() else {
             continue;
         };
-        let Some(layer) = describe(model, node, einsum)? else {
+        let Some(mut layer) = describe(model, node, einsum)? else {
             continue;
         };
-        let (bias, after_bias) = following_bias(model, id, &layer)?;
+        // The bias, and a batch norm's scale and shift when the ONNX file
+        // left it unfolded (DenseNet's): the scale folds into the
+        // weights' rows.
+        let channels = (&layer.out_shape[..], layer.channel_axis);
+        let (affine, after_bias) = following_affine(model, id, channels)?;
+        let bias = affine.map(|(scale, shift)| {
+            let k = layer.dims.k;
+            for (row, s) in layer.weights.chunks_exact_mut(k).zip(&scale) {
+                row.iter_mut().for_each(|w| *w *= s);
+            }
+            shift
+        });
         let (epilogue, residual, last) = following_epilogue(model, after_bias)?;
         let (bias, epilogue, last) = late_bias(model, &layer, (bias, epilogue, last))?;
         let bias = bias.unwrap_or_else(|| vec![0.0; layer.dims.m]);
@@ -939,36 +949,14 @@ fn following_bias(
 }
 
 /// The per-channel constant operand of a binary `op` right after node
-/// `id`, as one value per output channel, and the node the chain now ends
-/// at.
+/// `id`, and the node the chain now ends at.
 fn following_per_channel(
     model: &TypedModel,
     id: usize,
     layer: &Layer,
     op: &str,
 ) -> TractResult<(Option<Vec<f32>>, usize)> {
-    let none = (None, id);
-    let Some(next) = sole_successor(model, id) else {
-        return Ok(none);
-    };
-    let is_op = next
-        .op_as::<TypedBinOp>()
-        .is_some_and(|bin| bin.0.name() == op);
-    if !is_op || next.inputs.len() != 2 {
-        return Ok(none);
-    }
-    let other = next.inputs[usize::from(next.inputs[0].node == id)];
-    let konst = model.outlet_fact(other)?.konst.clone();
-    let out = model.outlet_fact(OutletId::new(next.id, 0))?;
-    let Some(konst) = konst else {
-        return Ok(none);
-    };
-    let (rank, m) = (layer.out_shape.len(), layer.dims.m);
-    let bias = per_axis(&konst, rank, layer.channel_axis, m);
-    let Some(bias) = bias.filter(|_| out.shape.as_concrete() == Some(&layer.out_shape[..])) else {
-        return Ok(none);
-    };
-    Ok((Some(bias), next.id))
+    following_per_axis(model, id, op, (&layer.out_shape, layer.channel_axis))
 }
 
 #[cfg(test)]
@@ -976,6 +964,7 @@ mod tests {
     use super::*;
     use crate::ops::testing::{bundled_decluttered, noise, run_plain, VECTOR_LEVELS};
     use tract_onnx::tract_core::axes::AxesMapping;
+    use tract_onnx::tract_core::ops::binary::TypedBinOp;
     use tract_onnx::tract_core::ops::math;
 
     /// The definition, one output at a time.
@@ -1143,7 +1132,8 @@ mod tests {
     }
 
     /// A graph with every shape of chain the installer fuses, and some it
-    /// must not: the results are the same before and after.
+    /// must not: the results are the same before and after. The product
+    /// is scaled per channel (a batch norm's `Mul`) when `transposed`.
     fn chain(expr: (&str, &str), shape: [usize; 4], transposed: bool, shared: bool) -> TypedModel {
         let mut model = TypedModel::default();
         let x = model.add_source("x", f32::fact(shape)).unwrap();
@@ -1161,6 +1151,11 @@ mod tests {
         let mut wire = model
             .wire_node("mm", EinSum::new(axes, f32::datum_type()), &[x, w])
             .unwrap()[0];
+        if transposed {
+            let s = Tensor::from_shape(&[1, 6, 1, 1], &noise(6, 9)).unwrap();
+            let s = model.add_const("s", s).unwrap();
+            wire = model.wire_node("scale", math::mul(), &[wire, s]).unwrap()[0];
+        }
         let b = Tensor::from_shape(&[1, 6, 1, 1], &noise(6, 8)).unwrap();
         let b = model.add_const("b", b).unwrap();
         wire = model.wire_node("bias", math::add(), &[wire, b]).unwrap()[0];
@@ -1210,6 +1205,15 @@ mod tests {
                 let want = run(&model, shape);
                 let mut ours = model.clone();
                 assert_eq!(install(&mut ours).unwrap(), 1);
+                let binary = ours
+                    .nodes
+                    .iter()
+                    .filter(|n| n.op_as::<TypedBinOp>().is_some());
+                assert_eq!(
+                    binary.count(),
+                    usize::from(shared),
+                    "{expr:?} shared {shared}"
+                );
                 let ops: Vec<&Pointwise> = ours
                     .nodes
                     .iter()
