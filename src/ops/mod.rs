@@ -21,6 +21,7 @@
 //! | `layernorm` | a normalisation over channels (ConvNeXt's) |
 //! | `gelu` | exact GELU |
 //! | `subsample` | chains of `Downsample` (strided 1x1 convolutions' inputs) |
+//! | `affine` | a batch norm and clamp no convolution took, with the `Concat` before it |
 //!
 //! Beside them: `x86_64/avx2.rs` and `x86_64/avx512.rs` (the building
 //! blocks every kernel of that instruction set shares: the closing clamp,
@@ -33,6 +34,7 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+pub(crate) mod affine;
 pub(crate) mod conv;
 pub(crate) mod dense;
 pub(crate) mod depthwise;
@@ -94,6 +96,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<()> {
     layernorm::install(model)?;
     gelu::install(model)?;
     subsample::install(model)?;
+    affine::install(model)?;
     Ok(())
 }
 
