@@ -98,6 +98,8 @@ fn kernel(level: Level) -> PlaneFn {
         Simd::Avx2 => plane_avx2,
         // NEON is the aarch64 target's baseline: the portable loop
         // compiles to it.
+        #[cfg(target_arch = "aarch64")]
+        Simd::Neon => plane_portable,
         _ => plane_portable,
     }
 }
