@@ -28,13 +28,21 @@ pub(crate) fn run_optimized(model: TypedModel, input: &Tensor) -> Vec<f32> {
 /// `model` run as it is, not optimised, on `inputs`: its first output's
 /// values (an installer's graph before and after, compared).
 pub(crate) fn run_plain(model: &TypedModel, inputs: &[&Tensor]) -> Vec<f32> {
+    run_plain_all(model, inputs).remove(0)
+}
+
+/// [`run_plain`], every output's values.
+pub(crate) fn run_plain_all(model: &TypedModel, inputs: &[&Tensor]) -> Vec<Vec<f32>> {
     let inputs = inputs.iter().map(|t| (*t).clone().into()).collect();
     let out = model.clone().into_runnable().unwrap().run(inputs).unwrap();
-    out[0]
-        .to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .copied()
+    out.iter()
+        .map(|t| {
+            t.to_plain_array_view::<f32>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect()
+        })
         .collect()
 }
 

@@ -962,7 +962,9 @@ fn following_per_channel(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::{bundled_decluttered, noise, run_plain, VECTOR_LEVELS};
+    use crate::ops::testing::{
+        bundled_decluttered, noise, run_plain, run_plain_all, VECTOR_LEVELS,
+    };
     use tract_onnx::tract_core::axes::AxesMapping;
     use tract_onnx::tract_core::ops::binary::TypedBinOp;
     use tract_onnx::tract_core::ops::math;
@@ -1179,18 +1181,7 @@ mod tests {
         let x = Tensor::from_shape(&shape, &noise(shape.iter().product(), 3)).unwrap();
         let skip_shape = [shape[0], 6, shape[2], shape[3]];
         let skip = Tensor::from_shape(&skip_shape, &noise(skip_shape.iter().product(), 4)).unwrap();
-        let plan = model.clone().into_runnable().unwrap();
-        plan.run(tvec!(x.into(), skip.into()))
-            .unwrap()
-            .iter()
-            .map(|t| {
-                t.to_plain_array_view::<f32>()
-                    .unwrap()
-                    .iter()
-                    .copied()
-                    .collect()
-            })
-            .collect()
+        run_plain_all(model, &[&x, &skip])
     }
 
     #[test]

@@ -195,7 +195,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::{noise, run_plain};
+    use crate::ops::testing::{noise, run_plain, run_plain_all};
 
     /// Chains of tract's `Downsample` over `shape`: taken as one operator
     /// each, with tract's values, on odd lengths, a modulo, a stride
@@ -245,19 +245,7 @@ mod tests {
             .unwrap()[0];
         model.select_output_outlets(&[b, a]).unwrap();
         let input = Tensor::from_shape(&[1, 2, 8, 8], &noise(128, 3)).unwrap();
-        let run = |m: &TypedModel| -> Vec<Vec<f32>> {
-            let outs = m.clone().into_runnable().unwrap();
-            let outs = outs.run(tvec![input.clone().into()]).unwrap();
-            outs.iter()
-                .map(|t| {
-                    t.to_plain_array_view::<f32>()
-                        .unwrap()
-                        .iter()
-                        .copied()
-                        .collect()
-                })
-                .collect()
-        };
+        let run = |m: &TypedModel| run_plain_all(m, &[&input]);
         let want = run(&model);
         let mut ours = model;
         assert_eq!(install(&mut ours).unwrap(), 2);
