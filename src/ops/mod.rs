@@ -22,6 +22,7 @@
 //! | `gelu` | exact GELU |
 //! | `subsample` | chains of `Downsample` (strided 1x1 convolutions' inputs) |
 //! | `affine` | a batch norm and clamp no convolution took, with the `Concat` before it |
+//! | `planesum` | the sums over H and W of global average pools |
 //!
 //! Beside them: `x86_64/avx2.rs` and `x86_64/avx512.rs` (the building
 //! blocks every kernel of that instruction set shares: the closing clamp,
@@ -44,6 +45,7 @@ pub(crate) mod graph;
 pub(crate) mod layernorm;
 pub(crate) mod maxpool;
 mod peak;
+pub(crate) mod planesum;
 pub(crate) mod pointwise;
 mod pool;
 mod simd;
@@ -97,6 +99,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<()> {
     gelu::install(model)?;
     subsample::install(model)?;
     affine::install(model)?;
+    planesum::install(model)?;
     Ok(())
 }
 
