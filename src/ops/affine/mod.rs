@@ -264,14 +264,12 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
         };
         let (clamp, last) = following_clamp(model, after)?;
         let (inputs, parts) = parts_of(model, id, &out_shape)?;
-        let concat = inputs.len() > 1 || inputs[0].node != id;
-        let name = match concat {
-            true => model.node(id).name.clone(),
-            false => model
-                .node(model.node(id).outputs[0].successors[0].node)
-                .name
-                .clone(),
+        // Named after the `Concat` it takes in, else the chain's first node.
+        let named = match inputs[0].node == id && inputs.len() == 1 {
+            true => model.node(id).outputs[0].successors[0].node,
+            false => id,
         };
+        let name = model.node(named).name.clone();
         let op = ChannelAffine {
             parts,
             out_shape,
