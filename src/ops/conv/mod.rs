@@ -287,36 +287,38 @@ impl Conv {
         let isa = Isa::of(level)?;
         let layout = self.layout;
         let ld = s.ld(layout);
-        let mut x = vec![0f32; s.groups * s.group_len(layout)];
+        // Both copies write every value of `x`; the tiles write the rows
+        // of `grid` that the copy back reads.
+        let mut x = scratch(s.groups * s.group_len(layout))?;
+        let mut x = x.try_as_plain_ram_mut()?;
+        let x = x.as_slice_mut::<f32>()?;
         let direct = layout == Layout::Columns || rows_beat_grid(&s, isa);
-        let mut grid = if direct {
-            Vec::new()
-        } else {
-            vec![0f32; s.c_out * ld]
-        };
+        let mut grid = scratch(if direct { 0 } else { s.c_out * ld })?;
+        let mut grid = grid.try_as_plain_ram_mut()?;
+        let grid = grid.as_slice_mut::<f32>()?;
         for image in 0..s.images {
             let planes = &input[image * s.c_in * h * w..][..s.c_in * h * w];
             let out = &mut output[image * s.c_out * ho * wo..][..s.c_out * ho * wo];
             let res = residual.map(|r| &r[image * s.c_out * ho * wo..][..s.c_out * ho * wo]);
             match layout {
                 Layout::Columns => {
-                    tap_columns(&s, planes, &mut x);
+                    tap_columns(&s, planes, x);
                     let runs = strips(ho * wo, isa).map(|r| (r.first, r.first, r));
-                    self.tiles(isa, &x, (out, ho * wo, res), &runs.collect::<Vec<_>>());
+                    self.tiles(isa, x, (out, ho * wo, res), &runs.collect::<Vec<_>>());
                 }
                 Layout::Grid if direct => {
-                    split_phases(&s, planes, &mut x);
+                    split_phases(&s, planes, x);
                     let runs = (0..ho).flat_map(|y| {
                         strips(wo, isa).map(move |r| (y * s.wp() + r.first, y * wo + r.first, r))
                     });
-                    self.tiles(isa, &x, (out, ho * wo, res), &runs.collect::<Vec<_>>());
+                    self.tiles(isa, x, (out, ho * wo, res), &runs.collect::<Vec<_>>());
                 }
                 Layout::Grid => {
-                    split_phases(&s, planes, &mut x);
+                    split_phases(&s, planes, x);
                     let runs = strips(ho * s.wp(), isa).map(|r| (r.first, r.first, r));
                     // The residual is in the output's layout, not the grid's:
                     // the copy adds it.
-                    self.tiles(isa, &x, (&mut grid, ld, None), &runs.collect::<Vec<_>>());
+                    self.tiles(isa, x, (grid, ld, None), &runs.collect::<Vec<_>>());
                     let (wp, post) = (s.wp(), self.epilogue.post);
                     let _ = par_chunks_mut(out, ho * wo, out.len(), |first, chunk| {
                         for (c, plane) in chunk.chunks_exact_mut(ho * wo).enumerate() {
@@ -546,6 +548,13 @@ fn rows_beat_grid(s: &Shape, isa: Isa) -> bool {
     lanes(wo) * ho <= lanes(ho * s.wp())
 }
 
+/// A buffer of `len` values that its user writes before reading.
+fn scratch(len: usize) -> TractResult<Tensor> {
+    // SAFETY: every f32 bit pattern is a value; see the callers for why
+    // nothing is read before it is written.
+    unsafe { Tensor::uninitialized::<f32>(&[len]) }
+}
+
 /// Copies one image's input into `x` as [`Layout::Columns`]: for each
 /// group, tap and channel, the input pixel each output pixel reads
 /// through that tap (zero in the padding).
@@ -607,14 +616,35 @@ fn split_phases(s: &Shape, input: &[f32], x: &mut [f32]) {
 }
 
 /// Fills `row` with the input pixels at padded columns `first`,
-/// `first + step`, ... (zero in the padding, `pad` columns before `src`).
+/// `first + step`, ... (zero in the padding, `pad` columns before `src`):
+/// zeros, one copy (strided for `step > 1`), zeros, so that the stride-1
+/// rows of every layer are a `memcpy`.
 fn fill_row(row: &mut [f32], src: &[f32], first: usize, step: usize, pad: usize) {
-    for (j, v) in row.iter_mut().enumerate() {
-        *v = (j * step + first)
-            .checked_sub(pad)
-            .and_then(|ix| src.get(ix))
-            .copied()
-            .unwrap_or(0.0);
+    // Column j reads src[j * step + first - pad] where that is in src.
+    let lo = pad.saturating_sub(first).div_ceil(step).min(row.len());
+    let hi = (pad + src.len())
+        .saturating_sub(first)
+        .div_ceil(step)
+        .clamp(lo, row.len());
+    row[..lo].fill(0.0);
+    row[hi..].fill(0.0);
+    let middle = &mut row[lo..hi];
+    let Some(last) = middle.len().checked_sub(1) else {
+        return;
+    };
+    let src = &src[lo * step + first - pad..][..last * step + 1];
+    match step {
+        1 => middle.copy_from_slice(src),
+        2 => {
+            for (v, pair) in middle.iter_mut().zip(src.chunks(2)) {
+                *v = pair[0];
+            }
+        }
+        _ => {
+            for (v, s) in middle.iter_mut().zip(src.iter().step_by(step)) {
+                *v = *s;
+            }
+        }
     }
 }
 
@@ -1036,6 +1066,35 @@ mod tests {
         }
         if available() {
             assert_eq!(paths.len(), 2, "row by row and on the grid both ran");
+        }
+    }
+
+    /// `fill_row` against its definition, column by column, over rows
+    /// shorter and longer than the source, paddings wider than the row,
+    /// and steps 1 to 3 from every phase.
+    #[test]
+    fn fill_row_reads_each_column_from_its_pixel_or_zero() {
+        let src: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        for (len, step, first, pad) in (0..14).flat_map(|len| {
+            (1..4).flat_map(move |step| {
+                (0..step).flat_map(move |first| (0..12).map(move |pad| (len, step, first, pad)))
+            })
+        }) {
+            for src_len in [0, 1, 5, 9] {
+                let src = &src[..src_len];
+                let mut row = vec![f32::NAN; len];
+                fill_row(&mut row, src, first, step, pad);
+                let want: Vec<f32> = (0..len)
+                    .map(|j| {
+                        (j * step + first)
+                            .checked_sub(pad)
+                            .and_then(|i| src.get(i))
+                            .copied()
+                            .unwrap_or(0.0)
+                    })
+                    .collect();
+                assert_eq!(row, want, "len {len} step {step} first {first} pad {pad}");
+            }
         }
     }
 
