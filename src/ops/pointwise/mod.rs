@@ -901,7 +901,9 @@ fn matrix_axes(a: &[char], b: &[char], o: &[char], in_shape: &[usize]) -> Option
     if a.len() != in_shape.len() || !once(a) || !once(b) || !once(o) {
         return None;
     }
-    let contracted = |c: &char| a.contains(c) && !o.contains(c);
+    // Contracted: in the weights too. An axis of size 1 that the output
+    // drops (ShuffleNet's first blocks: `NIHW,OI->OHW`) is in `P`.
+    let contracted = |c: &char| a.contains(c) && b.contains(c) && !o.contains(c);
     let k_start = a.iter().position(contracted)?;
     let k_end = k_start + a[k_start..].iter().take_while(|c| contracted(c)).count();
     let ms: Vec<char> = b
@@ -1298,20 +1300,24 @@ mod tests {
     /// ShuffleNet's 1x1 layers after a channel shuffle: tract folds the
     /// shuffle's reshape into the product, so the channels are two axes,
     /// contracted together against weights `[O, a, I]`, with the batch
-    /// axis dropped. Taken, and the results are tract's.
+    /// axis dropped; and the batch axis of 1 dropped before one channel
+    /// axis. Taken, and the results are tract's.
     #[test]
     fn takes_products_over_channels_split_in_two_axes() {
         if levels().is_empty() {
             return;
         }
         for (expr, shape, w_shape) in [
-            (("aIHW", "OaI"), [5, 2, 4, 9], [6, 5, 2]),
-            (("IaHW", "OaI"), [2, 5, 4, 9], [6, 5, 2]),
-            (("IaHW", "IOa"), [2, 5, 4, 9], [2, 6, 5]),
+            (("aIHW", "OaI"), [5, 2, 4, 9], &[6, 5, 2][..]),
+            (("IaHW", "OaI"), [2, 5, 4, 9], &[6, 5, 2]),
+            (("IaHW", "IOa"), [2, 5, 4, 9], &[2, 6, 5]),
+            // ShuffleNet's first blocks: a batch axis of 1 the output
+            // drops, before the channels (tract's `OptMatMul` ran them).
+            (("NIHW", "OI"), [1, 10, 4, 9], &[6, 10]),
         ] {
             let mut model = TypedModel::default();
             let x = model.add_source("x", f32::fact(shape)).unwrap();
-            let w = Tensor::from_shape(&w_shape, &noise(60, 1)).unwrap();
+            let w = Tensor::from_shape(w_shape, &noise(60, 1)).unwrap();
             let w = model.add_const("w", w).unwrap();
             let axes = AxesMapping::from_strs(&[expr.0, expr.1], &["OHW"]).unwrap();
             let y = model
