@@ -23,6 +23,7 @@
 //! | `subsample` | chains of `Downsample` (strided 1x1 convolutions' inputs) |
 //! | `affine` | a batch norm and clamp no convolution took, with the `Concat` before it |
 //! | `planesum` | the sums over H and W of global average pools |
+//! | `shuffle` | axis moves of whole planes (channel shuffles' transposes) |
 //!
 //! Beside them: `x86_64/avx2.rs` and `x86_64/avx512.rs` (the building
 //! blocks every kernel of that instruction set shares: the closing clamp,
@@ -48,6 +49,7 @@ mod peak;
 pub(crate) mod planesum;
 pub(crate) mod pointwise;
 mod pool;
+pub(crate) mod shuffle;
 mod simd;
 pub(crate) mod stem;
 pub(crate) mod subsample;
@@ -100,6 +102,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<()> {
     subsample::install(model)?;
     affine::install(model)?;
     planesum::install(model)?;
+    shuffle::install(model)?;
     Ok(())
 }
 
