@@ -236,19 +236,20 @@ fn pool_planes(
     scratch: &mut Vec<f32>,
     level: Level,
 ) {
-    if g.stride != (1, 1) && g.out_hw.1 <= MAX_STACKED_WIDTH {
-        return pool_stacked(input, output, g, scratch, level);
+    if g.stride == (1, 1) {
+        return pool_stacked(input, output, g, scratch, (1, level));
+    }
+    if g.out_hw.1 <= MAX_STACKED_WIDTH {
+        let (hp, wp) = padded_hw(g);
+        let batch = (STACKED_VALUES / (hp * wp)).max(1);
+        return pool_stacked(input, output, g, scratch, (batch, level));
     }
     let (in_plane, out_plane) = (g.in_hw.0 * g.in_hw.1, g.out_hw.0 * g.out_hw.1);
     for (plane, out) in input
         .chunks_exact(in_plane)
         .zip(output.chunks_exact_mut(out_plane))
     {
-        if g.stride == (1, 1) {
-            pool_plane_flat(plane, out, g, scratch, level);
-        } else {
-            pool_plane_rows(plane, out, g, scratch, level);
-        }
+        pool_plane_rows(plane, out, g, scratch, level);
     }
 }
 
@@ -262,26 +263,27 @@ const MAX_STACKED_WIDTH: usize = 16;
 /// written.
 const STACKED_VALUES: usize = 3 << 10;
 
-/// A batch of strided planes at a time, padded and stacked one above the
-/// other into one tall plane; the maxima across and down are `k` folds
-/// each of the whole stack, flattened, as [`pool_plane_flat`] does for
-/// one plane: every position is computed at stride 1 and the output keeps
-/// every `stride`-th. A window that crosses a row's or a plane's end only
-/// lands where no output reads. By rows, GoogLeNet's 832 planes of 14x14
-/// (3x3, stride 2) were 7 output rows of 7 each, all loop overhead.
-/// Stride-1 planes ran a fifth slower stacked than one at a time.
+/// `batch` planes at a time, padded (minus infinity) and stacked one
+/// above the other into one tall plane; the maxima across and down are
+/// `k` folds each of the whole stack, flattened: every position is
+/// computed at stride 1 and the output keeps every `stride`-th. A window
+/// that crosses a row's or a plane's end only lands where no output
+/// reads, and the long runs keep small planes (7x7, 14x14) from being all
+/// loop overhead. Strided planes with short rows go in batches: by rows,
+/// GoogLeNet's 832 planes of 14x14 (3x3, stride 2) were 7 output rows of
+/// 7 each. Stride-1 planes go one at a time: stacked, they ran a fifth
+/// slower.
 #[inline(always)]
 fn pool_stacked(
     input: &[f32],
     output: &mut [f32],
     g: &Geometry,
     scratch: &mut Vec<f32>,
-    level: Level,
+    (batch, level): (usize, Level),
 ) {
     let ((h, w), (ho, wo), k, (sy, sx), (py, px)) = (g.in_hw, g.out_hw, g.kernel, g.stride, g.pad);
     let (hp, wp) = padded_hw(g);
     let (in_plane, out_plane, area) = (h * w, ho * wo, hp * wp);
-    let batch = (STACKED_VALUES / area).max(1);
     let (n, rows) = (w.min(wp - px), h.min(hp - py));
     for (ins, outs) in input
         .chunks(batch * in_plane)
@@ -324,43 +326,6 @@ fn pool_stacked(
                 }
             }
         }
-    }
-}
-
-/// Stride 1: the plane copied into a padded one, then the maxima across
-/// and down each as `k` folds of the whole flattened plane. A window
-/// that crosses a row's end only lands in columns no output reads, and
-/// long runs keep small planes (7x7, 14x14) from being all loop overhead.
-#[inline(always)]
-fn pool_plane_flat(
-    input: &[f32],
-    output: &mut [f32],
-    g: &Geometry,
-    scratch: &mut Vec<f32>,
-    level: Level,
-) {
-    let ((_, w), (ho, wo), k, (py, px)) = (g.in_hw, g.out_hw, g.kernel, g.pad);
-    let (hp, wp) = padded_hw(g);
-    scratch.clear();
-    scratch.resize(2 * hp * wp, f32::NEG_INFINITY);
-    let (padded, across) = scratch.split_at_mut(hp * wp);
-    let n = w.min(wp - px);
-    for (y, row) in input.chunks_exact(w).enumerate().take(hp - py) {
-        padded[(y + py) * wp + px..][..n].copy_from_slice(&row[..n]);
-    }
-    let len = hp * wp - (k - 1);
-    across[..len].copy_from_slice(&padded[..len]);
-    for kx in 1..k {
-        fold_max(&mut across[..len], &padded[kx..kx + len], level);
-    }
-    // Down: into `padded`, no longer needed, then each row's first `wo`.
-    let len = ho * wp;
-    padded[..len].copy_from_slice(&across[..len]);
-    for ky in 1..k {
-        fold_max(&mut padded[..len], &across[ky * wp..ky * wp + len], level);
-    }
-    for (y, out) in output.chunks_exact_mut(wo).enumerate() {
-        out.copy_from_slice(&padded[y * wp..][..wo]);
     }
 }
 
