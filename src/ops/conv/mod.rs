@@ -37,7 +37,8 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
 use crate::ops::pointwise::{
-    following_epilogue, strips, Epilogue, Isa, Kind, SharedOut, Strip, Tile, PANEL,
+    eval_with_residual, following_epilogue, strips, Epilogue, Isa, Kind, SharedOut, Strip, Tile,
+    PANEL,
 };
 use crate::ops::{replace_with, same_bits, same_clamp, weights_oihw, Level};
 
@@ -711,28 +712,16 @@ impl EvalOp for Conv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        ensure!(inputs.len() == 1 + usize::from(self.epilogue.residual));
-        ensure!(
-            inputs[0].shape() == &*self.in_shape,
-            "conv input {:?} is not {:?}",
-            inputs[0].shape(),
-            self.in_shape
-        );
-        // SAFETY: `compute` writes every element (each output row is
-        // copied whole from the grid).
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.out_shape)? };
-        let src = inputs[0].try_as_plain_ram()?;
-        let residual = match inputs.get(1) {
-            Some(r) => {
-                ensure!(r.shape() == &*self.out_shape, "conv residual shape");
-                Some(r.try_as_plain_ram()?)
-            }
-            None => None,
-        };
-        let residual = residual.as_ref().map(|r| r.as_slice::<f32>()).transpose()?;
-        let mut dst = output.try_as_plain_ram_mut()?;
-        self.compute(src.as_slice::<f32>()?, residual, dst.as_slice_mut::<f32>()?)?;
-        Ok(tvec!(output.into_tvalue()))
+        // `compute` writes every element (each output row is copied whole
+        // from the grid, or written whole by its strips).
+        let shapes = (&*self.in_shape, &*self.out_shape);
+        eval_with_residual(
+            "conv",
+            &inputs,
+            self.epilogue.residual,
+            shapes,
+            |x, r, y| self.compute(x, r, y),
+        )
     }
 }
 

@@ -609,29 +609,50 @@ impl EvalOp for Pointwise {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        ensure!(inputs.len() == 1 + usize::from(self.epilogue.residual));
-        ensure!(
-            inputs[0].shape() == &*self.in_shape,
-            "pointwise input {:?} is not {:?}",
-            inputs[0].shape(),
-            self.in_shape
-        );
-        // SAFETY: `compute` writes every element (each tile stores all its
-        // rows' pixels, the last vector masked).
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.out_shape)? };
-        let src = inputs[0].try_as_plain_ram()?;
-        let residual = match inputs.get(1) {
-            Some(r) => {
-                ensure!(r.shape() == &*self.out_shape, "pointwise residual shape");
-                Some(r.try_as_plain_ram()?)
-            }
-            None => None,
-        };
-        let residual = residual.as_ref().map(|r| r.as_slice::<f32>()).transpose()?;
-        let mut dst = output.try_as_plain_ram_mut()?;
-        self.compute(src.as_slice::<f32>()?, residual, dst.as_slice_mut::<f32>()?)?;
-        Ok(tvec!(output.into_tvalue()))
+        // `compute` writes every element (each tile stores all its rows'
+        // pixels, the last vector masked).
+        let shapes = (&*self.in_shape, &*self.out_shape);
+        eval_with_residual(
+            "pointwise",
+            &inputs,
+            self.epilogue.residual,
+            shapes,
+            |x, r, y| self.compute(x, r, y),
+        )
     }
+}
+
+/// `eval` of an operator whose epilogue may add a residual (`Pointwise`,
+/// `conv::Conv`): checks the input's shape and the residual's, and runs
+/// `compute(input, residual, output)` into an uninitialised output, which
+/// it must write whole.
+pub(crate) fn eval_with_residual(
+    what: &str,
+    inputs: &[TValue],
+    residual: bool,
+    (in_shape, out_shape): (&[usize], &[usize]),
+    compute: impl FnOnce(&[f32], Option<&[f32]>, &mut [f32]) -> TractResult<()>,
+) -> TractResult<TVec<TValue>> {
+    ensure!(inputs.len() == 1 + usize::from(residual));
+    ensure!(
+        inputs[0].shape() == in_shape,
+        "{what} input {:?} is not {in_shape:?}",
+        inputs[0].shape()
+    );
+    // SAFETY: see the contract above: `compute` writes every element.
+    let mut output = unsafe { Tensor::uninitialized::<f32>(out_shape)? };
+    let src = inputs[0].try_as_plain_ram()?;
+    let residual = match inputs.get(1) {
+        Some(r) => {
+            ensure!(r.shape() == out_shape, "{what} residual shape");
+            Some(r.try_as_plain_ram()?)
+        }
+        None => None,
+    };
+    let residual = residual.as_ref().map(|r| r.as_slice::<f32>()).transpose()?;
+    let mut dst = output.try_as_plain_ram_mut()?;
+    compute(src.as_slice::<f32>()?, residual, dst.as_slice_mut::<f32>()?)?;
+    Ok(tvec!(output.into_tvalue()))
 }
 
 impl TypedOp for Pointwise {
