@@ -15,7 +15,7 @@
 //! | `pointwise` | 1x1 convolutions, with the clamp after them |
 //! | `depthwise` | depthwise convolutions, with the clamps before and after |
 //! | `fused` | an expansion joined to the depthwise layer it feeds |
-//! | `conv` | every other convolution with 4+ output channels a group |
+//! | `conv` | every other convolution with 4+ output channels a group, and the max pool that alone reads one (`conv/pooled.rs`) |
 //! | `dense` | the classifier's matrix product with constant weights |
 //! | `maxpool` | max pooling (NCHW, square kernels) |
 //! | `layernorm` | a normalisation over channels (ConvNeXt's) |
@@ -88,7 +88,8 @@ pub(crate) fn noise(len: usize, seed: u32) -> Vec<f32> {
 /// pointwise first: they take the ReLU6 after them into their stores, and
 /// the depthwise layers then take what clamps are left before them; then
 /// each expansion is joined with the depthwise layer it feeds, and the
-/// general convolution takes the convolutions none of them took.
+/// general convolution takes the convolutions none of them took (and,
+/// once max pools are the project's, the pool that alone reads one).
 pub(crate) fn install(model: &mut TypedModel) -> TractResult<()> {
     stem::install(model)?;
     pointwise::install(model)?;
@@ -97,6 +98,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<()> {
     conv::install(model)?;
     dense::install(model)?;
     maxpool::install(model)?;
+    conv::install_pools(model)?;
     layernorm::install(model)?;
     gelu::install(model)?;
     subsample::install(model)?;

@@ -25,6 +25,9 @@
 //! 7x7 layers) take the input as tap columns, repacked strip by strip
 //! so that every tile reads it contiguously (`Conv::tiles`).
 //!
+//! A max pool that alone reads a layer's output joins it (`pooled`): the
+//! output is then computed and pooled a band of rows at a time.
+//!
 //! It runs where `pointwise` does (AVX2 and FMA, or NEON); elsewhere
 //! tract's convolution stays.
 
@@ -36,11 +39,15 @@ use tract_onnx::tract_core::ops::cnn::Conv as TractConv;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
+use crate::ops::depthwise::Geometry;
 use crate::ops::pointwise::{
     eval_with_residual, following_epilogue, strips, Epilogue, Isa, Kind, SharedOut, Strip, Tile,
     PANEL,
 };
 use crate::ops::{replace_with, same_bits, same_clamp, weights_oihw, Level};
+
+mod pooled;
+pub(crate) use pooled::install as install_pools;
 
 /// What one convolution computes, in the ONNX attributes' terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -217,6 +224,8 @@ pub(crate) struct Conv {
     /// Where each tap's input starts in `layout`.
     taps: Arc<[usize]>,
     epilogue: Epilogue,
+    /// The max pool joined after it, over its output (`pooled`).
+    pool: Option<Geometry>,
 }
 
 impl Conv {
@@ -280,6 +289,7 @@ impl Conv {
             layout,
             taps: taps.into(),
             epilogue,
+            pool: None,
         }
     }
 
@@ -300,6 +310,11 @@ impl Conv {
         output: &mut [f32],
         level: Level,
     ) -> TractResult<()> {
+        if let Some(pool) = self.pool {
+            ensure!(residual.is_none(), "conv with a max pool takes no residual");
+            let band = pooled::band_rows(&self.shape, &pool);
+            return self.compute_pooled(input, output, level, (pool, band));
+        }
         let s = self.shape;
         let (h, w) = s.in_hw;
         let (ho, wo) = s.out_hw;
@@ -688,6 +703,7 @@ impl PartialEq for Conv {
             && self.epilogue.residual == other.epilogue.residual
             && same_clamp(self.epilogue.post, other.epilogue.post)
             && self.layout == other.layout
+            && self.pool == other.pool
     }
 }
 
@@ -700,8 +716,8 @@ impl Op for Conv {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{:?}, {:?}, {:?}",
-            self.shape, self.layout, self.epilogue
+            "{:?}, {:?}, {:?}, max pool {:?}",
+            self.shape, self.layout, self.epilogue, self.pool
         )])
     }
 
@@ -876,7 +892,14 @@ mod tests {
     use crate::ops::testing::{levels, noise, VECTOR_LEVELS};
 
     /// The definition, one output at a time.
-    fn reference(s: &Shape, w: &[f32], b: &[f32], e: Epilogue, x: &[f32], res: &[f32]) -> Vec<f32> {
+    pub(super) fn reference(
+        s: &Shape,
+        w: &[f32],
+        b: &[f32],
+        e: Epilogue,
+        x: &[f32],
+        res: &[f32],
+    ) -> Vec<f32> {
         let clamp = |v: f32, c: Option<(f32, f32)>| c.map_or(v, |(lo, hi)| v.max(lo).min(hi));
         let (h, wd) = s.in_hw;
         let (ho, wo) = s.out_hw;
@@ -921,7 +944,7 @@ mod tests {
 
     /// No epilogue, a ReLU, a clamp, and ResNet's block end (ReLU,
     /// residual, ReLU) and a residual alone.
-    fn epilogues() -> [Epilogue; 5] {
+    pub(super) fn epilogues() -> [Epilogue; 5] {
         let relu = Some((0.0, f32::INFINITY));
         [
             Epilogue::default(),
@@ -959,7 +982,7 @@ mod tests {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn shape(
+    pub(super) fn shape(
         images: usize,
         groups: usize,
         (c_in, c_out): (usize, usize),

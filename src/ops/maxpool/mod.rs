@@ -46,6 +46,14 @@ impl MaxPool {
         MaxPool { geometry, batched }
     }
 
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    pub(crate) fn batched(&self) -> bool {
+        self.batched
+    }
+
     /// Pools every plane of `input` into `output`, at the best level this
     /// CPU has.
     pub(crate) fn compute(&self, input: &[f32], output: &mut [f32]) -> TractResult<()> {
@@ -57,7 +65,7 @@ impl MaxPool {
         let (in_plane, out_plane) = (g.in_hw.0 * g.in_hw.1, g.out_hw.0 * g.out_hw.1);
         ensure!(in_plane > 0 && out_plane > 0, "empty max-pool plane");
         ensure!(input.len() / in_plane == output.len() / out_plane);
-        let pool = kernel(level);
+        let pool = planes(level);
         let cost = output.len() * 2 * g.kernel;
         tract_core::tract_linalg::multithread::par_chunks_mut(
             output,
@@ -77,7 +85,7 @@ impl MaxPool {
 }
 
 /// Whole planes' pooling, for a level; the last argument is scratch.
-type PlaneFn = unsafe fn(&[f32], &mut [f32], &Geometry, &mut Vec<f32>, Level);
+pub(crate) type PlaneFn = unsafe fn(&[f32], &mut [f32], &Geometry, &mut Vec<f32>, Level);
 
 thread_local! {
     /// A batch of padded planes and their maxima across (stacked), or one
@@ -85,7 +93,9 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-fn kernel(level: Level) -> PlaneFn {
+/// The pooling of whole planes compiled for `level`: see [`pool_planes`].
+/// The caller runs it only on a `Level` this CPU has.
+pub(crate) fn planes(level: Level) -> PlaneFn {
     match level.simd() {
         #[cfg(target_arch = "x86_64")]
         Simd::Avx512 => pool_plane_avx512,
