@@ -15,14 +15,13 @@
 //! computed twice.
 
 use std::mem::size_of;
-use std::ops::Range;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
 use super::{rows_beat_grid, scratch, split_phases, Conv, Geometry, Layout, Run};
-use crate::ops::maxpool::{self, MaxPool};
+use crate::ops::maxpool::{Bands, MaxPool};
 use crate::ops::pointwise::{strips, Isa};
 use crate::ops::{replace_with, sole_successor, Level};
 
@@ -59,9 +58,8 @@ impl Conv {
     ) -> TractResult<()> {
         let s = self.shape;
         let (h, w) = s.in_hw;
-        let (ho, wo) = s.out_hw;
+        let wo = s.out_hw.1;
         let (po, pw) = pool.out_hw;
-        let (k, sy, py) = (pool.kernel, pool.stride.0, pool.pad.0);
         ensure!(self.layout == Layout::Grid && !self.epilogue.residual);
         ensure!(pool.in_hw == s.out_hw && band > 0, "conv pool geometry");
         ensure!(input.len() == s.images * s.c_in * h * w, "conv input size");
@@ -70,8 +68,7 @@ impl Conv {
             "conv output size"
         );
         let isa = Isa::of(level)?;
-        // Convolution rows a band's windows read, at most.
-        let cap = ((band - 1) * sy + k).min(ho);
+        let cap = Bands::new(pool, band).cap();
         let mut x = scratch(s.groups * s.group_len(Layout::Grid))?;
         let mut x = x.try_as_plain_ram_mut()?;
         let x = x.as_slice_mut::<f32>()?;
@@ -84,73 +81,30 @@ impl Conv {
             let planes = &input[image * s.c_in * h * w..][..s.c_in * h * w];
             let out = &mut output[image * s.c_out * po * pw..][..s.c_out * po * pw];
             split_phases(&s, planes, x);
-            // The convolution rows in `rows`, from its top.
-            let mut held = 0..0;
-            for p0 in (0..po).step_by(band) {
-                let p1 = (p0 + band).min(po);
-                // Rows read by the windows of pooled rows p0..p1 (ONNX and
-                // ceil mode start every window inside the input or its
-                // leading padding, so the range is never empty).
-                let first = (p0 * sy).saturating_sub(py).min(ho - 1);
-                let end = ((p1 - 1) * sy + k).saturating_sub(py).clamp(first + 1, ho);
-                let kept = first.max(held.start)..held.end.max(first);
-                if !kept.is_empty() {
-                    for plane in rows.chunks_exact_mut(cap * wo) {
-                        plane.copy_within(
-                            (kept.start - held.start) * wo..kept.end * wo - held.start * wo,
-                            0,
-                        );
-                    }
-                }
-                let runs: Vec<Run> = (kept.end..end)
+            for b in Bands::new(pool, band) {
+                b.keep(rows, cap * wo, wo);
+                let first = b.rows.start;
+                let runs: Vec<Run> = (b.fresh..b.rows.end)
                     .flat_map(|y| {
                         strips(wo, isa)
                             .map(move |r| (y * s.wp() + r.first, (y - first) * wo + r.first, r))
                     })
                     .collect();
                 self.tiles(isa, x, (&mut *rows, cap * wo, None), &runs);
-                held = first..end;
-                pool_band(rows, (cap * wo, end - first), (&pool, p0..p1), out, level);
+                // Each channel's band pooled, the channels over the pool.
+                let rows = &*rows;
+                let cost = s.c_out * b.pooled.len() * pw * 2 * pool.kernel;
+                let _ = par_chunks_mut(out, po * pw, cost, |c0, chunk| {
+                    let mut scratch = Vec::new();
+                    for (c, plane) in chunk.chunks_exact_mut(po * pw).enumerate() {
+                        b.pool(&rows[(c0 + c) * cap * wo..], plane, &mut scratch, level);
+                    }
+                    Ok(())
+                });
             }
         }
         Ok(())
     }
-}
-
-/// Pools each channel's convolution rows in `rows` (`len` values apart,
-/// `held` rows from the top, those the windows of pooled rows `pooled`
-/// read) into those rows of each channel plane of `out`.
-fn pool_band(
-    rows: &[f32],
-    (len, held): (usize, usize),
-    (pool, pooled): (&Geometry, Range<usize>),
-    out: &mut [f32],
-    level: Level,
-) {
-    let (po, pw) = pool.out_hw;
-    let wo = pool.in_hw.1;
-    let g = Geometry {
-        in_hw: (held, wo),
-        out_hw: (pooled.len(), pw),
-        pad: (
-            pool.pad.0.saturating_sub(pooled.start * pool.stride.0),
-            pool.pad.1,
-        ),
-        ..*pool
-    };
-    let pool_planes = maxpool::planes(level);
-    let cost = out.len() / po * pooled.len() * 2 * pool.kernel;
-    let _ = par_chunks_mut(out, po * pw, cost, |c0, chunk| {
-        let mut scratch = Vec::new();
-        for (c, plane) in chunk.chunks_exact_mut(po * pw).enumerate() {
-            let from = &rows[(c0 + c) * len..][..held * wo];
-            let to = &mut plane[pooled.start * pw..pooled.end * pw];
-            // SAFETY: `maxpool::planes` compiled it for `level`, which
-            // `Isa::of` accepted as one this CPU has.
-            unsafe { pool_planes(from, to, &g, &mut scratch, level) };
-        }
-        Ok(())
-    });
 }
 
 /// Joins each of the project's convolutions on the grid, without a

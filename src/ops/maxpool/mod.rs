@@ -33,6 +33,9 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use super::depthwise::{conv_eval, conv_output_facts, Geometry};
 use crate::ops::{replace_with, Level, Simd};
 
+mod bands;
+pub(crate) use bands::Bands;
+
 /// Max pooling of square windows, on f32 NCHW (or CHW) tensors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MaxPool {
@@ -85,7 +88,7 @@ impl MaxPool {
 }
 
 /// Whole planes' pooling, for a level; the last argument is scratch.
-pub(crate) type PlaneFn = unsafe fn(&[f32], &mut [f32], &Geometry, &mut Vec<f32>, Level);
+type PlaneFn = unsafe fn(&[f32], &mut [f32], &Geometry, &mut Vec<f32>, Level);
 
 thread_local! {
     /// A batch of padded planes and their maxima across (stacked), or one
@@ -94,8 +97,7 @@ thread_local! {
 }
 
 /// The pooling of whole planes compiled for `level`: see [`pool_planes`].
-/// The caller runs it only on a `Level` this CPU has.
-pub(crate) fn planes(level: Level) -> PlaneFn {
+fn planes(level: Level) -> PlaneFn {
     match level.simd() {
         #[cfg(target_arch = "x86_64")]
         Simd::Avx512 => pool_plane_avx512,
