@@ -4,9 +4,67 @@
 
 use tract_onnx::prelude::*;
 
+use crate::ops::depthwise::Geometry;
 use crate::ops::{Level, Simd};
 
 pub(crate) use crate::ops::noise;
+
+/// The definition of max pooling over `planes` planes: the largest input
+/// under each window, padding and the ceil-mode overhang left out.
+pub(crate) fn max_pool(g: &Geometry, planes: usize, input: &[f32]) -> Vec<f32> {
+    let ((h, w), (ho, wo), k) = (g.in_hw, g.out_hw, g.kernel);
+    let mut out = vec![f32::NEG_INFINITY; planes * ho * wo];
+    for p in 0..planes {
+        for y in 0..ho {
+            for x in 0..wo {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let iy = (y * g.stride.0 + ky) as isize - g.pad.0 as isize;
+                        let ix = (x * g.stride.1 + kx) as isize - g.pad.1 as isize;
+                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                            continue;
+                        }
+                        let v = input[(p * h + iy as usize) * w + ix as usize];
+                        let o = &mut out[(p * ho + y) * wo + x];
+                        *o = o.max(v);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A max pool over `channels` planes of `in_hw`: `kernel`, `stride`, the
+/// same padding on every side, the output rounded up in ceil mode as
+/// ONNX does (no window starting past the input and its leading padding).
+pub(crate) fn pool_over(
+    (channels, in_hw): (usize, (usize, usize)),
+    (kernel, stride, pad): (usize, usize, usize),
+    ceil: bool,
+) -> Geometry {
+    let len = |n: usize| {
+        let span = n + 2 * pad - kernel;
+        let out = if ceil {
+            span.div_ceil(stride)
+        } else {
+            span / stride
+        } + 1;
+        if ceil && (out - 1) * stride >= n + pad {
+            out - 1
+        } else {
+            out
+        }
+    };
+    Geometry {
+        channels,
+        in_hw,
+        out_hw: (len(in_hw.0), len(in_hw.1)),
+        kernel,
+        stride: (stride, stride),
+        pad: (pad, pad),
+    }
+}
 
 /// `model` optimised and run once on `input`: its first output's values.
 pub(crate) fn run_optimized(model: TypedModel, input: &Tensor) -> Vec<f32> {

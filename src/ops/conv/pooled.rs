@@ -8,32 +8,24 @@
 //! 96x96 input, whose output stays in L2, and at 64-71% on 224x224.
 //!
 //! How: the output rows are computed a band at a time into a scratch of
-//! about [`BAND_BYTES`] (the tiles of `Conv`'s row-by-row path, writing
+//! about 256 KB (`maxpool::band_rows`; the tiles of `Conv`'s row-by-row path, writing
 //! the band's rows), and each band is pooled from there into the output
 //! rows whose windows it holds. Rows two bands' windows share (one, for
 //! a 3x3 stride-2 pool) move to the top of the scratch rather than being
 //! computed twice.
-
-use std::mem::size_of;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
 use super::{rows_beat_grid, scratch, split_phases, Conv, Geometry, Layout, Run};
-use crate::ops::maxpool::{Bands, MaxPool};
+use crate::ops::maxpool::{self, join_pools, Bands};
 use crate::ops::pointwise::{strips, Isa};
-use crate::ops::{replace_with, sole_successor, Level};
+use crate::ops::Level;
 
-/// Bytes of convolution rows a band holds: with the copy of the input and
-/// the weights, inside a 1 MiB L2.
-const BAND_BYTES: usize = 256 << 10;
-
-/// Pooled rows a band computes: as many as [`BAND_BYTES`] of convolution
-/// rows hold, at least one.
+/// Pooled rows a band computes (`maxpool::band_rows`).
 pub(super) fn band_rows(s: &super::Shape, pool: &Geometry) -> usize {
-    let row = s.c_out * s.out_hw.1 * size_of::<f32>();
-    (BAND_BYTES / (row * pool.stride.0).max(1)).max(1)
+    maxpool::band_rows(s.c_out * s.out_hw.1, pool)
 }
 
 impl Conv {
@@ -114,122 +106,32 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
     let Ok(isa) = Isa::of(Level::detect()) else {
         return Ok(0);
     };
-    let mut joined = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some(conv) = node.op_as::<Conv>() else {
-            continue;
-        };
-        // The bands are computed row by row: where whole grid rows beat
-        // that (GoogLeNet's 64 -> 192 layer at 56x56 with AVX-512: 6.7 ->
-        // 7.6 ms joined), the layer and its pool stay apart.
-        let s = conv.shape;
-        if conv.layout != Layout::Grid
-            || conv.epilogue.residual
-            || conv.pool.is_some()
-            || !rows_beat_grid(&s, isa)
-        {
-            continue;
-        }
-        let Some(next) = sole_successor(model, id) else {
-            continue;
-        };
-        let Some(pool) = next.op_as::<MaxPool>() else {
-            continue;
-        };
-        let g = pool.geometry();
-        if g.in_hw != s.out_hw
-            || g.channels != s.c_out
-            || pool.batched() != (conv.out_shape.len() == 4)
-        {
-            continue;
-        }
-        let out_shape = model
-            .outlet_fact(OutletId::new(next.id, 0))?
-            .shape
-            .as_concrete()
-            .map(<[usize]>::to_vec);
-        let Some(out_shape) = out_shape else {
-            continue;
-        };
-        let op = conv.with_pool(g, &out_shape);
-        let (input, name, last) = (node.inputs[0], node.name.clone(), next.id);
-        replace_with(
-            model,
-            "onnx-lambda conv and max pool",
-            &[input],
-            (&name, op),
-            last,
-        )?;
-        joined += 1;
-    }
-    model.compact()?;
-    Ok(joined)
+    join_pools(
+        model,
+        "onnx-lambda conv and max pool",
+        |conv: &Conv, pool, shape| {
+            // The bands are computed row by row: where whole grid rows beat
+            // that (GoogLeNet's 64 -> 192 layer at 56x56 with AVX-512: 6.7 ->
+            // 7.6 ms joined), the layer and its pool stay apart.
+            let (s, g) = (conv.shape, pool.geometry());
+            let joins = conv.layout == Layout::Grid
+                && !conv.epilogue.residual
+                && conv.pool.is_none()
+                && rows_beat_grid(&s, isa)
+                && g.in_hw == s.out_hw
+                && g.channels == s.c_out
+                && pool.batched() == (conv.out_shape.len() == 4);
+            joins.then(|| conv.with_pool(g, shape))
+        },
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::conv::available;
     use crate::ops::conv::tests::{epilogues, reference, shape};
-    use crate::ops::conv::{available, Shape};
-    use crate::ops::testing::{levels, noise, VECTOR_LEVELS};
-
-    /// The definition of max pooling: the largest value under each
-    /// window, padding and the ceil-mode overhang left out.
-    fn max_pool(g: &Geometry, planes: usize, input: &[f32]) -> Vec<f32> {
-        let ((h, w), (ho, wo)) = (g.in_hw, g.out_hw);
-        let mut out = Vec::new();
-        for p in 0..planes {
-            for y in 0..ho {
-                for x in 0..wo {
-                    let mut m = f32::NEG_INFINITY;
-                    for ky in 0..g.kernel {
-                        for kx in 0..g.kernel {
-                            let iy = (y * g.stride.0 + ky)
-                                .checked_sub(g.pad.0)
-                                .filter(|&r| r < h);
-                            let ix = (x * g.stride.1 + kx)
-                                .checked_sub(g.pad.1)
-                                .filter(|&c| c < w);
-                            if let (Some(iy), Some(ix)) = (iy, ix) {
-                                m = m.max(input[(p * h + iy) * w + ix]);
-                            }
-                        }
-                    }
-                    out.push(m);
-                }
-            }
-        }
-        out
-    }
-
-    /// The pool after convolution `s`: `kernel`, `stride` and padding,
-    /// its output rounded up in ceil mode.
-    fn pool_after(s: &Shape, kernel: usize, stride: usize, pad: usize, ceil: bool) -> Geometry {
-        let len = |n: usize| {
-            let span = n + 2 * pad - kernel;
-            let out = if ceil {
-                span.div_ceil(stride)
-            } else {
-                span / stride
-            } + 1;
-            // A ceil-mode window must start inside the input or its
-            // leading padding.
-            if ceil && (out - 1) * stride >= n + pad {
-                out - 1
-            } else {
-                out
-            }
-        };
-        Geometry {
-            channels: s.c_out,
-            in_hw: s.out_hw,
-            out_hw: (len(s.out_hw.0), len(s.out_hw.1)),
-            kernel,
-            stride: (stride, stride),
-            pad: (pad, pad),
-        }
-    }
+    use crate::ops::testing::{levels, max_pool, noise, pool_over, VECTOR_LEVELS};
 
     /// A stem-like layer and smaller ones, pools of 3x3 stride 2 (padded
     /// and in ceil mode), 2x2 stride 2 and 3x3 stride 1, bands of one
@@ -276,7 +178,7 @@ mod tests {
                 for e in epilogues().into_iter().filter(|e| !e.residual) {
                     let conv = reference(s, &w, &b, e, &x, &[]);
                     for &(kernel, stride, pad, ceil) in &pools {
-                        let g = pool_after(s, kernel, stride, pad, ceil);
+                        let g = pool_over((s.c_out, s.out_hw), (kernel, stride, pad), ceil);
                         let want = max_pool(&g, s.images * s.c_out, &conv);
                         let op = Conv::with_layout(*s, (&[], &[]), &w, &b, e, Layout::Grid);
                         for band in [1, 2, 3, g.out_hw.0, band_rows(s, &g)] {
@@ -318,7 +220,7 @@ mod tests {
             (1, 1),
             [3, 3, 3, 3],
         );
-        let g = pool_after(&s, 3, 2, 1, false);
+        let g = pool_over((s.c_out, s.out_hw), (3, 2, 1), false);
         let w = noise(s.c_out * s.c_in * 49, 3);
         let b = noise(s.c_out, 4);
         let x = noise(s.images * s.c_in * s.in_hw.0 * s.in_hw.1, 5);

@@ -3,10 +3,63 @@
 //! is never written whole, only a band of it into a scratch that stays
 //! in L2 (ResNet's stem writes 3.2 MB for a pool that keeps a quarter).
 
+use std::mem::size_of;
 use std::ops::Range;
 
-use super::{planes, Geometry};
-use crate::ops::Level;
+use tract_onnx::prelude::*;
+
+use super::{planes, Geometry, MaxPool};
+use crate::ops::{replace_with, sole_successor, Level};
+
+/// Bytes of the pooled layer's rows a band holds: with that layer's copy
+/// of its input and its weights, inside a 1 MiB L2. Bands of 128 KB to
+/// 1 MB ran ResNet-18's stem the same; 64 KB slower (docs/operators.md).
+const BAND_BYTES: usize = 256 << 10;
+
+/// Pooled rows a band computes when each input row of the pool is
+/// `row_values` values (every plane's row): as many as [`BAND_BYTES`]
+/// hold, at least one.
+pub(crate) fn band_rows(row_values: usize, pool: &Geometry) -> usize {
+    let row = row_values * size_of::<f32>() * pool.stride.0;
+    (BAND_BYTES / row.max(1)).max(1)
+}
+
+/// Joins the project's max pool to each node of operator `O` whose output
+/// it alone reads, where `join(op, pool, pooled shape)` makes the joined
+/// operator (`None` leaves them apart). Runs after `maxpool::install`;
+/// returns how many it joined.
+pub(crate) fn join_pools<O: TypedOp>(
+    model: &mut TypedModel,
+    what: &str,
+    join: impl Fn(&O, &MaxPool, &[usize]) -> Option<O>,
+) -> TractResult<usize> {
+    let mut joined = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(op) = node.op_as::<O>() else {
+            continue;
+        };
+        let Some(next) = sole_successor(model, id) else {
+            continue;
+        };
+        let Some(pool) = next.op_as::<MaxPool>() else {
+            continue;
+        };
+        let fact = model.outlet_fact(OutletId::new(next.id, 0))?;
+        let Some(joined_op) = fact
+            .shape
+            .as_concrete()
+            .and_then(|shape| join(op, pool, shape))
+        else {
+            continue;
+        };
+        let (input, name, last) = (node.inputs[0], node.name.clone(), next.id);
+        replace_with(model, what, &[input], (&name, joined_op), last)?;
+        joined += 1;
+    }
+    model.compact()?;
+    Ok(joined)
+}
 
 /// The bands of a pool `g`, `band` pooled rows each, in order.
 pub(crate) struct Bands {

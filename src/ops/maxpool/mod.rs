@@ -34,7 +34,7 @@ use super::depthwise::{conv_eval, conv_output_facts, Geometry};
 use crate::ops::{replace_with, Level, Simd};
 
 mod bands;
-pub(crate) use bands::Bands;
+pub(crate) use bands::{band_rows, join_pools, Bands};
 
 /// Max pooling of square windows, on f32 NCHW (or CHW) tensors.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -490,33 +490,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::{levels, noise, ALL_LEVELS};
-
-    /// The definition: the largest input under each window, padding and
-    /// the ceil-mode overhang left out.
-    fn reference(g: &Geometry, planes: usize, input: &[f32]) -> Vec<f32> {
-        let ((h, w), (ho, wo), k) = (g.in_hw, g.out_hw, g.kernel);
-        let mut out = vec![f32::NEG_INFINITY; planes * ho * wo];
-        for p in 0..planes {
-            for y in 0..ho {
-                for x in 0..wo {
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let iy = (y * g.stride.0 + ky) as isize - g.pad.0 as isize;
-                            let ix = (x * g.stride.1 + kx) as isize - g.pad.1 as isize;
-                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                continue;
-                            }
-                            let v = input[(p * h + iy as usize) * w + ix as usize];
-                            let o = &mut out[(p * ho + y) * wo + x];
-                            *o = o.max(v);
-                        }
-                    }
-                }
-            }
-        }
-        out
-    }
+    use crate::ops::testing::{levels, max_pool, noise, ALL_LEVELS};
 
     /// Odd sizes, kernels 2, 3 and 5, strides 1 to 3, padding before
     /// and (as ceil mode and asymmetric pads give) more or less after.
@@ -550,7 +524,7 @@ mod tests {
                         };
                         let planes = 2 * g.channels;
                         let input = noise(planes * h * w, cases + 3);
-                        let want = reference(&g, planes, &input);
+                        let want = max_pool(&g, planes, &input);
                         let op = MaxPool::new(g, true);
                         for level in levels("maxpool", ALL_LEVELS) {
                             let mut got = vec![f32::NAN; want.len()];
