@@ -99,6 +99,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<()> {
     dense::install(model)?;
     maxpool::install(model)?;
     conv::install_pools(model)?;
+    stem::install_pools(model)?;
     layernorm::install(model)?;
     gelu::install(model)?;
     subsample::install(model)?;

@@ -8,9 +8,9 @@
 //! 96x96 input, whose output stays in L2, and at 64-71% on 224x224.
 //!
 //! How: the output rows are computed a band at a time into a scratch of
-//! about 256 KB (`maxpool::band_rows`; the tiles of `Conv`'s row-by-row path, writing
-//! the band's rows), and each band is pooled from there into the output
-//! rows whose windows it holds. Rows two bands' windows share (one, for
+//! about 256 KB (`maxpool::Bands`; the tiles of `Conv`'s row-by-row
+//! path, writing the band's rows), and each band is pooled from there
+//! into the output rows whose windows it holds. Rows two bands' windows share (one, for
 //! a 3x3 stride-2 pool) move to the top of the scratch rather than being
 //! computed twice.
 

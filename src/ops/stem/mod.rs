@@ -30,6 +30,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use super::depthwise::{
     conv_cost, conv_eval, conv_layer, conv_output_facts, fill_phases, Geometry,
 };
+use crate::ops::maxpool::{self, join_pools, Bands};
 use crate::ops::{following_clamp, par_planes, replace_with, same_bits, same_clamp, Level, Simd};
 
 /// Most input channels taken: past a few, the taps outgrow the registers'
@@ -59,6 +60,9 @@ pub(crate) struct Stem {
     clamp: Option<(f32, f32)>,
     /// Whether the tensors have a leading image axis (NCHW, not CHW).
     batched: bool,
+    /// The max pool joined after it, over its output (SqueezeNet's), and
+    /// the pooled rows of each band (`maxpool::band_rows`).
+    pool: Option<(Geometry, usize)>,
 }
 
 impl Stem {
@@ -90,7 +94,26 @@ impl Stem {
             bias: padded.into(),
             clamp,
             batched,
+            pool: None,
         }
+    }
+
+    /// This stem with `pool` (over its output) after it, `band` pooled
+    /// rows at a time.
+    fn with_pool(&self, pool: Geometry, band: usize) -> Stem {
+        Stem {
+            pool: Some((pool, band)),
+            ..self.clone()
+        }
+    }
+
+    /// The output's geometry: the convolution's, or its pool's.
+    fn output(&self) -> Geometry {
+        let g = self.geometry;
+        self.pool.map_or(g, |(p, _)| Geometry {
+            out_hw: p.out_hw,
+            ..g
+        })
     }
 
     fn taps(&self) -> usize {
@@ -108,7 +131,7 @@ impl Stem {
         let kernels = Kernels::of(level);
         let g = self.geometry;
         let in_image = g.channels * g.in_hw.0 * g.in_hw.1;
-        let plane = g.out_hw.0 * g.out_hw.1;
+        let plane = self.output().out_hw.0 * self.output().out_hw.1;
         let m = self.out_channels;
         ensure!(in_image > 0 && plane > 0, "empty convolution");
         ensure!(
@@ -116,7 +139,7 @@ impl Stem {
                 && output.len() == input.len() / in_image * m * plane,
             "convolution sizes"
         );
-        let cost = output.len() * self.taps();
+        let cost = input.len() / in_image * m * g.out_hw.0 * g.out_hw.1 * self.taps();
         par_planes(output, (plane, m, BLOCK), cost, |rows, chunk| {
             // Global plane `rows.start` is the chunk's first; planes
             // before it belong to other threads and are never written.
@@ -134,7 +157,10 @@ impl Stem {
                     let own = rows.start.max(image * m) - image * m
                         ..rows.end.min((image + 1) * m) - image * m;
                     let out = base.wrapping_add(image * m * plane);
-                    self.image(kernels, scratch, own, out);
+                    match self.pool {
+                        Some(pool) => self.image_pooled(kernels, scratch, own, out, (pool, level)),
+                        None => self.image(kernels, scratch, own, out),
+                    }
                 }
             });
             Ok(())
@@ -143,43 +169,115 @@ impl Stem {
 
     /// Output channels `channels` of one image from its phase scratch.
     fn image(&self, kernels: Kernels, scratch: &[f32], channels: Range<usize>, out: *mut f32) {
-        let g = &self.geometry;
-        let taps = self.taps();
-        let (k, len) = (g.kernel, g.scratch_len());
+        let (ho, wo) = self.geometry.out_hw;
         for b in channels.start / BLOCK..channels.end.div_ceil(BLOCK) {
             let first = b * BLOCK;
             let store = channels.start.max(first) - first..channels.end.min(first + BLOCK) - first;
-            for y in 0..g.out_hw.0 {
-                let mut offsets = [0usize; MAX_INPUT_CHANNELS * MAX_KERNEL * MAX_KERNEL];
-                for c in 0..g.channels {
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            offsets[(c * k + ky) * k + kx] = c * len + g.tap(y, ky, kx);
-                        }
-                    }
-                }
-                let row = Row {
-                    scratch,
-                    offsets: &offsets[..taps],
-                    w: &self.weights[b * taps * BLOCK..][..taps * BLOCK],
-                    bias: &self.bias[first..first + BLOCK],
-                    clamp: self.clamp,
-                    width: g.out_hw.1,
-                    plane: g.out_hw.0 * g.out_hw.1,
-                    out: out.wrapping_add(first * g.out_hw.0 * g.out_hw.1 + y * g.out_hw.1),
-                    store: store.clone(),
-                };
-                // SAFETY: `row` writes only channels `store` of this
-                // block, which this chunk owns, at row `y`.
-                unsafe { kernels.row(&row) }
+            let out = out.wrapping_add(first * ho * wo);
+            for y in 0..ho {
+                let to = (out.wrapping_add(y * wo), ho * wo);
+                // SAFETY: channels `store` of this block, which this chunk
+                // owns, at row `y` of their planes in `out`.
+                unsafe { self.row(kernels, scratch, (b, store.clone()), y, to) };
             }
         }
+    }
+
+    /// [`Stem::image`] with the max pool after it (SqueezeNet's stem
+    /// writes 64 channels at 111x111, 3.2 MB, for a pool that keeps a
+    /// quarter): each block's rows a band at a time into a per-thread
+    /// scratch, pooled from there (`maxpool::Bands`).
+    fn image_pooled(
+        &self,
+        kernels: Kernels,
+        scratch: &[f32],
+        channels: Range<usize>,
+        out: *mut f32,
+        ((pool, band), level): ((Geometry, usize), Level),
+    ) {
+        let wo = self.geometry.out_hw.1;
+        let (po, pw) = pool.out_hw;
+        let len = Bands::new(pool, band).cap() * wo;
+        BAND.with_borrow_mut(|(rows, pool_scratch)| {
+            rows.resize(BLOCK * len, 0.0);
+            for b in channels.start / BLOCK..channels.end.div_ceil(BLOCK) {
+                let first = b * BLOCK;
+                let store =
+                    channels.start.max(first) - first..channels.end.min(first + BLOCK) - first;
+                for band in Bands::new(pool, band) {
+                    band.keep(rows, len, wo);
+                    for y in band.fresh..band.rows.end {
+                        let to = (
+                            rows.as_mut_ptr().wrapping_add((y - band.rows.start) * wo),
+                            len,
+                        );
+                        // SAFETY: row `y - rows.start` of the block's
+                        // planes in `rows`, `len` values each.
+                        unsafe { self.row(kernels, scratch, (b, store.clone()), y, to) };
+                    }
+                    for o in store.clone() {
+                        // SAFETY: output channel `first + o`, which this
+                        // chunk owns, whole.
+                        let plane = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                out.wrapping_add((first + o) * po * pw),
+                                po * pw,
+                            )
+                        };
+                        band.pool(&rows[o * len..], plane, pool_scratch, level);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Output row `y` of channels `store` of block `b`, written at `out`
+    /// (the block's first channel at this row), `plane` values from one
+    /// channel to the next.
+    ///
+    /// # Safety
+    /// `out` is valid for writes at the row's pixels of channels `store`.
+    unsafe fn row(
+        &self,
+        kernels: Kernels,
+        scratch: &[f32],
+        (b, store): (usize, Range<usize>),
+        y: usize,
+        (out, plane): (*mut f32, usize),
+    ) {
+        let g = &self.geometry;
+        let taps = self.taps();
+        let (k, len) = (g.kernel, g.scratch_len());
+        let mut offsets = [0usize; MAX_INPUT_CHANNELS * MAX_KERNEL * MAX_KERNEL];
+        for c in 0..g.channels {
+            for ky in 0..k {
+                for kx in 0..k {
+                    offsets[(c * k + ky) * k + kx] = c * len + g.tap(y, ky, kx);
+                }
+            }
+        }
+        let first = b * BLOCK;
+        let row = Row {
+            scratch,
+            offsets: &offsets[..taps],
+            w: &self.weights[b * taps * BLOCK..][..taps * BLOCK],
+            bias: &self.bias[first..first + BLOCK],
+            clamp: self.clamp,
+            width: g.out_hw.1,
+            plane,
+            out,
+            store,
+        };
+        // SAFETY: forwarded.
+        unsafe { kernels.row(&row) }
     }
 }
 
 thread_local! {
     /// Per-thread phase scratch for every input channel of one image.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread band of a block's rows, and the pool's own scratch.
+    static BAND: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// One output row of one block of output channels.
@@ -280,6 +378,7 @@ impl PartialEq for Stem {
             && same_clamp(self.clamp, other.clamp)
             && same_bits(&self.weights, &other.weights)
             && same_bits(&self.bias, &other.bias)
+            && self.pool == other.pool
     }
 }
 
@@ -292,8 +391,8 @@ impl Op for Stem {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{:?} -> {} channels, clamp {:?}",
-            self.geometry, self.out_channels, self.clamp
+            "{:?} -> {} channels, clamp {:?}, max pool {:?}",
+            self.geometry, self.out_channels, self.clamp, self.pool
         )])
     }
 
@@ -306,7 +405,7 @@ impl EvalOp for Stem {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         conv_eval(
             &inputs[0],
-            &self.geometry,
+            &self.output(),
             self.out_channels,
             self.batched,
             |src, dst| self.compute(src, dst),
@@ -316,7 +415,7 @@ impl EvalOp for Stem {
 
 impl TypedOp for Stem {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        conv_output_facts(inputs, &self.geometry, self.out_channels, self.batched)
+        conv_output_facts(inputs, &self.output(), self.out_channels, self.batched)
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
@@ -326,6 +425,24 @@ impl TypedOp for Stem {
     }
 
     as_op!();
+}
+
+/// Joins each stem to the project's max pool when that pool alone reads
+/// it (SqueezeNet's). Runs after `maxpool::install`.
+pub(crate) fn install_pools(model: &mut TypedModel) -> TractResult<usize> {
+    join_pools(
+        model,
+        "onnx-lambda stem and max pool",
+        |stem: &Stem, pool, _| {
+            let (g, p) = (stem.geometry, pool.geometry());
+            let joins = stem.pool.is_none()
+                && p.in_hw == g.out_hw
+                && p.channels == stem.out_channels
+                && pool.batched() == stem.batched;
+            let band = maxpool::band_rows(BLOCK * g.out_hw.1, &p);
+            joins.then(|| stem.with_pool(p, band))
+        },
+    )
 }
 
 /// Replaces every convolution this module handles (see the module docs)
@@ -365,7 +482,9 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::{bundled_decluttered, levels, noise, run_optimized, ALL_LEVELS};
+    use crate::ops::testing::{
+        bundled_decluttered, levels, max_pool, noise, pool_over, run_optimized, ALL_LEVELS,
+    };
 
     /// The textbook definition, one output at a time.
     fn reference(op: &Stem, weights: &[f32], bias: &[f32], n: usize, input: &[f32]) -> Vec<f32> {
@@ -440,6 +559,108 @@ mod tests {
         }
     }
 
+    /// Stems then max pools of 3x3 stride 2 (in ceil mode, as
+    /// SqueezeNet's, and padded), 2x2 stride 2 and 3x3 stride 1, in bands
+    /// of 1 and 2 pooled rows up to the whole output, partial blocks of
+    /// channels, two images: against both definitions at every level.
+    #[test]
+    fn with_a_max_pool_matches_the_definitions() {
+        let pools = [
+            (3, 2, 0, true),
+            (3, 2, 1, false),
+            (2, 2, 0, false),
+            (3, 1, 1, false),
+        ];
+        let mut cases = 0;
+        for (case, (n, c, m, h, w, k, s, p)) in (0u32..).zip([
+            (2, 3, 20, 29, 31, 3, 2, 0),
+            (1, 1, 16, 12, 17, 3, 1, 1),
+            (1, 4, 33, 19, 15, 5, 2, 2),
+        ]) {
+            let out_hw = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+            let g = Geometry {
+                channels: c,
+                in_hw: (h, w),
+                out_hw,
+                kernel: k,
+                stride: (s, s),
+                pad: (p, p),
+            };
+            let weights = noise(m * c * k * k, case + 1);
+            let bias = noise(m, case + 2);
+            let input = noise(n * c * h * w, case + 3);
+            let op = Stem::new(g, m, &weights, &bias, Some((0.0, f32::INFINITY)), true);
+            let conv = reference(&op, &weights, &bias, n, &input);
+            for &(pk, ps, pp, ceil) in &pools {
+                let pool = pool_over((m, out_hw), (pk, ps, pp), ceil);
+                let want = max_pool(&pool, n * m, &conv);
+                for band in [1, 2, pool.out_hw.0] {
+                    let op = op.with_pool(pool, band);
+                    for simd in levels("stem with max pool", ALL_LEVELS) {
+                        let mut got = vec![f32::NAN; want.len()];
+                        op.compute_with(&input, &mut got, simd).unwrap();
+                        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                                "{g:?} -> {m}, {pool:?} band {band} {simd:?} at {i}: {a} vs {b}"
+                            );
+                        }
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert!(cases >= 36, "{cases}");
+    }
+
+    /// SqueezeNet's head, smaller: ONNX `Conv`, `Relu`, ceil-mode
+    /// `MaxPool` become one operator whose results are tract's.
+    #[test]
+    fn install_joins_a_stem_to_its_pool() {
+        use crate::ops::testing::onnx;
+        let nodes = vec![
+            onnx::node(
+                "Conv",
+                &["x", "w", "b"],
+                "c",
+                vec![onnx::ints("strides", &[2, 2])],
+            ),
+            onnx::node("Relu", &["c"], "r", vec![]),
+            onnx::node(
+                "MaxPool",
+                &["r"],
+                "y",
+                vec![
+                    onnx::ints("kernel_shape", &[3, 3]),
+                    onnx::ints("strides", &[2, 2]),
+                    onnx::int("ceil_mode", 1),
+                ],
+            ),
+        ];
+        let weights = vec![
+            onnx::weights("w", vec![24, 3, 3, 3], 1),
+            onnx::weights("b", vec![24], 2),
+        ];
+        let model = onnx::decluttered(nodes, weights, &[1, 3, 57, 50], 17);
+        let x = Tensor::from_shape(&[1, 3, 57, 50], &noise(3 * 57 * 50, 7)).unwrap();
+        let want = run_optimized(model.clone(), &x);
+        let mut ours = model;
+        crate::ops::install(&mut ours).unwrap();
+        let names: Vec<String> = ours.nodes.iter().map(|n| n.op.name().to_string()).collect();
+        assert!(!names.iter().any(|n| n.contains("MaxPool")), "{names:?}");
+        let joined = ours
+            .nodes
+            .iter()
+            .filter_map(|n| n.op_as::<Stem>())
+            .filter(|s| s.pool.is_some());
+        assert_eq!(joined.count(), 1, "{names:?}");
+        let got = run_optimized(ours, &x);
+        assert_eq!(got.len(), want.len());
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+
     /// Two threads split the output channels, partial blocks included.
     #[test]
     fn threads_write_what_one_thread_writes() {
@@ -467,6 +688,15 @@ mod tests {
         crate::ops::OperatorPool::new(2)
             .run(|| op.compute(&input, &mut two))
             .unwrap();
+        assert!(same_bits(&one, &two)); // And joined to a pool, in bands of 3 pooled rows.
+        let pooled = op.with_pool(pool_over((m, g.out_hw), (3, 2, 1), false), 3);
+        let mut one = vec![f32::NAN; 2 * m * 100];
+        pooled.compute(&input, &mut one).unwrap();
+        let mut two = vec![f32::NAN; one.len()];
+        crate::ops::OperatorPool::new(2)
+            .run(|| pooled.compute(&input, &mut two))
+            .unwrap();
+        assert!(one.iter().all(|v| v.is_finite()));
         assert!(same_bits(&one, &two));
     }
 
