@@ -11,7 +11,7 @@
 //!
 //! | operator | replaces |
 //! | --- | --- |
-//! | `stem` | the first 3x3 stride-2 convolution (3 input channels) |
+//! | `stem` | the first 3x3 stride-2 convolution (3 input channels), and the max pool that alone reads it |
 //! | `pointwise` | 1x1 convolutions, with the clamp after them |
 //! | `depthwise` | depthwise convolutions, with the clamps before and after |
 //! | `fused` | an expansion joined to the depthwise layer it feeds |
