@@ -35,6 +35,16 @@ pub(crate) fn max_pool(g: &Geometry, planes: usize, input: &[f32]) -> Vec<f32> {
     out
 }
 
+/// The max pools (kernel, stride, padding, ceil mode) the tests of a
+/// layer joined to its pool run: 3x3 stride 2 padded (ResNet's) and in
+/// ceil mode (SqueezeNet's), 2x2 stride 2, and 3x3 stride 1.
+pub(crate) const JOINED_POOLS: [(usize, usize, usize, bool); 4] = [
+    (3, 2, 1, false),
+    (3, 2, 0, true),
+    (2, 2, 0, false),
+    (3, 1, 1, false),
+];
+
 /// A max pool over `channels` planes of `in_hw`: `kernel`, `stride`, the
 /// same padding on every side, the output rounded up in ceil mode as
 /// ONNX does (no window starting past the input and its leading padding).

@@ -131,7 +131,7 @@ mod tests {
     use super::*;
     use crate::ops::conv::available;
     use crate::ops::conv::tests::{epilogues, reference, shape};
-    use crate::ops::testing::{levels, max_pool, noise, pool_over, VECTOR_LEVELS};
+    use crate::ops::testing::{levels, max_pool, noise, pool_over, JOINED_POOLS, VECTOR_LEVELS};
 
     /// A stem-like layer and smaller ones, pools of 3x3 stride 2 (padded
     /// and in ceil mode), 2x2 stride 2 and 3x3 stride 1, bands of one
@@ -162,12 +162,6 @@ mod tests {
             ),
             shape(1, 2, (8, 8), (19, 17), (3, 3), (1, 1), (1, 1), [0, 1, 2, 1]),
         ];
-        let pools = [
-            (3, 2, 1, false),
-            (3, 2, 0, true),
-            (2, 2, 0, false),
-            (3, 1, 1, false),
-        ];
         let mut cases = 0;
         for level in levels("conv with max pool", VECTOR_LEVELS) {
             for (n, s) in convs.iter().enumerate() {
@@ -177,7 +171,7 @@ mod tests {
                 let x = noise(s.images * s.c_in * s.in_hw.0 * s.in_hw.1, 23 + n as u32);
                 for e in epilogues().into_iter().filter(|e| !e.residual) {
                     let conv = reference(s, &w, &b, e, &x, &[]);
-                    for &(kernel, stride, pad, ceil) in &pools {
+                    for &(kernel, stride, pad, ceil) in &JOINED_POOLS {
                         let g = pool_over((s.c_out, s.out_hw), (kernel, stride, pad), ceil);
                         let want = max_pool(&g, s.images * s.c_out, &conv);
                         let op = Conv::with_layout(*s, (&[], &[]), &w, &b, e, Layout::Grid);

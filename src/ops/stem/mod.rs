@@ -484,6 +484,7 @@ mod tests {
     use super::*;
     use crate::ops::testing::{
         bundled_decluttered, levels, max_pool, noise, pool_over, run_optimized, ALL_LEVELS,
+        JOINED_POOLS,
     };
 
     /// The textbook definition, one output at a time.
@@ -520,6 +521,19 @@ mod tests {
         out
     }
 
+    /// A square `k`x`k` layer on `c` channels of `hw`, stride `s` and
+    /// padding `p` on every side.
+    fn geometry(c: usize, (h, w): (usize, usize), (k, s, p): (usize, usize, usize)) -> Geometry {
+        Geometry {
+            channels: c,
+            in_hw: (h, w),
+            out_hw: ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1),
+            kernel: k,
+            stride: (s, s),
+            pad: (p, p),
+        }
+    }
+
     #[test]
     fn matches_the_definition_on_odd_shapes_strides_and_pads() {
         // (images, in, out, h, w, kernel, stride, pad)
@@ -530,15 +544,7 @@ mod tests {
             (1, 2, 16, 7, 16, 3, 1, 0),
             (1, 3, 3, 33, 35, 3, 2, 0),
         ]) {
-            let out_hw = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
-            let g = Geometry {
-                channels: c,
-                in_hw: (h, w),
-                out_hw,
-                kernel: k,
-                stride: (s, s),
-                pad: (p, p),
-            };
+            let g = geometry(c, (h, w), (k, s, p));
             let weights = noise(m * c * k * k, case + 1);
             let bias = noise(m, case + 2);
             let input = noise(n * c * h * w, case + 3);
@@ -565,34 +571,20 @@ mod tests {
     /// channels, two images: against both definitions at every level.
     #[test]
     fn with_a_max_pool_matches_the_definitions() {
-        let pools = [
-            (3, 2, 0, true),
-            (3, 2, 1, false),
-            (2, 2, 0, false),
-            (3, 1, 1, false),
-        ];
         let mut cases = 0;
         for (case, (n, c, m, h, w, k, s, p)) in (0u32..).zip([
             (2, 3, 20, 29, 31, 3, 2, 0),
             (1, 1, 16, 12, 17, 3, 1, 1),
             (1, 4, 33, 19, 15, 5, 2, 2),
         ]) {
-            let out_hw = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
-            let g = Geometry {
-                channels: c,
-                in_hw: (h, w),
-                out_hw,
-                kernel: k,
-                stride: (s, s),
-                pad: (p, p),
-            };
+            let g = geometry(c, (h, w), (k, s, p));
             let weights = noise(m * c * k * k, case + 1);
             let bias = noise(m, case + 2);
             let input = noise(n * c * h * w, case + 3);
             let op = Stem::new(g, m, &weights, &bias, Some((0.0, f32::INFINITY)), true);
             let conv = reference(&op, &weights, &bias, n, &input);
-            for &(pk, ps, pp, ceil) in &pools {
-                let pool = pool_over((m, out_hw), (pk, ps, pp), ceil);
+            for &(pk, ps, pp, ceil) in &JOINED_POOLS {
+                let pool = pool_over((m, g.out_hw), (pk, ps, pp), ceil);
                 let want = max_pool(&pool, n * m, &conv);
                 for band in [1, 2, pool.out_hw.0] {
                     let op = op.with_pool(pool, band);
