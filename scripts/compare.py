@@ -109,14 +109,14 @@ def zipped_bytes(binary):
 
 def moto_cold_start(binary, photo, rounds):
     """Process start to first prediction with the model on S3 (moto), or None."""
-    moto = os.path.join(ROOT, ".venv/bin/moto_server")
+    moto = os.path.join(ROOT, "scripts/moto_server.py")
     python = os.path.join(ROOT, ".venv/bin/python")
-    if not (os.path.exists(moto) and os.path.exists(python)):
+    if not os.path.exists(python):
         return None
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([moto, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([python, moto, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         env = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_REGION="us-east-1",
                    AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", MODEL_URI="s3://models/mobilenetv2.onnx")

@@ -18,7 +18,7 @@ source scripts/venv.sh >&2
 stack="${STACK_NAME:-onnx-lambda}"
 port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log="${TMPDIR:-/tmp}/onnx-lambda-local-stack-$port.log"
-nohup .venv/bin/moto_server -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+nohup .venv/bin/python scripts/moto_server.py -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
 moto_pid=$!
 for _ in $(seq 1 100); do
   .venv/bin/python -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && break

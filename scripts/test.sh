@@ -21,11 +21,12 @@ if [ "${SKIP_PACKAGE:-0}" != 1 ]; then
   export BOOTSTRAP="$CARGO_TARGET_DIR/lambda/onnx-lambda/bootstrap"
 fi
 
-# One moto server for the whole run on a free loopback port, stopped on exit.
+# One moto server for the whole run on a free loopback port, stopped on exit
+# (scripts/moto_server.py: moto with its SQS deletes serialised).
 # Tests read MOTO_ENDPOINT (without it, each test binary starts its own).
 port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 moto_log="${TMPDIR:-/tmp}/onnx-lambda-moto-$port.log"
-.venv/bin/moto_server -H 127.0.0.1 -p "$port" >"$moto_log" 2>&1 &
+.venv/bin/python scripts/moto_server.py -H 127.0.0.1 -p "$port" >"$moto_log" 2>&1 &
 moto_pid=$!
 trap 'kill "$moto_pid" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do

@@ -779,3 +779,16 @@ async fn s3_batch_operations_tasks_each_get_a_result_code() {
         "{answer}"
     );
 }
+
+/// Regression: moto's delete assigns back a copy of the queue taken before
+/// a concurrent delete and send, dropping the sent message; a job of the
+/// crash test (tests/aws/crash.rs) vanished this way. Every moto server of
+/// the suite runs `scripts/moto_server.py`, which serialises the deletes.
+#[test]
+fn the_suites_moto_keeps_a_message_sent_during_two_deletes() {
+    let left = common::python_tool("moto_delete_race.py", "");
+    assert_eq!(left["patched"], json!(["b"]), "{left}");
+    // If this fails, moto as pinned no longer loses the message: the
+    // patch in scripts/moto_server.py can go.
+    assert_eq!(left["unpatched"], json!(["c"]), "{left}");
+}

@@ -110,17 +110,14 @@ impl Drop for OwnMoto {
     }
 }
 
-/// Starts `moto_server` (the venv's) on a free loopback port.
+/// Starts moto (`scripts/moto_server.py` with the venv's python, as
+/// `scripts/test.sh` does) on a free loopback port.
 fn spawn_moto() -> (String, Child) {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
-    let program = if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("moto_server")
-    };
+    let program = root().join(".venv/bin/python");
     let port = free_port();
     let mut cmd = Command::new(&program);
-    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+    cmd.arg(root().join("scripts/moto_server.py"))
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     // Kill moto when this test process exits, however it exits.
