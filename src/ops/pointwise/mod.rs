@@ -379,8 +379,8 @@ const PREFETCH_AHEAD: usize = 512;
 /// places, is prefetched the same way: ResNet-50's 64 -> 256 layers at
 /// 56x56 that add one went 2.5-2.8 -> 1.4-1.7 ms, its 1x1 layers 57.0 ->
 /// 50.2 ms in all (`--simd avx2`, per-node minima of 3 alternating runs,
-/// AMD EPYC Zen 4). The AVX-512 tile gained nothing from either prefetch,
-/// one strip or one tile of rows ahead (42.0 -> 42.1, 45.2 -> 46.4 ms).
+/// AMD EPYC Zen 4). The AVX-512 tile prefetches at its start instead,
+/// both the next tile of rows and the next strip (`prefetch_next`).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const OUT_AHEAD: usize = MAX_VECS * 8;
 
@@ -546,7 +546,7 @@ pub(super) struct Tile<'a> {
     /// Which of the tile's channels to store.
     pub(super) store: Range<usize>,
     pub(super) strip: Strip,
-    /// Whether to prefetch the output (AVX2), see [`OUT_AHEAD`].
+    /// Whether to prefetch the output and residual, see [`OUT_AHEAD`].
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) prefetch_out: bool,
     pub(super) pre: Option<(f32, f32)>,
