@@ -121,12 +121,14 @@ async fn two_thousand_jobs_survive_a_worker_killed_mid_batch() {
     assert_eq!(lines.len(), written.len(), "collect writes each job once");
     let accounted = &written | &dead;
     let missing: Vec<&String> = all.difference(&accounted).collect();
-    // Still in the job queue (visible or in flight) or gone: which one
-    // tells a stuck or unredelivered message from a lost one.
+    // Still in the job queue (visible or in flight), a result `collect`
+    // did not wait for, or gone: which one tells a stuck or unredelivered
+    // message, or a slow collector, from a lost one.
     let left = queue_depth(&sqs, &jobs).await;
+    let unread = queue_depth(&sqs, &results).await;
     assert!(
         missing.is_empty(),
-        "lost jobs: {missing:?}; {left} messages left in the job queue; {summary}; workers {stats:?}"
+        "lost jobs: {missing:?}; {left} messages left in the job queue, {unread} in the results queue; {summary}; workers {stats:?}"
     );
     assert_eq!(accounted.len(), JOBS, "nothing but these jobs: {summary}");
     assert_eq!(summary["complete"], dead.is_empty(), "{summary}");
