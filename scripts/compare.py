@@ -111,7 +111,7 @@ def moto_cold_start(binary, photo, rounds):
     """Process start to first prediction with the model on S3 (moto), or None."""
     moto = os.path.join(ROOT, "scripts/moto_server.py")
     python = os.path.join(ROOT, ".venv/bin/python")
-    if not os.path.exists(python):
+    if not (os.path.exists(os.path.join(ROOT, ".venv/bin/moto_server")) and os.path.exists(python)):
         return None
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
