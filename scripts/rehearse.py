@@ -58,12 +58,13 @@ LAMBDA_PER_MILLION = 0.20
 # clock is read with time.time() (the same milliseconds since the epoch);
 # GetQueueAttributes and everything else is moto's own. The S3 server
 # stages the objects in-process before it serves (REHEARSAL_STAGE): one
-# PUT each over HTTP took moto 8 minutes for 100,000. Deletes are
-# serialised as in every moto server of the project (scripts/moto_server.py).
+# PUT each over HTTP took moto 8 minutes for 100,000. Deletes and receives
+# hold the queue's lock, as in every moto server of the project
+# (scripts/moto_server.py).
 MOTO_SERVER = f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'scripts')!r})\n" + """
 import json, os, sys, threading, time
 import moto_server
-moto_server.serialise_deletes()
+moto_server.lock_queue_changes()
 import moto.sqs.models as sqs
 from moto.core.utils import unix_time_millis
 sqs.unix_time_millis = lambda dt=None: time.time() * 1000.0 if dt is None else unix_time_millis(dt)

@@ -22,7 +22,7 @@ if [ "${SKIP_PACKAGE:-0}" != 1 ]; then
 fi
 
 # One moto server for the whole run on a free loopback port, stopped on exit
-# (scripts/moto_server.py: moto with its SQS deletes serialised).
+# (scripts/moto_server.py: moto with its SQS queue changes locked).
 # Tests read MOTO_ENDPOINT (without it, each test binary starts its own).
 port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 moto_log="${TMPDIR:-/tmp}/onnx-lambda-moto-$port.log"

@@ -780,15 +780,25 @@ async fn s3_batch_operations_tasks_each_get_a_result_code() {
     );
 }
 
-/// Regression: moto's delete assigns back a copy of the queue taken before
-/// a concurrent delete and send, dropping the sent message; a job of the
-/// crash test (tests/aws/crash.rs) vanished this way. Every moto server of
-/// the suite runs `scripts/moto_server.py`, which serialises the deletes.
+/// Regression: moto's delete assigns back a copy of the queue it walked,
+/// which drops a message sent into a second delete's copy meanwhile, and
+/// a message after one a receive moves to the dead-letter queue
+/// meanwhile; a job of the crash test (tests/aws/crash.rs) vanished the
+/// first way. Every moto server of the suite runs `scripts/moto_server.py`,
+/// which makes both hold the queue's lock.
 #[test]
-fn the_suites_moto_keeps_a_message_sent_during_two_deletes() {
-    let left = common::python_tool("moto_delete_race.py", "");
-    assert_eq!(left["patched"], json!(["b"]), "{left}");
-    // If this fails, moto as pinned no longer loses the message: the
+fn the_suites_moto_loses_no_message_to_a_racing_delete() {
+    let out = common::python_tool("moto_delete_race.py", "");
+    let right = json!({
+        "two_deletes_and_a_send": {"queue": ["b"]},
+        "a_delete_and_a_dead_letter_move": {"queue": ["y"], "dead": ["x"]},
+    });
+    assert_eq!(out["locked"], right, "{out}");
+    // If this fails, moto as pinned no longer loses these messages: the
     // patch in scripts/moto_server.py can go.
-    assert_eq!(left["unpatched"], json!(["c"]), "{left}");
+    let lost = json!({
+        "two_deletes_and_a_send": {"queue": ["c"]},
+        "a_delete_and_a_dead_letter_move": {"queue": ["x"], "dead": ["x"]},
+    });
+    assert_eq!(out["unlocked"], lost, "{out}");
 }
