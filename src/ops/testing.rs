@@ -213,6 +213,22 @@ pub(crate) mod onnx {
         }
     }
 
+    /// A square `MaxPool` node of `kernel` and `stride`, with any further
+    /// attributes (padding, ceil mode).
+    pub(crate) fn max_pool(
+        input: &str,
+        output: &str,
+        (kernel, stride): (i64, i64),
+        more: Vec<AttributeProto>,
+    ) -> NodeProto {
+        let mut attributes = vec![
+            ints("kernel_shape", &[kernel; 2]),
+            ints("strides", &[stride; 2]),
+        ];
+        attributes.extend(more);
+        node("MaxPool", &[input], output, attributes)
+    }
+
     /// An f32 initializer of `dims` with deterministic values.
     pub(crate) fn weights(name: &str, dims: Vec<i64>, seed: u32) -> TensorProto {
         TensorProto {

@@ -242,18 +242,7 @@ mod tests {
         if !available() {
             return; // tract runs these layers on this CPU.
         }
-        let pool = || {
-            onnx::node(
-                "MaxPool",
-                &["r"],
-                "y",
-                vec![
-                    onnx::ints("kernel_shape", &[3, 3]),
-                    onnx::ints("strides", &[2, 2]),
-                    onnx::ints("pads", &[1; 4]),
-                ],
-            )
-        };
+        let pool = || onnx::max_pool("r", "y", (3, 2), vec![onnx::ints("pads", &[1; 4])]);
         let conv = onnx::node(
             "Conv",
             &["x", "w", "b"],

@@ -534,6 +534,21 @@ mod tests {
         }
     }
 
+    /// A case's geometry, weights, bias and input, seeded by its number:
+    /// `(images, in, out, h, w, kernel, stride, pad)`.
+    #[allow(clippy::type_complexity)]
+    fn case_data(
+        case: u32,
+        (n, c, m, h, w, k, s, p): (usize, usize, usize, usize, usize, usize, usize, usize),
+    ) -> (Geometry, Vec<f32>, Vec<f32>, Vec<f32>) {
+        (
+            geometry(c, (h, w), (k, s, p)),
+            noise(m * c * k * k, case + 1),
+            noise(m, case + 2),
+            noise(n * c * h * w, case + 3),
+        )
+    }
+
     #[test]
     fn matches_the_definition_on_odd_shapes_strides_and_pads() {
         // (images, in, out, h, w, kernel, stride, pad)
@@ -544,10 +559,7 @@ mod tests {
             (1, 2, 16, 7, 16, 3, 1, 0),
             (1, 3, 3, 33, 35, 3, 2, 0),
         ]) {
-            let g = geometry(c, (h, w), (k, s, p));
-            let weights = noise(m * c * k * k, case + 1);
-            let bias = noise(m, case + 2);
-            let input = noise(n * c * h * w, case + 3);
+            let (g, weights, bias, input) = case_data(case, (n, c, m, h, w, k, s, p));
             for clamp in [None, Some((0.0, 0.5))] {
                 let op = Stem::new(g, m, &weights, &bias, clamp, true);
                 let want = reference(&op, &weights, &bias, n, &input);
@@ -577,10 +589,7 @@ mod tests {
             (1, 1, 16, 12, 17, 3, 1, 1),
             (1, 4, 33, 19, 15, 5, 2, 2),
         ]) {
-            let g = geometry(c, (h, w), (k, s, p));
-            let weights = noise(m * c * k * k, case + 1);
-            let bias = noise(m, case + 2);
-            let input = noise(n * c * h * w, case + 3);
+            let (g, weights, bias, input) = case_data(case, (n, c, m, h, w, k, s, p));
             let op = Stem::new(g, m, &weights, &bias, Some((0.0, f32::INFINITY)), true);
             let conv = reference(&op, &weights, &bias, n, &input);
             for &(pk, ps, pp, ceil) in &JOINED_POOLS {
@@ -618,16 +627,7 @@ mod tests {
                 vec![onnx::ints("strides", &[2, 2])],
             ),
             onnx::node("Relu", &["c"], "r", vec![]),
-            onnx::node(
-                "MaxPool",
-                &["r"],
-                "y",
-                vec![
-                    onnx::ints("kernel_shape", &[3, 3]),
-                    onnx::ints("strides", &[2, 2]),
-                    onnx::int("ceil_mode", 1),
-                ],
-            ),
+            onnx::max_pool("r", "y", (3, 2), vec![onnx::int("ceil_mode", 1)]),
         ];
         let weights = vec![
             onnx::weights("w", vec![24, 3, 3, 3], 1),
