@@ -1100,6 +1100,18 @@ mod tests {
                 (3, 3),
                 [3, 3, 3, 3],
             ),
+            // Taps in turns of 2 (AVX2's halves of a panel take turns
+            // over 64 input channels); a last panel of 4 rows.
+            shape(
+                1,
+                1,
+                (30, 12),
+                (9, 10),
+                (3, 3),
+                (1, 1),
+                (1, 1),
+                [1, 1, 1, 1],
+            ),
             // More output channels than pixels: the input packed.
             shape(2, 1, (80, 68), (7, 7), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
         ];

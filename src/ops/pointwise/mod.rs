@@ -387,7 +387,7 @@ const OUT_AHEAD: usize = MAX_VECS * 8;
 /// Columns of pixels left after whole vectors below which they are done
 /// as [`Kind::Columns`]: a tile of 8 channels by up to 7 pixels costs 1 to
 /// 7 FMAs per input channel where a masked vector tile costs 8 (AVX-512;
-/// 2 tiles of 4 with AVX2), so 49 pixels cost 48 + 1 rather than 64.
+/// 2 halves of 4 with AVX2), so 49 pixels cost 48 + 1 rather than 64.
 const COLUMN_TAIL: usize = 8;
 
 /// A run of pixels that one kind of tile covers.
@@ -481,7 +481,8 @@ struct Image<'a> {
 /// An instruction set's tile: its shape and its function.
 #[derive(Clone, Copy)]
 pub(super) struct Isa {
-    /// Output channels per tile (divides [`PANEL`]).
+    /// Output channels per tile ([`PANEL`]; AVX2 holds half of them in
+    /// registers at a time).
     pub(super) rows: usize,
     /// f32 lanes per vector.
     pub(super) lanes: usize,
@@ -504,7 +505,7 @@ impl Isa {
             }),
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2 => Ok(Isa {
-                rows: 4,
+                rows: 8,
                 lanes: 8,
                 tile: avx2::tile,
                 columns: avx2::columns,
@@ -1067,6 +1068,11 @@ mod tests {
             (1, 8, 11, 18),
             (1, 5, 9, 19),
             (1, 9, 13, 22),
+            // More input channels than stay in L1 for AVX2's second half
+            // of a panel: the halves take turns, the last turn shorter;
+            // a last panel of 4 rows has one half.
+            (1, 12, 300, 37),
+            (2, 5, 257, 30),
         ] {
             let d = Dims {
                 images,

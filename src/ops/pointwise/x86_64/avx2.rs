@@ -1,10 +1,26 @@
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 use crate::ops::x86_64::avx2::{clamp, mask};
 
 use super::{Kind, Tile, OUT_AHEAD, PANEL, PREFETCH_AHEAD};
 
+/// Output channels in registers at once: 4 rows by 3 vectors are 12 of
+/// AVX2's 16 registers, with 3 vectors of pixels and a broadcast weight.
 const ROWS: usize = 4;
+
+/// Input channels (counted over the taps) one half of a panel runs
+/// before the other half runs the same ones, 6 KiB of pixels; see
+/// [`tile_of`]. 32 and 128 measured 1-3% slower on ResNet-18.
+const CHUNK: usize = 64;
+
+/// Input channels (over the taps) up to which the two halves run one
+/// after the other over all of them: 3 vectors of pixels a channel,
+/// 256 channels are 24 KiB, which stay in a 32 KiB L1 for the second
+/// half. Taking turns there too cost ResNet-50's 1x1 layers with 64 and
+/// 128 input channels 5-15% (the accumulators' round trips through
+/// memory, for no reads saved).
+const TURNS_FROM: usize = 256;
 
 /// # Safety
 /// The CPU must have AVX2 and FMA; see [`super::Pointwise::image`].
@@ -25,6 +41,21 @@ pub(super) unsafe fn tile(t: &Tile<'_>) {
     }
 }
 
+/// One half's accumulators: 4 output channels by `V` vectors of pixels.
+type Acc<const V: usize> = [[__m256; V]; ROWS];
+
+/// A panel of 8 output channels as two halves of 4 rows. Where the input
+/// is larger than L1 the halves take turns over it, `CHUNK` input
+/// channels at a time, and the second half reads the pixels the first
+/// has just brought in: one half after the other over all of it (two
+/// 4-row tiles) read every pixel from L2 twice per panel, 8 bytes for
+/// each FMA where the AVX-512 tile reads 4. With the turns, `--simd
+/// avx2` on AMD EPYC Zen 4 (whose AVX2 peak is its AVX-512 peak):
+/// ResNet-18 42.0 -> 39.4 ms (its 7x7 layers 2.85 -> 2.52, 14x14 2.75 ->
+/// 2.65), ResNet-50 92.0 -> 88.4, DenseNet-121 64.4 -> 62.8, RegNetY
+/// 12.4 -> 12.0, the depthwise families unchanged (`profile --by-node
+/// --threads 1`, per-node minima of 3 alternating runs).
+///
 /// `MASKED`: whether the last vector of pixels is partial. With AVX2
 /// the mask is a vector register, the 17th live one beside 12
 /// accumulators, 3 vectors of `x` and a broadcast weight: LLVM then
@@ -38,19 +69,102 @@ pub(super) unsafe fn tile(t: &Tile<'_>) {
 /// `profile --by-node --threads 1`, four alternating runs).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_of<const V: usize, const MASKED: bool>(t: &Tile<'_>, tail: usize) {
-    let (k, ld) = (t.k, t.ld);
-    let mut acc = [[_mm256_setzero_ps(); V]; ROWS];
-    for r in 0..ROWS {
+    let k = t.k;
+    let halves = if t.store.end > ROWS { 2 } else { 1 };
+    let bias = |h: usize| -> Acc<V> {
         // SAFETY: the bias is padded to whole panels.
-        let b = _mm256_set1_ps(unsafe { *t.bias.add(r) });
-        for v in 0..V {
-            acc[r][v] = b;
+        std::array::from_fn(|r| [_mm256_set1_ps(unsafe { *t.bias.add(h * ROWS + r) }); V])
+    };
+    if t.taps.len() * k <= TURNS_FROM {
+        for h in 0..halves {
+            let w = t.w.wrapping_add(h * ROWS);
+            // SAFETY: forwarded: every channel of every tap, whose
+            // weights follow each other.
+            let acc = unsafe { steps::<V, MASKED>(bias(h), t.x, t.taps, w, t.ld, k, tail) };
+            // A copy: with `&acc` itself escaping into the call, LLVM
+            // stored every accumulator to the stack on every input channel.
+            let done = acc;
+            store::<V, MASKED>(t, h, &done, mask(tail));
+        }
+        return;
+    }
+    let mut acc = [bias(0), bias(1)];
+    // Channels `from..from + n` of each tap of `taps`, into half `h`:
+    // channel `c` of tap `i` is at `x + taps[i] + c * ld`, its weights at
+    // `w + (i * k + c) * PANEL`, the second half's 4 further.
+    let run = |half: &mut Acc<V>, h: usize, taps: Range<usize>, from: usize, n: usize| {
+        let w = t.w.wrapping_add((taps.start * k + from) * PANEL + h * ROWS);
+        let x = t.x.wrapping_add(from * t.ld);
+        // SAFETY: forwarded: channels `from..from + n` of taps `taps`,
+        // whose weights follow each other when they are whole taps.
+        unsafe { turn::<V, MASKED>(half, x, &t.taps[taps], w, t.ld, n, tail) };
+    };
+    if k >= CHUNK {
+        for i in 0..t.taps.len() {
+            for from in (0..k).step_by(CHUNK) {
+                let n = (k - from).min(CHUNK);
+                for (h, half) in acc.iter_mut().enumerate().take(halves) {
+                    run(half, h, i..i + 1, from, n);
+                }
+            }
+        }
+    } else {
+        let per = CHUNK / k;
+        for first in (0..t.taps.len()).step_by(per) {
+            let taps = first..t.taps.len().min(first + per);
+            for (h, half) in acc.iter_mut().enumerate().take(halves) {
+                run(half, h, taps.clone(), 0, k);
+            }
         }
     }
-    let mut w = t.w;
-    for &tap in t.taps {
-        let mut x = t.x.wrapping_add(tap);
-        for _ in 0..k {
+    for (h, half) in acc.iter().enumerate().take(halves) {
+        store::<V, MASKED>(t, h, half, mask(tail));
+    }
+}
+
+/// [`steps`] on a half's accumulators in memory, which this loads into
+/// registers and stores back once. Not inlined: in the loops over taps and
+/// chunks of [`tile_of`] LLVM kept the accumulators on the stack across
+/// taps (ResNet-18's stem, 3 channels a tap, went 2.8 -> 3.3 ms).
+///
+/// # Safety
+/// As [`steps`].
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+unsafe fn turn<const V: usize, const MASKED: bool>(
+    half: &mut Acc<V>,
+    x: *const f32,
+    taps: &[usize],
+    w: *const f32,
+    ld: usize,
+    n: usize,
+    tail: usize,
+) {
+    // SAFETY: forwarded.
+    *half = unsafe { steps::<V, MASKED>(*half, x, taps, w, ld, n, tail) };
+}
+
+/// `n` input channels of each of `taps` into one half's accumulators,
+/// taken and returned by value so that they stay in registers.
+///
+/// # Safety
+/// For every tap, `x + tap` and `w` start `n` input channels of the
+/// tile's input and panel (`ld` apart, and [`PANEL`]); the weights of
+/// the next tap follow.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn steps<const V: usize, const MASKED: bool>(
+    mut acc: Acc<V>,
+    x: *const f32,
+    taps: &[usize],
+    mut w: *const f32,
+    ld: usize,
+    n: usize,
+    tail: usize,
+) -> Acc<V> {
+    for &tap in taps {
+        let mut x = x.wrapping_add(tap);
+        for _ in 0..n {
             // A prefetch never faults, even past the weights' end.
             _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH_AHEAD).cast());
             let mut xv = [_mm256_setzero_ps(); V];
@@ -75,28 +189,22 @@ unsafe fn tile_of<const V: usize, const MASKED: bool>(t: &Tile<'_>, tail: usize)
             w = w.wrapping_add(PANEL);
         }
     }
-    // A copy: with `&acc` itself escaping into the call, LLVM stored
-    // every accumulator to the stack on every input channel.
-    let done = acc;
-    store::<V, MASKED>(t, &done, mask(tail));
+    acc
 }
 
-/// The epilogue and the tile's only store. Whole vectors go through
-/// plain loads and stores: `vmaskmovps` stores are microcoded on AMD
-/// Zen 2, and with a mask on every vector the 1x1 layers took 8.68 ms
+/// The epilogue and the only store of half `h`'s rows. Whole vectors go
+/// through plain loads and stores: `vmaskmovps` stores are microcoded on
+/// AMD Zen 2, and with a mask on every vector the 1x1 layers took 8.68 ms
 /// against 7.73, the joined expansion 1.64 against 1.27 (`profile
 /// --by-node --threads 1`, AMD EPYC Zen 2, three runs alternating).
 #[target_feature(enable = "avx2,fma")]
-fn store<const V: usize, const MASKED: bool>(
-    t: &Tile<'_>,
-    acc: &[[__m256; V]; ROWS],
-    tail: __m256i,
-) {
+fn store<const V: usize, const MASKED: bool>(t: &Tile<'_>, h: usize, acc: &Acc<V>, tail: __m256i) {
     let epilogue = |y: __m256, c: Option<(f32, f32)>| match c {
         Some((lo, hi)) => clamp(y, _mm256_set1_ps(lo), _mm256_set1_ps(hi)),
         None => y,
     };
-    for (r, row) in acc.iter().enumerate() {
+    for (i, row) in acc.iter().enumerate() {
+        let r = h * ROWS + i;
         if !t.store.contains(&r) {
             continue;
         }
