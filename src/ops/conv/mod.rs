@@ -410,7 +410,7 @@ impl Conv {
         }
         // The input read where it lies.
         let (ci, ld) = (s.c_in_group(), s.ld(self.layout));
-        let row_tiles = s.c_out_group().div_ceil(isa.rows);
+        let row_tiles = s.c_out_group().div_ceil(PANEL);
         let per_group = row_tiles * runs.len();
         let mut units = vec![(); s.groups * per_group];
         let _ = par_chunks_mut(&mut units, 1, s.macs() / s.images.max(1), |first, chunk| {
@@ -427,7 +427,7 @@ impl Conv {
                     ld,
                     k: ci,
                 };
-                self.tile(isa, &dest, (g, t * isa.rows), run, input);
+                self.tile(isa, &dest, (g, t * PANEL), run, input);
             }
             Ok(())
         });
@@ -471,7 +471,7 @@ impl Conv {
                 Ok(())
             },
         );
-        let row_tiles = s.c_out_group().div_ceil(isa.rows);
+        let row_tiles = s.c_out_group().div_ceil(PANEL);
         let mut units = vec![(); s.groups * row_tiles];
         let _ = par_chunks_mut(&mut units, 1, s.macs() / s.images.max(1), |first, chunk| {
             for unit in first..first + chunk.len() {
@@ -483,7 +483,7 @@ impl Conv {
                         ld: width(&run.2),
                         k: k_all,
                     };
-                    self.tile(isa, dest, (g, t * isa.rows), run, input);
+                    self.tile(isa, dest, (g, t * PANEL), run, input);
                 }
             }
             Ok(())
@@ -510,7 +510,7 @@ impl Conv {
             out_ld: dest.ld,
             out: dest.out.get().wrapping_add(at),
             residual: dest.residual.map(|r| r[at..].as_ptr()),
-            store: 0..isa.rows.min(co - r0),
+            store: 0..PANEL.min(co - r0),
             strip,
             prefetch_out: true,
             pre: self.epilogue.pre,

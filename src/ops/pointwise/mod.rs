@@ -325,11 +325,13 @@ impl Pointwise {
     /// Channels `rows` of one strip of pixels, tile by tile.
     fn strip(&self, isa: Isa, job: &Image<'_>, strip: Strip, rows: Range<usize>) {
         let Dims { k, pixels, .. } = self.dims;
-        let (step, run) = match strip.kind {
-            Kind::Vectors { .. } => (isa.rows, isa.tile),
-            Kind::Columns => (PANEL, isa.columns),
+        // Every tile is a panel of output channels (AVX2 holds half of one
+        // in registers at a time).
+        let run = match strip.kind {
+            Kind::Vectors { .. } => isa.tile,
+            Kind::Columns => isa.columns,
         };
-        for r0 in (rows.start / step * step..rows.end).step_by(step) {
+        for r0 in (rows.start / PANEL * PANEL..rows.end).step_by(PANEL) {
             let at = r0 * pixels + strip.first;
             let tile = Tile {
                 k,
@@ -341,7 +343,7 @@ impl Pointwise {
                 out_ld: pixels,
                 out: job.out.wrapping_add(at),
                 residual: job.residual.map(|r| r.wrapping_add(at)),
-                store: rows.start.max(r0) - r0..rows.end.min(r0 + step) - r0,
+                store: rows.start.max(r0) - r0..rows.end.min(r0 + PANEL) - r0,
                 strip,
                 prefetch_out: job.prefetch_out,
                 pre: self.epilogue.pre,
@@ -481,9 +483,6 @@ struct Image<'a> {
 /// An instruction set's tile: its shape and its function.
 #[derive(Clone, Copy)]
 pub(super) struct Isa {
-    /// Output channels per tile ([`PANEL`]; AVX2 holds half of them in
-    /// registers at a time).
-    pub(super) rows: usize,
     /// f32 lanes per vector.
     pub(super) lanes: usize,
     pub(super) tile: unsafe fn(&Tile<'_>),
@@ -498,21 +497,18 @@ impl Isa {
         match level.simd() {
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512 => Ok(Isa {
-                rows: 8,
                 lanes: 16,
                 tile: avx512::tile,
                 columns: avx2::columns,
             }),
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2 => Ok(Isa {
-                rows: 8,
                 lanes: 8,
                 tile: avx2::tile,
                 columns: avx2::columns,
             }),
             #[cfg(target_arch = "aarch64")]
             Simd::Neon => Ok(Isa {
-                rows: 8,
                 lanes: neon::LANES,
                 tile: neon::tile,
                 columns: neon::columns,
