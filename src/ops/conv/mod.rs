@@ -42,7 +42,7 @@ use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 use crate::ops::depthwise::Geometry;
 use crate::ops::pointwise::{
     eval_with_residual, following_epilogue, strips, Epilogue, Isa, Kind, SharedOut, Strip, Tile,
-    PANEL,
+    Weights, PANEL,
 };
 use crate::ops::{replace_with, same_bits, same_clamp, weights_oihw, Level};
 
@@ -139,21 +139,20 @@ impl Shape {
         }
     }
 
-    /// Values between two input channels of a tap, in `layout`.
+    /// Values between two input channels of a tap, in `layout`: a
+    /// channel's planes (its phases, or its taps' columns) follow each
+    /// other, so a tile that takes every tap of a channel in turn reads
+    /// one run of memory.
     fn ld(&self, layout: Layout) -> usize {
         match layout {
-            Layout::Grid => self.grid_ld(),
-            Layout::Columns => self.out_pixels(),
+            Layout::Grid => self.phases() * self.grid_ld(),
+            Layout::Columns => self.taps() * self.out_pixels(),
         }
     }
 
     /// Values of one group's input, in `layout`.
     fn group_len(&self, layout: Layout) -> usize {
-        let planes = match layout {
-            Layout::Grid => self.phases(),
-            Layout::Columns => self.taps(),
-        };
-        planes * self.c_in_group() * self.ld(layout)
+        self.c_in_group() * self.ld(layout)
     }
 
     /// Pixels each output channel's tiles compute, in `layout`.
@@ -170,16 +169,15 @@ impl Shape {
         (self.out_hw.0 + self.reach().0 + 1) * self.wp()
     }
 
-    /// Where tap `(ky, kx)` reads, from its group's first plane.
+    /// Where tap `(ky, kx)` reads, from its channel's first plane.
     fn tap_offset(&self, layout: Layout, ky: usize, kx: usize) -> usize {
-        let ci = self.c_in_group();
         match layout {
             Layout::Grid => {
                 let (dy, dx) = (ky * self.dilation.0, kx * self.dilation.1);
                 let phase = (dy % self.stride.0) * self.stride.1 + dx % self.stride.1;
-                phase * ci * self.grid_ld() + dy / self.stride.0 * self.wp() + dx / self.stride.1
+                phase * self.grid_ld() + dy / self.stride.0 * self.wp() + dx / self.stride.1
             }
-            Layout::Columns => (ky * self.kernel.1 + kx) * ci * self.out_pixels(),
+            Layout::Columns => (ky * self.kernel.1 + kx) * self.out_pixels(),
         }
     }
 }
@@ -190,7 +188,7 @@ enum Layout {
     /// Zero-padded phase planes (the module docs): a copy the size of the
     /// input, and `wp - wo` discarded columns an output row.
     Grid,
-    /// Each tap's window copied out, `[tap][channel][output pixel]` (an
+    /// Each tap's window copied out, `[channel][tap][output pixel]` (an
     /// im2col): `taps` times the output's pixels, none discarded. For
     /// small planes, where the discarded columns cost most (a 7x7 output
     /// computes 9 columns a row on the grid) and the copy is small.
@@ -262,20 +260,15 @@ impl Conv {
         assert_eq!(weights.len(), s.c_out * ci * kh * kw, "weights");
         assert_eq!(bias.len(), s.c_out, "bias");
         let panels = co.div_ceil(PANEL);
+        // Each filter `[channel][tap]` is a row of `k` weights, in the
+        // order the tiles take them (see `Tile::taps`).
         let k = ci * kh * kw;
-        let mut packed = vec![0f32; s.groups * panels * PANEL * k];
+        let mut packed = Vec::with_capacity(s.groups * panels * PANEL * k);
         let mut padded = vec![0f32; s.groups * panels * PANEL];
         for g in 0..s.groups {
-            for o in 0..co {
-                let panel = &mut packed[(g * panels + o / PANEL) * PANEL * k..][..PANEL * k];
-                let filter = &weights[(g * co + o) * k..][..k];
-                for i in 0..ci {
-                    for t in 0..kh * kw {
-                        panel[(t * ci + i) * PANEL + o % PANEL] = filter[i * kh * kw + t];
-                    }
-                }
-                padded[g * panels * PANEL + o] = bias[g * co + o];
-            }
+            let filters = &weights[g * co * k..][..co * k];
+            packed.extend(Weights::Rows(filters).packed(co, k));
+            padded[g * panels * PANEL..][..co].copy_from_slice(&bias[g * co..][..co]);
         }
         let taps: Vec<usize> = (0..kh)
             .flat_map(|ky| (0..kw).map(move |kx| s.tap_offset(layout, ky, kx)))
@@ -538,10 +531,11 @@ impl Conv {
         let ci = s.c_in_group();
         let ld = s.ld(self.layout);
         let base = g * s.group_len(self.layout) + from;
-        for (t, &tap) in self.taps.iter().enumerate() {
-            for c in 0..ci {
+        let taps = self.taps.len();
+        for c in 0..ci {
+            for (t, &tap) in self.taps.iter().enumerate() {
                 let src = &x[base + tap + c * ld..][..strip.cols];
-                panel[(t * ci + c) * width..][..strip.cols].copy_from_slice(src);
+                panel[(c * taps + t) * width..][..strip.cols].copy_from_slice(src);
             }
         }
     }
@@ -574,21 +568,27 @@ struct Input<'a> {
 /// (and copy): when a row's strips cost less than the grid's discarded
 /// columns and tails do. A column tile's pixel counts twice a vector
 /// lane: it loads a weight vector and a pixel for each FMA, and its few
-/// accumulators wait on the FMA latency (`pointwise`'s column tiles).
-/// With 8 lanes (AVX2) rows win where the output width is a multiple of
-/// 8 (56, 112); with 16, rows of 56 or 28 end in half-empty vectors.
+/// accumulators wait on the FMA latency (`pointwise`'s column tiles). An
+/// AVX2 tile of 2 vectors counts 9/8 of a lane: its halves' 8
+/// accumulators leave the loop's own instructions less room beside the
+/// FMAs than 12 do. With 8 lanes (AVX2) rows win where the output width
+/// is a multiple of 24 (56-pixel rows end in two tiles of 2 vectors, and
+/// ResNet's 56x56 layers ran 5-8% slower on rows than on the grid); with
+/// 16, rows of 56 or 28 end in half-empty vectors.
 fn rows_beat_grid(s: &Shape, isa: Isa) -> bool {
-    let lanes = |pixels: usize| -> usize {
+    // In eighths of a lane.
+    let cost = |pixels: usize| -> usize {
         strips(pixels, isa)
             .map(|r| match r.kind {
-                Kind::Vectors { vecs, .. } => vecs * isa.lanes,
-                Kind::Columns => 2 * r.cols,
+                Kind::Vectors { vecs: 2, .. } if isa.lanes == 8 => 2 * 9 * isa.lanes,
+                Kind::Vectors { vecs, .. } => vecs * 8 * isa.lanes,
+                Kind::Columns => 16 * r.cols,
             })
             .sum()
     };
     let (ho, wo) = s.out_hw;
-    // Lanes per useful pixel, compared without division.
-    lanes(wo) * ho <= lanes(ho * s.wp())
+    // Cost per useful pixel, compared without division.
+    cost(wo) * ho <= cost(ho * s.wp())
 }
 
 /// A buffer of `len` values that its user writes before reading.
@@ -599,7 +599,7 @@ fn scratch(len: usize) -> TractResult<Tensor> {
 }
 
 /// Copies one image's input into `x` as [`Layout::Columns`]: for each
-/// group, tap and channel, the input pixel each output pixel reads
+/// group, channel and tap, the input pixel each output pixel reads
 /// through that tap (zero in the padding).
 fn tap_columns(s: &Shape, input: &[f32], x: &mut [f32]) {
     let (h, w) = s.in_hw;
@@ -608,7 +608,7 @@ fn tap_columns(s: &Shape, input: &[f32], x: &mut [f32]) {
     let _ = par_chunks_mut(x, ho * wo, x.len(), |first, chunk| {
         for (n, column) in chunk.chunks_exact_mut(ho * wo).enumerate() {
             let plane = first + n;
-            let (g, tap, c) = (plane / (taps * ci), plane / ci % taps, plane % ci);
+            let (g, c, tap) = (plane / (ci * taps), plane / taps % ci, plane % taps);
             let (ky, kx) = (tap / s.kernel.1, tap % s.kernel.1);
             let from = &input[(g * ci + c) * h * w..][..h * w];
             let copy = RowCopy::new(wo, w, kx * s.dilation.1, s.stride.1, s.pad.1);
@@ -626,7 +626,7 @@ fn tap_columns(s: &Shape, input: &[f32], x: &mut [f32]) {
 }
 
 /// Copies one image's input into `x` as [`Layout::Grid`]: for each
-/// group, stride phase and channel, the zero-padded phase plane.
+/// group, channel and stride phase, the zero-padded phase plane.
 fn split_phases(s: &Shape, input: &[f32], x: &mut [f32]) {
     let (h, w) = s.in_hw;
     let (sh, sw) = s.stride;
@@ -634,10 +634,10 @@ fn split_phases(s: &Shape, input: &[f32], x: &mut [f32]) {
     let _ = par_chunks_mut(x, ld, x.len(), |first, chunk| {
         for (n, plane) in chunk.chunks_exact_mut(ld).enumerate() {
             let index = first + n;
-            let (g, phase, c) = (
-                index / (s.phases() * ci),
-                index / ci % s.phases(),
-                index % ci,
+            let (g, c, phase) = (
+                index / (ci * s.phases()),
+                index / s.phases() % ci,
+                index % s.phases(),
             );
             let (py, px) = (phase / sw, phase % sw);
             let from = &input[(g * ci + c) * h * w..][..h * w];

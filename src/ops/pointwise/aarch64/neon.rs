@@ -51,23 +51,24 @@ unsafe fn tile_of<const V: usize>(t: &Tile<'_>) {
         *row = [vdupq_n_f32(unsafe { *t.bias.add(r) }); V];
     }
     let mut w = t.w;
-    for &tap in t.taps {
+    // SAFETY (both loops): one tap of one channel a step, inside the
+    // tile's input and panel (see `Tile::taps`).
+    if let &[tap] = t.taps {
+        // A 1x1 layer or tap columns: no loop over taps.
         let mut x = t.x.wrapping_add(tap);
         for _ in 0..t.k {
-            let mut xv = [vdupq_n_f32(0.0); V];
-            for (v, xv) in xv.iter_mut().enumerate() {
-                // SAFETY: whole vectors of pixels of this input row.
-                *xv = unsafe { vld1q_f32(x.add(LANES * v)) };
-            }
-            // SAFETY: a panel holds PANEL weights per input channel.
-            let wv = unsafe { [vld1q_f32(w), vld1q_f32(w.add(LANES))] };
-            for r in 0..ROWS {
-                for v in 0..V {
-                    acc[r][v] = fma_lane(acc[r][v], xv[v], wv[r / LANES], r % LANES);
-                }
-            }
+            acc = unsafe { step(acc, x, w) };
             x = x.wrapping_add(t.ld);
             w = w.wrapping_add(PANEL);
+        }
+    } else {
+        let mut x = t.x;
+        for _ in 0..t.k {
+            for &tap in t.taps {
+                acc = unsafe { step(acc, x.wrapping_add(tap), w) };
+                w = w.wrapping_add(PANEL);
+            }
+            x = x.wrapping_add(t.ld);
         }
     }
     // A copy, so that no reference to the accumulators escapes the loop
@@ -75,6 +76,33 @@ unsafe fn tile_of<const V: usize>(t: &Tile<'_>) {
     let done = acc;
     // SAFETY: forwarded.
     unsafe { store::<V>(t, &done) };
+}
+
+/// One input channel of one tap: `V` vectors of pixels at `x`, the
+/// panel's 8 weights at `w`.
+///
+/// # Safety
+/// The pixels (whole vectors) and weights are inside the tile's input and
+/// panel.
+#[inline(always)]
+unsafe fn step<const V: usize>(
+    mut acc: [[float32x4_t; V]; ROWS],
+    x: *const f32,
+    w: *const f32,
+) -> [[float32x4_t; V]; ROWS] {
+    let mut xv = [vdupq_n_f32(0.0); V];
+    for (v, xv) in xv.iter_mut().enumerate() {
+        // SAFETY: whole vectors of pixels of this input row.
+        *xv = unsafe { vld1q_f32(x.add(LANES * v)) };
+    }
+    // SAFETY: a panel holds PANEL weights per input channel and tap.
+    let wv = unsafe { [vld1q_f32(w), vld1q_f32(w.add(LANES))] };
+    for r in 0..ROWS {
+        for v in 0..V {
+            acc[r][v] = fma_lane(acc[r][v], xv[v], wv[r / LANES], r % LANES);
+        }
+    }
+    acc
 }
 
 /// The epilogue and the tile's only store.
@@ -143,7 +171,8 @@ unsafe fn columns_of<const C: usize, const U: usize>(t: &Tile<'_>) {
             }
         }
     };
-    for &tap in t.taps {
+    if let &[tap] = t.taps {
+        // A 1x1 layer or tap columns: `U` channels at a time.
         let mut x = t.x.wrapping_add(tap);
         for _ in 0..t.k / U {
             for (u, acc) in acc.iter_mut().enumerate() {
@@ -156,6 +185,23 @@ unsafe fn columns_of<const C: usize, const U: usize>(t: &Tile<'_>) {
             step(&mut acc[0], x, w);
             x = x.wrapping_add(t.ld);
             w = w.wrapping_add(PANEL);
+        }
+    } else {
+        // Channel by channel, `U` of its taps at a time.
+        let mut x = t.x;
+        for _ in 0..t.k {
+            let mut taps = t.taps.chunks_exact(U);
+            for group in &mut taps {
+                for (u, acc) in acc.iter_mut().enumerate() {
+                    step(acc, x.wrapping_add(group[u]), w.wrapping_add(u * PANEL));
+                }
+                w = w.wrapping_add(U * PANEL);
+            }
+            for &tap in taps.remainder() {
+                step(&mut acc[0], x.wrapping_add(tap), w);
+                w = w.wrapping_add(PANEL);
+            }
+            x = x.wrapping_add(t.ld);
         }
     }
     for u in 1..U {

@@ -8,9 +8,11 @@ use super::{Kind, Tile, OUT_AHEAD, PANEL, PREFETCH_AHEAD};
 /// AVX2's 16 registers, with 3 vectors of pixels and a broadcast weight.
 const ROWS: usize = 4;
 
-/// Input channels (counted over the taps) one half of a panel runs
-/// before the other half runs the same ones, 6 KiB of pixels; see
-/// [`tile_of`]. 32 and 128 measured 1-3% slower on ResNet-18.
+/// Input channels (counted over the taps, in whole channels: 7 of a 3x3
+/// layer) one half of a panel runs before the other half runs the same
+/// ones, 6 KiB of pixels; see [`tile_of`]. 32 and 128 measured 1-3%
+/// slower on ResNet-18; with the channels' taps together, 128 and 256
+/// no faster.
 const CHUNK: usize = 64;
 
 /// Input channels (over the taps) up to which the two halves run one
@@ -45,15 +47,15 @@ type Acc<const V: usize> = [[__m256; V]; ROWS];
 
 /// A panel of 8 output channels as two halves of 4 rows. Where the input
 /// is larger than L1 the halves take turns over it, `CHUNK` input
-/// channels at a time, and the second half reads the pixels the first
-/// has just brought in: one half after the other over all of it (two
-/// 4-row tiles) read every pixel from L2 twice per panel, 8 bytes for
-/// each FMA where the AVX-512 tile reads 4. With the turns, `--simd
-/// avx2` on AMD EPYC Zen 4 (whose AVX2 peak is its AVX-512 peak):
-/// ResNet-18 42.0 -> 39.4 ms (its 7x7 layers 2.85 -> 2.52, 14x14 2.75 ->
-/// 2.65), ResNet-50 92.0 -> 88.4, DenseNet-121 64.4 -> 62.8, RegNetY
-/// 12.4 -> 12.0, the depthwise families unchanged (`profile --by-node
-/// --threads 1`, per-node minima of 3 alternating runs).
+/// channels (counted over the taps) at a time, and the second half reads
+/// the pixels the first has just brought in: one half after the other
+/// over all of it (two 4-row tiles) read every pixel from L2 twice per
+/// panel, 8 bytes for each FMA where the AVX-512 tile reads 4. With the
+/// turns, `--simd avx2` on AMD EPYC Zen 4 (whose AVX2 peak is its AVX-512
+/// peak): ResNet-18 42.0 -> 39.4 ms (its 7x7 layers 2.85 -> 2.52, 14x14
+/// 2.75 -> 2.65), ResNet-50 92.0 -> 88.4, DenseNet-121 64.4 -> 62.8,
+/// RegNetY 12.4 -> 12.0, the depthwise families unchanged (`profile
+/// --by-node --threads 1`, per-node minima of 3 alternating runs).
 ///
 /// `MASKED`: whether the last vector of pixels is partial. With AVX2
 /// the mask is a vector register, the 17th live one beside 12
@@ -72,36 +74,28 @@ unsafe fn tile_of<const V: usize, const MASKED: bool>(t: &Tile<'_>, tail: usize)
     let halves = if t.store.end > ROWS { 2 } else { 1 };
     if taps * k <= TURNS_FROM {
         for h in 0..halves {
-            // SAFETY: forwarded: every channel of every tap, whose
-            // weights follow each other.
-            unsafe { last_turn::<V, MASKED>(t, h, None, t.x, t.taps, t.w, k, tail) };
+            // SAFETY: forwarded: every tap of every channel.
+            unsafe { last_turn::<V, MASKED>(t, h, None, t.x, t.w, k, tail) };
         }
         return;
     }
     let mut acc: [Acc<V>; 2] = std::array::from_fn(|h| bias(t, h));
-    // Turns of `per` whole taps, or of `step` channels of one tap.
-    let per = (CHUNK / k).max(1);
-    let step = CHUNK.min(k);
-    let count = taps.div_ceil(per) * k.div_ceil(step);
-    let turns = (0..taps).step_by(per).flat_map(|first| {
-        (0..k)
-            .step_by(step)
-            .map(move |from| (first..taps.min(first + per), from, step.min(k - from)))
-    });
-    for (j, (group, from, n)) in turns.enumerate() {
-        // Channel `c` of tap `i` is at `x + taps[i] + c * ld`, its
-        // weights at `w + (i * k + c) * PANEL`, the second half's 4
-        // further; whole taps' weights follow each other.
+    // Turns of `step` input channels, every tap of each.
+    let step = (CHUNK / taps).max(1);
+    let count = k.div_ceil(step);
+    for (j, from) in (0..k).step_by(step).enumerate() {
+        let n = step.min(k - from);
+        // Channel `c` is at `x + c * ld` (plus each tap's offset), its
+        // weights at `w + c * taps * PANEL`, the second half's 4 further.
         let x = t.x.wrapping_add(from * t.ld);
-        let w = t.w.wrapping_add((group.start * k + from) * PANEL);
-        let taps = &t.taps[group];
+        let w = t.w.wrapping_add(from * taps * PANEL);
         for (h, half) in acc.iter_mut().enumerate().take(halves) {
-            // SAFETY: forwarded: channels `from..from + n` of `taps`.
+            // SAFETY: forwarded: channels `from..from + n`.
             unsafe {
                 if j + 1 < count {
-                    turn::<V, MASKED>(half, x, taps, w.wrapping_add(h * ROWS), t.ld, n, tail);
+                    turn::<V, MASKED>(half, x, t.taps, w.wrapping_add(h * ROWS), t.ld, n, tail);
                 } else {
-                    last_turn::<V, MASKED>(t, h, Some(half), x, taps, w, n, tail);
+                    last_turn::<V, MASKED>(t, h, Some(half), x, w, n, tail);
                 }
             }
         }
@@ -131,7 +125,6 @@ unsafe fn last_turn<const V: usize, const MASKED: bool>(
     h: usize,
     acc: Option<&Acc<V>>,
     x: *const f32,
-    taps: &[usize],
     w: *const f32,
     n: usize,
     tail: usize,
@@ -139,7 +132,7 @@ unsafe fn last_turn<const V: usize, const MASKED: bool>(
     let acc = acc.map_or_else(|| bias(t, h), |a| *a);
     let w = w.wrapping_add(h * ROWS);
     // SAFETY: forwarded.
-    let acc = unsafe { steps::<V, MASKED>(acc, x, taps, w, t.ld, n, tail) };
+    let acc = unsafe { steps::<V, MASKED>(acc, x, t.taps, w, t.ld, n, tail) };
     // A copy: with `&acc` itself escaping into the call, LLVM stored
     // every accumulator to the stack on every input channel.
     let done = acc;
@@ -168,13 +161,15 @@ unsafe fn turn<const V: usize, const MASKED: bool>(
     *half = unsafe { steps::<V, MASKED>(*half, x, taps, w, ld, n, tail) };
 }
 
-/// `n` input channels of each of `taps` into one half's accumulators,
-/// taken and returned by value so that they stay in registers.
+/// Every tap of `n` input channels into one half's accumulators, taken
+/// and returned by value so that they stay in registers: channel by
+/// channel, its taps one after the other (see [`Tile::taps`]).
 ///
 /// # Safety
-/// For every tap, `x + tap` and `w` start `n` input channels of the
-/// tile's input and panel (`ld` apart, and [`PANEL`]); the weights of
-/// the next tap follow.
+/// For every tap, `x + tap` starts input channel 0 of the tile's input,
+/// the next channel `ld` further; `w` starts the panel's weights of
+/// channel 0, tap 0, and those of the next tap and channel follow, for
+/// `n` channels.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn steps<const V: usize, const MASKED: bool>(
@@ -186,31 +181,59 @@ unsafe fn steps<const V: usize, const MASKED: bool>(
     n: usize,
     tail: usize,
 ) -> Acc<V> {
-    for &tap in taps {
+    // SAFETY (both loops): forwarded, one tap of one channel a step.
+    if let &[tap] = taps {
+        // A 1x1 layer or tap columns: no loop over taps.
         let mut x = x.wrapping_add(tap);
         for _ in 0..n {
-            // A prefetch never faults, even past the weights' end.
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH_AHEAD).cast());
-            let mut xv = [_mm256_setzero_ps(); V];
-            for v in 0..V {
-                // SAFETY: unmasked lanes are pixels of this input row.
-                xv[v] = unsafe {
-                    if MASKED && v + 1 == V {
-                        _mm256_maskload_ps(x.wrapping_add(8 * v), mask(tail))
-                    } else {
-                        _mm256_loadu_ps(x.wrapping_add(8 * v))
-                    }
-                };
-            }
-            for r in 0..ROWS {
-                // SAFETY: as in the AVX-512 tile.
-                let b = _mm256_broadcast_ss(unsafe { &*w.wrapping_add(r) });
-                for v in 0..V {
-                    acc[r][v] = _mm256_fmadd_ps(b, xv[v], acc[r][v]);
-                }
-            }
+            acc = unsafe { step::<V, MASKED>(acc, x, w, tail) };
             x = x.wrapping_add(ld);
             w = w.wrapping_add(PANEL);
+        }
+        return acc;
+    }
+    let mut x = x;
+    for _ in 0..n {
+        for &tap in taps {
+            acc = unsafe { step::<V, MASKED>(acc, x.wrapping_add(tap), w, tail) };
+            w = w.wrapping_add(PANEL);
+        }
+        x = x.wrapping_add(ld);
+    }
+    acc
+}
+
+/// One input channel of one tap: `V` vectors of pixels at `x`, the half's
+/// 4 weights at `w`.
+///
+/// # Safety
+/// As [`steps`], for this one step.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn step<const V: usize, const MASKED: bool>(
+    mut acc: Acc<V>,
+    x: *const f32,
+    w: *const f32,
+    tail: usize,
+) -> Acc<V> {
+    // A prefetch never faults, even past the weights' end.
+    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH_AHEAD).cast());
+    let mut xv = [_mm256_setzero_ps(); V];
+    for v in 0..V {
+        // SAFETY: unmasked lanes are pixels of this input row.
+        xv[v] = unsafe {
+            if MASKED && v + 1 == V {
+                _mm256_maskload_ps(x.wrapping_add(8 * v), mask(tail))
+            } else {
+                _mm256_loadu_ps(x.wrapping_add(8 * v))
+            }
+        };
+    }
+    for r in 0..ROWS {
+        // SAFETY: as in the AVX-512 tile.
+        let b = _mm256_broadcast_ss(unsafe { &*w.wrapping_add(r) });
+        for v in 0..V {
+            acc[r][v] = _mm256_fmadd_ps(b, xv[v], acc[r][v]);
         }
     }
     acc
@@ -310,7 +333,8 @@ unsafe fn columns_of<const C: usize, const U: usize>(t: &Tile<'_>) {
             acc[c] = _mm256_fmadd_ps(wv, xc, acc[c]);
         }
     };
-    for &tap in t.taps {
+    if let &[tap] = t.taps {
+        // A 1x1 layer or tap columns: `U` channels at a time.
         let mut x = t.x.wrapping_add(tap);
         for _ in 0..t.k / U {
             for u in 0..U {
@@ -327,6 +351,27 @@ unsafe fn columns_of<const C: usize, const U: usize>(t: &Tile<'_>) {
             step(&mut acc[0], x, w);
             x = x.wrapping_add(t.ld);
             w = w.wrapping_add(PANEL);
+        }
+    } else {
+        // Channel by channel, `U` of its taps at a time.
+        let mut x = t.x;
+        for _ in 0..t.k {
+            let mut taps = t.taps.chunks_exact(U);
+            for group in &mut taps {
+                for u in 0..U {
+                    step(
+                        &mut acc[u],
+                        x.wrapping_add(group[u]),
+                        w.wrapping_add(u * PANEL),
+                    );
+                }
+                w = w.wrapping_add(U * PANEL);
+            }
+            for &tap in taps.remainder() {
+                step(&mut acc[0], x.wrapping_add(tap), w);
+                w = w.wrapping_add(PANEL);
+            }
+            x = x.wrapping_add(t.ld);
         }
     }
     for u in 1..U {

@@ -38,37 +38,66 @@ unsafe fn tile_of<const V: usize>(t: &Tile<'_>, tail: usize) {
         prefetch_next::<V>(t);
     }
     let mut w = t.w;
-    for &tap in t.taps {
+    // SAFETY (both loops): one tap of one channel a step, inside the
+    // tile's input and panel (see `Tile::taps`).
+    if let &[tap] = t.taps {
+        // A 1x1 layer or tap columns: no loop over taps.
         let mut x = t.x.wrapping_add(tap);
         for _ in 0..k {
-            // A prefetch never faults, even past the weights' end.
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH_AHEAD).cast());
-            let mut xv = [_mm512_setzero_ps(); V];
-            for v in 0..V {
-                // SAFETY: unmasked lanes are pixels of this input row.
-                xv[v] = unsafe {
-                    if v + 1 == V {
-                        _mm512_maskz_loadu_ps(tail, x.wrapping_add(16 * v))
-                    } else {
-                        _mm512_loadu_ps(x.wrapping_add(16 * v))
-                    }
-                };
-            }
-            for r in 0..ROWS {
-                // SAFETY: a packed panel has PANEL weights per input
-                // channel. (A load intrinsic, not `*w`: a dereference
-                // carries debug builds' pointer checks into this loop,
-                // which then spills every accumulator.)
-                let b = _mm512_broadcastss_ps(unsafe { _mm_load_ss(w.wrapping_add(r)) });
-                for v in 0..V {
-                    acc[r][v] = _mm512_fmadd_ps(b, xv[v], acc[r][v]);
-                }
-            }
+            acc = unsafe { step(acc, x, w, tail) };
             x = x.wrapping_add(ld);
             w = w.wrapping_add(PANEL);
         }
+    } else {
+        let mut x = t.x;
+        for _ in 0..k {
+            for &tap in t.taps {
+                acc = unsafe { step(acc, x.wrapping_add(tap), w, tail) };
+                w = w.wrapping_add(PANEL);
+            }
+            x = x.wrapping_add(ld);
+        }
     }
     store(t, &acc, tail);
+}
+
+/// One input channel of one tap: `V` vectors of pixels at `x` (the last
+/// masked to `tail`), the panel's 8 weights at `w`.
+///
+/// # Safety
+/// The pixels and weights are inside the tile's input and panel.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn step<const V: usize>(
+    mut acc: [[__m512; V]; ROWS],
+    x: *const f32,
+    w: *const f32,
+    tail: __mmask16,
+) -> [[__m512; V]; ROWS] {
+    // A prefetch never faults, even past the weights' end.
+    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH_AHEAD).cast());
+    let mut xv = [_mm512_setzero_ps(); V];
+    for v in 0..V {
+        // SAFETY: unmasked lanes are pixels of this input row.
+        xv[v] = unsafe {
+            if v + 1 == V {
+                _mm512_maskz_loadu_ps(tail, x.wrapping_add(16 * v))
+            } else {
+                _mm512_loadu_ps(x.wrapping_add(16 * v))
+            }
+        };
+    }
+    for r in 0..ROWS {
+        // SAFETY: a packed panel has PANEL weights per input channel and
+        // tap. (A load intrinsic, not `*w`: a dereference carries debug
+        // builds' pointer checks into this loop, which then spills every
+        // accumulator.)
+        let b = _mm512_broadcastss_ps(unsafe { _mm_load_ss(w.wrapping_add(r)) });
+        for v in 0..V {
+            acc[r][v] = _mm512_fmadd_ps(b, xv[v], acc[r][v]);
+        }
+    }
+    acc
 }
 
 /// Prefetches the output (and residual) lines the next tiles store to
