@@ -322,14 +322,16 @@ impl Conv {
         );
         let isa = Isa::of(level)?;
         let layout = self.layout;
-        let ld = s.ld(layout);
+        // The output grid, where the tiles write before the copy back:
+        // `ho` rows of `wp` columns a channel.
+        let ld = ho * s.wp();
         // Both copies write every value of `x`; the tiles write the rows
         // of `grid` that the copy back reads.
         let mut x = scratch(s.groups * s.group_len(layout))?;
         let mut x = x.try_as_plain_ram_mut()?;
         let x = x.as_slice_mut::<f32>()?;
-        let direct = layout == Layout::Columns || rows_beat_grid(&s, isa);
-        let mut grid = scratch(if direct { 0 } else { s.c_out * ld })?;
+        let path = Path::of(&s, layout, isa);
+        let mut grid = scratch(if path == Path::Grid { s.c_out * ld } else { 0 })?;
         let mut grid = grid.try_as_plain_ram_mut()?;
         let grid = grid.as_slice_mut::<f32>()?;
         for image in 0..s.images {
@@ -337,42 +339,39 @@ impl Conv {
             let out = &mut output[image * s.c_out * ho * wo..][..s.c_out * ho * wo];
             let res = residual.map(|r| &r[image * s.c_out * ho * wo..][..s.c_out * ho * wo]);
             match layout {
-                Layout::Columns => {
-                    tap_columns(&s, planes, x);
-                    let runs = strips(ho * wo, isa).map(|r| (r.first, r.first, r));
-                    self.tiles(isa, x, (out, ho * wo, res), &runs.collect::<Vec<_>>());
-                }
-                Layout::Grid if direct => {
-                    split_phases(&s, planes, x);
-                    let runs = (0..ho).flat_map(|y| {
-                        strips(wo, isa).map(move |r| (y * s.wp() + r.first, y * wo + r.first, r))
-                    });
-                    self.tiles(isa, x, (out, ho * wo, res), &runs.collect::<Vec<_>>());
-                }
-                Layout::Grid => {
-                    split_phases(&s, planes, x);
-                    let runs = strips(ho * s.wp(), isa).map(|r| (r.first, r.first, r));
-                    // The residual is in the output's layout, not the grid's:
-                    // the copy adds it.
-                    self.tiles(isa, x, (grid, ld, None), &runs.collect::<Vec<_>>());
-                    let (wp, post) = (s.wp(), self.epilogue.post);
-                    let _ = par_chunks_mut(out, ho * wo, out.len(), |first, chunk| {
-                        for (c, plane) in chunk.chunks_exact_mut(ho * wo).enumerate() {
-                            let from = &grid[(first + c) * ld..];
-                            let rows = plane.chunks_exact_mut(wo).zip(from.chunks(wp));
-                            for (y, (row, from)) in rows.enumerate() {
-                                row.copy_from_slice(&from[..wo]);
-                                let Some(res) = res else { continue };
-                                let res = &res[(first + c) * ho * wo + y * wo..][..wo];
-                                for (v, r) in row.iter_mut().zip(res) {
-                                    let sum = *v + r;
-                                    *v = post.map_or(sum, |(lo, hi)| sum.max(lo).min(hi));
-                                }
+                Layout::Columns => tap_columns(&s, planes, x),
+                Layout::Grid => split_phases(&s, planes, x),
+            }
+            if path == Path::Whole {
+                let runs = strips(ho * wo, isa).map(|r| (r.first, r.first, r));
+                self.tiles(isa, x, (out, ho * wo, res), &runs.collect::<Vec<_>>());
+            } else if path == Path::Rows {
+                let runs = (0..ho).flat_map(|y| {
+                    strips(wo, isa).map(move |r| (y * s.wp() + r.first, y * wo + r.first, r))
+                });
+                self.tiles(isa, x, (out, ho * wo, res), &runs.collect::<Vec<_>>());
+            } else {
+                let runs = strips(ho * s.wp(), isa).map(|r| (r.first, r.first, r));
+                // The residual is in the output's layout, not the grid's:
+                // the copy adds it.
+                self.tiles(isa, x, (grid, ld, None), &runs.collect::<Vec<_>>());
+                let (wp, post) = (s.wp(), self.epilogue.post);
+                let _ = par_chunks_mut(out, ho * wo, out.len(), |first, chunk| {
+                    for (c, plane) in chunk.chunks_exact_mut(ho * wo).enumerate() {
+                        let from = &grid[(first + c) * ld..];
+                        let rows = plane.chunks_exact_mut(wo).zip(from.chunks(wp));
+                        for (y, (row, from)) in rows.enumerate() {
+                            row.copy_from_slice(&from[..wo]);
+                            let Some(res) = res else { continue };
+                            let res = &res[(first + c) * ho * wo + y * wo..][..wo];
+                            for (v, r) in row.iter_mut().zip(res) {
+                                let sum = *v + r;
+                                *v = post.map_or(sum, |(lo, hi)| sum.max(lo).min(hi));
                             }
                         }
-                        Ok(())
-                    });
-                }
+                    }
+                    Ok(())
+                });
             }
         }
         Ok(())
@@ -537,6 +536,32 @@ impl Conv {
                 let src = &x[base + tap + c * ld..][..strip.cols];
                 panel[(c * taps + t) * width..][..strip.cols].copy_from_slice(src);
             }
+        }
+    }
+}
+
+/// How the tiles run over an image's output pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Path {
+    /// Strips over the whole plane, straight into the output: tap
+    /// columns, and a grid as wide as the output (no tap reaches past a
+    /// row: ConvNeXt's patchify layers), are laid out as the output is.
+    Whole,
+    /// Strips row by row, straight into the output ([`rows_beat_grid`]).
+    Rows,
+    /// Strips over the grid's whole rows, discarded columns included,
+    /// then a copy into the output.
+    Grid,
+}
+
+impl Path {
+    fn of(s: &Shape, layout: Layout, isa: Isa) -> Path {
+        if layout == Layout::Columns || s.wp() == s.out_hw.1 {
+            Path::Whole
+        } else if rows_beat_grid(s, isa) {
+            Path::Rows
+        } else {
+            Path::Grid
         }
     }
 }
@@ -1114,11 +1139,15 @@ mod tests {
             ),
             // More output channels than pixels: the input packed.
             shape(2, 1, (80, 68), (7, 7), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            // Patchify layers (ConvNeXt's stem and downsamplers): no tap
+            // reaches past its row, the grid is the output's width.
+            shape(2, 1, (3, 24), (16, 20), (4, 4), (4, 4), (1, 1), [0; 4]),
+            shape(1, 1, (8, 16), (14, 14), (2, 2), (2, 2), (1, 1), [0; 4]),
         ];
         let mut paths = std::collections::HashSet::new();
         for level in levels("conv", VECTOR_LEVELS) {
             for (n, s) in cases.iter().enumerate() {
-                paths.insert(rows_beat_grid(s, Isa::of(level).unwrap()));
+                paths.insert(Path::of(s, Layout::Grid, Isa::of(level).unwrap()));
                 let k = s.c_in_group() * s.kernel.0 * s.kernel.1;
                 let w = noise(s.c_out * k, 11 + n as u32);
                 let b = noise(s.c_out, 12 + n as u32);
@@ -1143,7 +1172,7 @@ mod tests {
             }
         }
         if available() {
-            assert_eq!(paths.len(), 2, "row by row and on the grid both ran");
+            assert_eq!(paths.len(), 3, "every path on the grid ran: {paths:?}");
         }
     }
 
