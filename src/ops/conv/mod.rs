@@ -342,36 +342,40 @@ impl Conv {
                 Layout::Columns => tap_columns(&s, planes, x),
                 Layout::Grid => split_phases(&s, planes, x),
             }
-            if path == Path::Whole {
-                let runs = strips(ho * wo, isa).map(|r| (r.first, r.first, r));
-                self.tiles(isa, x, (out, ho * wo, res), &runs.collect::<Vec<_>>());
-            } else if path == Path::Rows {
-                let runs = (0..ho).flat_map(|y| {
-                    strips(wo, isa).map(move |r| (y * s.wp() + r.first, y * wo + r.first, r))
-                });
-                self.tiles(isa, x, (out, ho * wo, res), &runs.collect::<Vec<_>>());
-            } else {
-                let runs = strips(ho * s.wp(), isa).map(|r| (r.first, r.first, r));
-                // The residual is in the output's layout, not the grid's:
-                // the copy adds it.
-                self.tiles(isa, x, (grid, ld, None), &runs.collect::<Vec<_>>());
-                let (wp, post) = (s.wp(), self.epilogue.post);
-                let _ = par_chunks_mut(out, ho * wo, out.len(), |first, chunk| {
-                    for (c, plane) in chunk.chunks_exact_mut(ho * wo).enumerate() {
-                        let from = &grid[(first + c) * ld..];
-                        let rows = plane.chunks_exact_mut(wo).zip(from.chunks(wp));
-                        for (y, (row, from)) in rows.enumerate() {
-                            row.copy_from_slice(&from[..wo]);
-                            let Some(res) = res else { continue };
-                            let res = &res[(first + c) * ho * wo + y * wo..][..wo];
-                            for (v, r) in row.iter_mut().zip(res) {
-                                let sum = *v + r;
-                                *v = post.map_or(sum, |(lo, hi)| sum.max(lo).min(hi));
+            match path {
+                Path::Whole => {
+                    let runs = strips(ho * wo, isa).map(|r| (r.first, r.first, r));
+                    self.tiles(isa, x, (out, ho * wo, res), &runs.collect::<Vec<_>>());
+                }
+                Path::Rows => {
+                    let runs = (0..ho).flat_map(|y| {
+                        strips(wo, isa).map(move |r| (y * s.wp() + r.first, y * wo + r.first, r))
+                    });
+                    self.tiles(isa, x, (out, ho * wo, res), &runs.collect::<Vec<_>>());
+                }
+                Path::Grid => {
+                    let runs = strips(ho * s.wp(), isa).map(|r| (r.first, r.first, r));
+                    // The residual is in the output's layout, not the grid's:
+                    // the copy adds it.
+                    self.tiles(isa, x, (grid, ld, None), &runs.collect::<Vec<_>>());
+                    let (wp, post) = (s.wp(), self.epilogue.post);
+                    let _ = par_chunks_mut(out, ho * wo, out.len(), |first, chunk| {
+                        for (c, plane) in chunk.chunks_exact_mut(ho * wo).enumerate() {
+                            let from = &grid[(first + c) * ld..];
+                            let rows = plane.chunks_exact_mut(wo).zip(from.chunks(wp));
+                            for (y, (row, from)) in rows.enumerate() {
+                                row.copy_from_slice(&from[..wo]);
+                                let Some(res) = res else { continue };
+                                let res = &res[(first + c) * ho * wo + y * wo..][..wo];
+                                for (v, r) in row.iter_mut().zip(res) {
+                                    let sum = *v + r;
+                                    *v = post.map_or(sum, |(lo, hi)| sum.max(lo).min(hi));
+                                }
                             }
                         }
-                    }
-                    Ok(())
-                });
+                        Ok(())
+                    });
+                }
             }
         }
         Ok(())
