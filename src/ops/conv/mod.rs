@@ -358,27 +358,35 @@ impl Conv {
                     // The residual is in the output's layout, not the grid's:
                     // the copy adds it.
                     self.tiles(isa, x, (grid, ld, None), &runs.collect::<Vec<_>>());
-                    let (wp, post) = (s.wp(), self.epilogue.post);
-                    let _ = par_chunks_mut(out, ho * wo, out.len(), |first, chunk| {
-                        for (c, plane) in chunk.chunks_exact_mut(ho * wo).enumerate() {
-                            let from = &grid[(first + c) * ld..];
-                            let rows = plane.chunks_exact_mut(wo).zip(from.chunks(wp));
-                            for (y, (row, from)) in rows.enumerate() {
-                                row.copy_from_slice(&from[..wo]);
-                                let Some(res) = res else { continue };
-                                let res = &res[(first + c) * ho * wo + y * wo..][..wo];
-                                for (v, r) in row.iter_mut().zip(res) {
-                                    let sum = *v + r;
-                                    *v = post.map_or(sum, |(lo, hi)| sum.max(lo).min(hi));
-                                }
-                            }
-                        }
-                        Ok(())
-                    });
+                    self.copy_back(grid, out, res);
                 }
             }
         }
         Ok(())
+    }
+
+    /// One image's output grid (`ho` rows of `wp` columns a channel) into
+    /// `out`, its discarded columns dropped, adding `residual` (laid out as
+    /// `out`) and its clamp when given.
+    fn copy_back(&self, grid: &[f32], out: &mut [f32], residual: Option<&[f32]>) {
+        let s = self.shape;
+        let ((ho, wo), wp, post) = (s.out_hw, s.wp(), self.epilogue.post);
+        let _ = par_chunks_mut(out, ho * wo, out.len(), |first, chunk| {
+            for (c, plane) in chunk.chunks_exact_mut(ho * wo).enumerate() {
+                let from = &grid[(first + c) * ho * wp..];
+                let rows = plane.chunks_exact_mut(wo).zip(from.chunks(wp));
+                for (y, (row, from)) in rows.enumerate() {
+                    row.copy_from_slice(&from[..wo]);
+                    let Some(res) = residual else { continue };
+                    let res = &res[(first + c) * ho * wo + y * wo..][..wo];
+                    for (v, r) in row.iter_mut().zip(res) {
+                        let sum = *v + r;
+                        *v = post.map_or(sum, |(lo, hi)| sum.max(lo).min(hi));
+                    }
+                }
+            }
+            Ok(())
+        });
     }
 
     /// Every output channel of one image into `y` (`out_ld` values per
