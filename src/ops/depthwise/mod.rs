@@ -26,6 +26,7 @@
 //! weights. Anything else stays with tract.
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
@@ -164,6 +165,41 @@ impl Depthwise {
             scratch.resize(self.geometry.scratch_len(), 0.0);
             self.plane(c, input, out, scratch, kernels);
         });
+    }
+
+    /// Whether [`Depthwise::block_into`] runs at `level`: AVX2, with no
+    /// clamp of the input's own (the joined expansion's epilogue has it).
+    pub(crate) fn blocks_at(&self, level: Level) -> bool {
+        cfg!(target_arch = "x86_64") && level.simd() == Simd::Avx2 && self.input_clamp.is_none()
+    }
+
+    /// Planes `planes` (one image's, at most 8: one AVX2 vector) through
+    /// the channel-blocked path, for a joined expansion that writes its
+    /// output blocked (`fused.rs`): `fill` writes the padded input, one
+    /// vector of the 8 channels per input pixel at the offsets it is given
+    /// (`usize::MAX`: none), and the planes go to the start of `out`. An
+    /// error unless [`Depthwise::blocks_at`] `level`.
+    pub(crate) fn block_into(
+        &self,
+        level: Level,
+        planes: Range<usize>,
+        out: &mut [f32],
+        fill: impl FnOnce(&[usize], &mut [f32]) -> TractResult<()>,
+    ) -> TractResult<()> {
+        ensure!(
+            self.blocks_at(level),
+            "no channel-blocked path at {level:?}"
+        );
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a `Level` is one this CPU has.
+        unsafe {
+            blocked::block_into::<blocked::Avx2>(self, planes, out, fill)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (planes, out, fill);
+            unreachable!("blocks_at is false off x86_64")
+        }
     }
 
     /// The clamp applied to the input, if any.

@@ -204,6 +204,59 @@ impl Pointwise {
         Ok(())
     }
 
+    /// Whether [`Pointwise::compute_blocked`] runs at `level` (AVX2).
+    pub(crate) fn blocks_at(level: Level) -> bool {
+        Isa::of(level).is_ok_and(|isa| isa.blocked.is_some())
+    }
+
+    /// Output channels `panel * PANEL..` (one whole panel) of one image,
+    /// channel-blocked for a depthwise layer that reads them so
+    /// (`fused.rs`): pixel `i`'s [`PANEL`] channels, epilogue applied, as
+    /// one vector at `out[at[i]..]`, none where `at[i]` is `usize::MAX`.
+    /// An error unless [`Pointwise::blocks_at`] `level`.
+    pub(crate) fn compute_blocked(
+        &self,
+        x: &[f32],
+        panel: usize,
+        at: &[usize],
+        out: &mut [f32],
+        level: Level,
+    ) -> TractResult<()> {
+        let Dims { k, m, pixels, .. } = self.dims;
+        let Some(run) = Isa::of(level)?.blocked else {
+            bail!("no channel-blocked tile at {level:?}");
+        };
+        ensure!(!self.epilogue.residual && x.len() == k * pixels && panel * PANEL < m);
+        ensure!(
+            at.len() == pixels && out.len() >= PANEL,
+            "one position per pixel"
+        );
+        // A plain compare over the positions, which LLVM vectorises: with
+        // an overflow-checked sum this check was 9% of a 112x112 pair.
+        let last = out.len() - PANEL;
+        ensure!(
+            at.iter().all(|&a| a == usize::MAX || a <= last),
+            "channel-blocked positions inside the block"
+        );
+        let job = Blocked {
+            k,
+            w: self.weights[panel * PANEL * k..].as_ptr(),
+            bias: self.bias[panel * PANEL..].as_ptr(),
+            x: x.as_ptr(),
+            ld: pixels,
+            at,
+            out: out.as_mut_ptr(),
+            pre: self.epilogue.pre,
+            post: self.epilogue.post,
+        };
+        // SAFETY: `Isa::of` chose the kernel for a `Level` this CPU has;
+        // it reads `k` rows of `pixels` values of `x`, the panel's weights
+        // and bias (padded to whole panels), and writes `PANEL` values at
+        // each position, checked above to be inside `out`.
+        unsafe { run(&job) };
+        Ok(())
+    }
+
     /// Computes `output` from `input` (and the residual, when the epilogue
     /// has one), splitting the output channels across tract's executor
     /// when one is installed.
@@ -488,6 +541,8 @@ pub(super) struct Isa {
     pub(super) tile: unsafe fn(&Tile<'_>),
     /// [`Kind::Columns`] tiles (AVX2 + FMA for both x86 levels).
     pub(super) columns: unsafe fn(&Tile<'_>),
+    /// Channel-blocked panels ([`Pointwise::compute_blocked`]): AVX2 only.
+    pub(super) blocked: Option<unsafe fn(&Blocked<'_>)>,
 }
 
 impl Isa {
@@ -500,18 +555,21 @@ impl Isa {
                 lanes: 16,
                 tile: avx512::tile,
                 columns: avx2::columns,
+                blocked: None,
             }),
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2 => Ok(Isa {
                 lanes: 8,
                 tile: avx2::tile,
                 columns: avx2::columns,
+                blocked: Some(avx2::blocked),
             }),
             #[cfg(target_arch = "aarch64")]
             Simd::Neon => Ok(Isa {
                 lanes: neon::LANES,
                 tile: neon::tile,
                 columns: neon::columns,
+                blocked: None,
             }),
             _ => bail!("the pointwise operator needs AVX2 and FMA, or NEON"),
         }
@@ -551,6 +609,24 @@ pub(super) struct Tile<'a> {
     /// Whether to prefetch the output and residual, see [`OUT_AHEAD`].
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) prefetch_out: bool,
+    pub(super) pre: Option<(f32, f32)>,
+    pub(super) post: Option<(f32, f32)>,
+}
+
+/// One panel of output channels by every pixel, written channel-blocked
+/// (see [`Pointwise::compute_blocked`]).
+pub(super) struct Blocked<'a> {
+    pub(super) k: usize,
+    /// The panel's weights: input channel `k`'s [`PANEL`] at `w + k * PANEL`.
+    pub(super) w: *const f32,
+    /// The panel's [`PANEL`] biases.
+    pub(super) bias: *const f32,
+    /// Input channel 0, pixel 0; the next channel is `ld` further.
+    pub(super) x: *const f32,
+    pub(super) ld: usize,
+    /// Per pixel, where its vector goes in `out`, or `usize::MAX`.
+    pub(super) at: &'a [usize],
+    pub(super) out: *mut f32,
     pub(super) pre: Option<(f32, f32)>,
     pub(super) post: Option<(f32, f32)>,
 }
@@ -1386,6 +1462,74 @@ mod tests {
             model.select_output_outlets(&y).unwrap();
             assert_eq!(install(&mut model).unwrap(), 0, "{shape:?} {expr:?}");
         }
+    }
+
+    /// A panel written channel-blocked holds each pixel's channels of the
+    /// definition at that pixel's position, writes nothing else, and a
+    /// position past the block is refused, not written.
+    #[test]
+    fn channel_blocked_panels_match_the_definition_at_their_positions() {
+        let d = Dims {
+            images: 1,
+            m: 20,
+            k: 7,
+            pixels: 29,
+        };
+        let e = Epilogue {
+            pre: Some((-0.2, 0.3)),
+            ..Epilogue::default()
+        };
+        let (op, w, b, x) = layer(d, e, 7);
+        let want = reference(d, &w, &b, e, &x, &[]);
+        // Pixel i at vector 2i + 1; every fifth pixel nowhere.
+        let at: Vec<usize> = (0..d.pixels)
+            .map(|i| {
+                if i % 5 == 4 {
+                    usize::MAX
+                } else {
+                    (2 * i + 1) * PANEL
+                }
+            })
+            .collect();
+        let mut ran = 0;
+        for level in levels() {
+            for panel in 0..d.m.div_ceil(PANEL) {
+                let mut out = vec![f32::NAN; (2 * d.pixels + 1) * PANEL];
+                let result = op.compute_blocked(&x, panel, &at, &mut out, level);
+                if !Pointwise::blocks_at(level) {
+                    assert!(result.is_err(), "{level:?}");
+                    assert!(out.iter().all(|v| v.is_nan()), "{level:?}: wrote");
+                    continue;
+                }
+                result.unwrap();
+                ran += 1;
+                for (i, v) in out.chunks_exact(PANEL).enumerate() {
+                    let pixel = (i % 2 == 1).then_some(i / 2).filter(|p| p % 5 != 4);
+                    for (lane, v) in v.iter().enumerate() {
+                        let c = panel * PANEL + lane;
+                        match pixel {
+                            None => assert!(v.is_nan(), "{level:?}: vector {i} written"),
+                            Some(p) if c < d.m => {
+                                let r = want[c * d.pixels + p];
+                                assert!((v - r).abs() <= 1e-5, "{level:?}: {c} at {p}: {v} vs {r}");
+                            }
+                            // Channels past the layer: zero weights and bias.
+                            Some(_) => assert_eq!(*v, 0.0),
+                        }
+                    }
+                }
+                let mut short = vec![0.0; (2 * d.pixels - 1) * PANEL];
+                assert!(op
+                    .compute_blocked(&x, panel, &at, &mut short, level)
+                    .is_err());
+                assert!(
+                    short.iter().all(|&v| v == 0.0),
+                    "{level:?}: wrote past a refusal"
+                );
+            }
+        }
+        let avx2 = levels().iter().any(|l| l.simd() == Simd::Avx2);
+        assert_eq!(ran > 0, avx2, "the AVX2 level writes blocked panels");
     }
 
     /// Weights stored as columns (a linear layer's `[K, M]`) pack into the

@@ -19,6 +19,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::ensure;
 
 use super::{Depthwise, Geometry, MAX_TAPS};
 use crate::ops::par_planes;
@@ -230,49 +231,81 @@ pub(super) unsafe fn compute<L: Lanes>(
 ) -> TractResult<()> {
     let g = op.geometry;
     let (in_plane, out_plane) = (g.in_hw.0 * g.in_hw.1, g.out_hw.0 * g.out_hw.1);
-    let layout = Layout::of(&g);
-    let taps = layout.taps(g.kernel, L::BLOCK);
     let cost = output.len() * g.kernel * g.kernel;
     par_planes(
         output,
         (out_plane, g.channels, L::BLOCK),
         cost,
         |planes, chunk| {
-            SCRATCH.with_borrow_mut(|scratch| {
-                let Scratch {
-                    padded,
-                    result,
-                    positions,
-                    set_up,
-                } = scratch;
-                let padded = aligned(padded, layout.rows * layout.cols * L::BLOCK);
-                let result = aligned(result, out_plane * L::BLOCK);
-                if *set_up != Some((g, L::BLOCK)) {
-                    // Once per layer shape and thread: every block writes the
-                    // same positions, so the padding stays zero.
-                    positions.fill(&g, &layout, L::BLOCK);
-                    zero_border(&g, &layout, L::BLOCK, padded);
-                    *set_up = Some((g, L::BLOCK));
+            let mut start = planes.start;
+            while start < planes.end {
+                let block = start..(start + L::BLOCK).min(planes.end);
+                let ins = &input[block.start * in_plane..block.end * in_plane];
+                let out = &mut chunk[(start - planes.start) * out_plane..];
+                // SAFETY: the caller checked the CPU has L's instruction
+                // set; `fill` gets the positions filled for this layout.
+                unsafe {
+                    block_into::<L>(op, block.clone(), out, |at, padded| {
+                        L::transpose_in(op, at, ins, padded);
+                        Ok(())
+                    })?;
                 }
-                let mut start = planes.start;
-                while start < planes.end {
-                    let block = start..(start + L::BLOCK).min(planes.end);
-                    let ins = &input[block.start * in_plane..block.end * in_plane];
-                    let out = &mut chunk[(start - planes.start) * out_plane..];
-                    // SAFETY: the caller checked the CPU has L's instruction
-                    // set; the positions were filled for this layout and block.
-                    unsafe {
-                        L::transpose_in(op, &positions.inputs, ins, padded);
-                        let outputs = &positions.outputs;
-                        L::convolve(op, &taps, block.clone(), padded, outputs, result);
-                        L::transpose_out(out_plane, block.len(), result, out);
-                    }
-                    start = block.end;
-                }
-            });
+                start = block.end;
+            }
             Ok(())
         },
     )
+}
+
+/// One block of planes (`planes`, counted across images, at most
+/// `L::BLOCK`) with this thread's scratch: `fill` writes the padded input,
+/// one vector of the block's channels per input pixel at the offsets it is
+/// given (`usize::MAX`: a pixel no output reads), then the convolution
+/// writes the planes at the start of `out`. The padding is zeroed once per
+/// geometry and thread; every block writes the same positions.
+///
+/// # Safety
+/// The CPU must have `L`'s instruction set.
+pub(super) unsafe fn block_into<L: Lanes>(
+    op: &Depthwise,
+    planes: Range<usize>,
+    out: &mut [f32],
+    fill: impl FnOnce(&[usize], &mut [f32]) -> TractResult<()>,
+) -> TractResult<()> {
+    let g = op.geometry;
+    let out_plane = g.out_hw.0 * g.out_hw.1;
+    ensure!(planes.len() <= L::BLOCK && out.len() >= planes.len() * out_plane);
+    let layout = Layout::of(&g);
+    SCRATCH.with_borrow_mut(|scratch| {
+        let Scratch {
+            padded,
+            result,
+            positions,
+            set_up,
+        } = scratch;
+        let padded = aligned(padded, layout.rows * layout.cols * L::BLOCK);
+        let result = aligned(result, out_plane * L::BLOCK);
+        if *set_up != Some((g, L::BLOCK)) {
+            positions.fill(&g, &layout, L::BLOCK);
+            zero_border(&g, &layout, L::BLOCK, padded);
+            *set_up = Some((g, L::BLOCK));
+        }
+        fill(&positions.inputs, padded)?;
+        let taps = layout.taps(g.kernel, L::BLOCK);
+        // SAFETY: forwarded; the offsets were filled for this layout.
+        unsafe {
+            L::convolve(
+                op,
+                &taps,
+                planes.clone(),
+                padded,
+                &positions.outputs,
+                result,
+            );
+            L::transpose_out(out_plane, planes.len(), result, out);
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

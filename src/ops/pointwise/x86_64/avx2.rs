@@ -2,7 +2,7 @@ use std::arch::x86_64::*;
 
 use crate::ops::x86_64::avx2::{clamp, mask};
 
-use super::{Kind, Tile, OUT_AHEAD, PANEL, PREFETCH_AHEAD};
+use super::{Blocked, Kind, Tile, OUT_AHEAD, PANEL, PREFETCH_AHEAD};
 
 /// Output channels in registers at once: 4 rows by 3 vectors are 12 of
 /// AVX2's 16 registers, with 3 vectors of pixels and a broadcast weight.
@@ -400,6 +400,65 @@ fn store_columns<const C: usize>(t: &Tile<'_>, acc: &[__m256; C]) {
             }
             // SAFETY: row r of the strip, which this chunk owns.
             unsafe { *t.out.wrapping_add(at) = epilogue(y, t.post) };
+        }
+    }
+}
+
+/// Pixels at a time in [`blocked`]: 12 accumulators, the panel's weight
+/// vector and a broadcast pixel in AVX2's 16 registers. Each input channel
+/// is one load of 8 weights and 12 broadcast pixels for 12 FMAs.
+const BLOCKED_PIXELS: usize = 12;
+
+/// # Safety
+/// The CPU must have AVX2 and FMA; see [`super::Pointwise::compute_blocked`].
+pub(super) unsafe fn blocked(b: &Blocked<'_>) {
+    let n = b.at.len();
+    let mut p = 0;
+    // SAFETY (all three): forwarded, pixels `p..p + C` exist.
+    while p + BLOCKED_PIXELS <= n {
+        unsafe { blocked_of::<BLOCKED_PIXELS>(b, p) };
+        p += BLOCKED_PIXELS;
+    }
+    while p + 4 <= n {
+        unsafe { blocked_of::<4>(b, p) };
+        p += 4;
+    }
+    while p < n {
+        unsafe { blocked_of::<1>(b, p) };
+        p += 1;
+    }
+}
+
+/// The panel's 8 channels of pixels `p..p + C`, one vector a pixel: the
+/// columns tile's loop, stored where each pixel goes. Its FMAs run in the
+/// row tile's order (bias, then input channels in turn), so the values are
+/// the same bits as [`tile`]'s.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn blocked_of<const C: usize>(b: &Blocked<'_>, p: usize) {
+    // SAFETY: the bias is padded to whole panels.
+    let mut acc = [unsafe { _mm256_loadu_ps(b.bias) }; C];
+    let (mut x, mut w) = (b.x.wrapping_add(p), b.w);
+    for _ in 0..b.k {
+        // SAFETY: the panel holds PANEL weights per input channel, and
+        // pixels p..p + C are in every input row.
+        let wv = unsafe { _mm256_loadu_ps(w) };
+        for c in 0..C {
+            let xc = _mm256_broadcast_ss(unsafe { &*x.wrapping_add(c) });
+            acc[c] = _mm256_fmadd_ps(wv, xc, acc[c]);
+        }
+        x = x.wrapping_add(b.ld);
+        w = w.wrapping_add(PANEL);
+    }
+    let epilogue = |y: __m256, c: Option<(f32, f32)>| match c {
+        Some((lo, hi)) => clamp(y, _mm256_set1_ps(lo), _mm256_set1_ps(hi)),
+        None => y,
+    };
+    for c in 0..C {
+        let at = b.at[p + c];
+        if at != usize::MAX {
+            let y = epilogue(epilogue(acc[c], b.pre), b.post);
+            // SAFETY: the caller checked every position is inside `out`.
+            unsafe { _mm256_storeu_ps(b.out.wrapping_add(at), y) };
         }
     }
 }
