@@ -173,12 +173,14 @@ impl Depthwise {
         cfg!(target_arch = "x86_64") && level.simd() == Simd::Avx2 && self.input_clamp.is_none()
     }
 
-    /// Planes `planes` (one image's, at most 8: one AVX2 vector) through
-    /// the channel-blocked path, for a joined expansion that writes its
-    /// output blocked (`fused.rs`): `fill` writes the padded input, one
-    /// vector of the 8 channels per input pixel at the offsets it is given
-    /// (`usize::MAX`: none), and the planes go to the start of `out`. An
-    /// error unless [`Depthwise::blocks_at`] `level`.
+    /// Planes `planes` (one image's, one or two blocks of 8: an AVX2
+    /// vector each) through the channel-blocked path, for a joined
+    /// expansion that writes its output blocked (`fused.rs`): `fill`
+    /// writes each block's padded input, one vector of its 8 channels per
+    /// input pixel at the offsets it is given (`usize::MAX`: none), the
+    /// blocks one after the other in the slice it gets, and the planes go
+    /// to the start of `out`. An error unless [`Depthwise::blocks_at`]
+    /// `level`.
     pub(crate) fn block_into(
         &self,
         level: Level,

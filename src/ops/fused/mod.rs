@@ -7,16 +7,18 @@
 //! (`onnx-lambda profile --by-node`: both layers ran at a fraction of
 //! their rate on later, smaller layers).
 //!
-//! How: a panel of 8 expanded channel planes at a time is computed into a
-//! per-thread scratch (at most 8 x 12,544 floats, in L2), and each plane
-//! goes straight into the depthwise convolution. The expanded tensor never
-//! exists. Only for tensors at least the size of L2 ([`MIN_EXPANDED_BYTES`]):
-//! below that the trip is cheap and the two operators apart were faster.
-//! Both halves are the project's own operators (`pointwise.rs`,
-//! `depthwise.rs`); [`install`] pairs them after they are in. With AVX2, a
-//! strided layer's panels go channel-blocked instead (one vector of the
-//! panel's 8 channels per pixel, written by the expansion straight into
-//! the depthwise layer's blocked scratch; see [`ExpandDepthwise::blocked`]).
+//! How, with AVX2 (channel-blocked): two panels of 8 expanded channels at a
+//! time are written by the expansion as one vector of a panel's channels
+//! per pixel, straight into the depthwise layer's padded blocked scratch,
+//! and convolved from there ([`ExpandDepthwise::blocked`]): the expanded
+//! planes are never written, copied, transposed or split by stride phase.
+//! Every pair is joined so. Elsewhere (AVX-512, NEON): a panel of 8
+//! expanded channel planes at a time is computed into a per-thread scratch
+//! (at most 8 x 12,544 floats, in L2), and each plane goes straight into
+//! the depthwise row loop; only for tensors at least the size of L2
+//! ([`MIN_EXPANDED_BYTES`]), below which the two operators apart were
+//! faster. Both halves are the project's own operators (`pointwise.rs`,
+//! `depthwise.rs`); [`install`] pairs them after they are in.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -28,11 +30,12 @@ use super::depthwise::Depthwise;
 use super::pointwise::{Pointwise, PANEL};
 use crate::ops::{par_planes, replace_with, sole_successor, Level};
 
-/// Smallest expanded tensor (per image) worth joining: one at least the
-/// size of L2 (1 MiB per core on AMD Zen 4/5, 512 KiB on Zen 2, 1.25-2 MiB
-/// on recent Xeons). On MobileNetV2 that joins the 4.8 MB 96 x 112 x 112
-/// layer and the two 1.8 MB 144 x 56 x 56 ones; joining the pairs that fit
-/// L2 as well was slower (docs/operators.md, "Joined expansion").
+/// Smallest expanded tensor (per image) worth joining through the row
+/// loop: one at least the size of L2 (1 MiB per core on AMD Zen 4/5, 512
+/// KiB on Zen 2, 1.25-2 MiB on recent Xeons). On MobileNetV2 that joins the
+/// 4.8 MB 96 x 112 x 112 layer and the two 1.8 MB 144 x 56 x 56 ones;
+/// joining the pairs that fit L2 as well was slower (docs/operators.md,
+/// "Joined expansion"). Channel-blocked pairs are joined at any size.
 const MIN_EXPANDED_BYTES: usize = 1 << 20;
 
 /// `depthwise(pointwise(x))`, without the tensor between them.
@@ -77,17 +80,19 @@ impl ExpandDepthwise {
         par_planes(output, (out_plane, dims.m, PANEL), macs, |planes, chunk| {
             let mut p0 = planes.start;
             while p0 < planes.end {
-                // Up to a panel of planes, within one image.
+                // Up to a panel of planes (two when channel-blocked), within
+                // one image.
                 let (image, c0) = (p0 / dims.m, p0 % dims.m);
-                let end = planes.end.min(p0 + PANEL).min((image + 1) * dims.m);
+                let span = if blocked { 2 * PANEL } else { PANEL };
+                let end = planes.end.min(p0 + span).min((image + 1) * dims.m);
                 let x = &input[image * dims.k * in_plane..][..dims.k * in_plane];
                 let out = &mut chunk[(p0 - planes.start) * out_plane..];
                 // Whole panels: the chunks are, when the channels are.
                 if blocked {
+                    let panels = c0 / PANEL..(c0 + end - p0) / PANEL;
                     self.depthwise
                         .block_into(level, p0..end, out, |at, padded| {
-                            self.expand
-                                .compute_blocked(x, c0 / PANEL, at, padded, level)
+                            self.expand.compute_blocked(x, panels, at, padded, level)
                         })?;
                 } else {
                     self.planes(x, c0..c0 + (end - p0), out, p0 == planes.start)?;
@@ -98,16 +103,15 @@ impl ExpandDepthwise {
         })
     }
 
-    /// Whether whole panels go channel-blocked at `level`: the expansion
-    /// writes each panel as one vector of its 8 channels per pixel into
-    /// the depthwise layer's padded block, which then needs neither its
-    /// transpose in nor, at a stride, its column split. AVX2 and strided
-    /// layers only: at stride 1 the row loop ran 3% faster on MobileNetV2's
-    /// 144 x 56 x 56 pair, and the AVX-512 rows faster on its 112 x 112
-    /// one (docs/operators.md, "Joined expansion").
+    /// Whether whole panels go channel-blocked at `level`: AVX2, with whole
+    /// panels. Two panels at a time take each broadcast pixel for two
+    /// weight vectors: 8 loads for 12 FMAs where one panel by 12 pixels
+    /// took 13, and the expansion's input is read half as often. On
+    /// MobileNetV2 this beat the row loop on every pair but the 7x7 ones
+    /// (about even there), and the pairs apart on all but those too
+    /// (docs/operators.md, "Joined expansion").
     fn blocked(&self, level: Level) -> bool {
         self.expand.dims().m.is_multiple_of(PANEL)
-            && self.depthwise.geometry().stride != (1, 1)
             && Pointwise::blocks_at(level)
             && self.depthwise.blocks_at(level)
     }
@@ -197,8 +201,9 @@ impl TypedOp for ExpandDepthwise {
 }
 
 /// Replaces every pointwise operator whose only reader is a depthwise
-/// operator (and which adds no residual) by the pair as one, where the
-/// expanded tensor is too big for L2. Returns how many pairs it joined.
+/// operator (and which adds no residual) by the pair as one, where it
+/// runs channel-blocked at this CPU's level or the expanded tensor is too
+/// big for L2. Returns how many pairs it joined.
 pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
     let mut joined = 0;
     for id in model.eval_order()? {
@@ -214,18 +219,17 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
         };
         let g = depthwise.geometry();
         let dims = expand.dims();
-        let expanded_bytes = dims.m * dims.pixels * std::mem::size_of::<f32>();
-        if expand.has_residual()
-            || dims.m != g.channels
-            || dims.pixels != g.in_hw.0 * g.in_hw.1
-            || expanded_bytes < MIN_EXPANDED_BYTES
-        {
+        if expand.has_residual() || dims.m != g.channels || dims.pixels != g.in_hw.0 * g.in_hw.1 {
             continue;
         }
         let op = ExpandDepthwise {
             expand: expand.clone(),
             depthwise: depthwise.clone(),
         };
+        let expanded_bytes = dims.m * dims.pixels * std::mem::size_of::<f32>();
+        if !op.blocked(Level::detect()) && expanded_bytes < MIN_EXPANDED_BYTES {
+            continue;
+        }
         let (input, name, last) = (node.inputs[0], next.name.clone(), next.id);
         replace_with(
             model,
@@ -282,7 +286,7 @@ mod tests {
 
     /// The joined operator writes what the two write in turn, at every
     /// vector level, on one thread and on two, with channels in whole
-    /// panels and not. Same bits, except where AVX2 writes strided layers'
+    /// panels and not. Same bits, except where AVX2 writes
     /// whole panels channel-blocked: there a plane's last pixels short of
     /// a vector are summed in one FMA chain, where the row tile's columns
     /// sum them in 2-8 (`pointwise`), so those agree to rounding.
@@ -330,7 +334,7 @@ mod tests {
             let avx2 = level.simd() == Simd::Avx2;
             assert_eq!(
                 blocked,
-                if avx2 { 3 } else { 0 },
+                if avx2 { 5 } else { 0 },
                 "{level:?}: channel-blocked"
             );
         }

@@ -209,15 +209,16 @@ impl Pointwise {
         Isa::of(level).is_ok_and(|isa| isa.blocked.is_some())
     }
 
-    /// Output channels `panel * PANEL..` (one whole panel) of one image,
+    /// Output channels of `panels` (one or two whole panels) of one image,
     /// channel-blocked for a depthwise layer that reads them so
-    /// (`fused.rs`): pixel `i`'s [`PANEL`] channels, epilogue applied, as
-    /// one vector at `out[at[i]..]`, none where `at[i]` is `usize::MAX`.
-    /// An error unless [`Pointwise::blocks_at`] `level`.
+    /// (`fused.rs`): `out` holds one block per panel, and in each, pixel
+    /// `i`'s [`PANEL`] channels, epilogue applied, are one vector at
+    /// `at[i]`, none where `at[i]` is `usize::MAX`. An error unless
+    /// [`Pointwise::blocks_at`] `level`.
     pub(crate) fn compute_blocked(
         &self,
         x: &[f32],
-        panel: usize,
+        panels: Range<usize>,
         at: &[usize],
         out: &mut [f32],
         level: Level,
@@ -226,33 +227,40 @@ impl Pointwise {
         let Some(run) = Isa::of(level)?.blocked else {
             bail!("no channel-blocked tile at {level:?}");
         };
-        ensure!(!self.epilogue.residual && x.len() == k * pixels && panel * PANEL < m);
+        ensure!(!self.epilogue.residual && x.len() == k * pixels);
         ensure!(
-            at.len() == pixels && out.len() >= PANEL,
+            matches!(panels.len(), 1 | 2) && (panels.end - 1) * PANEL < m,
+            "one or two panels of the layer"
+        );
+        let block = out.len() / panels.len();
+        ensure!(
+            at.len() == pixels && block >= PANEL,
             "one position per pixel"
         );
         // A plain compare over the positions, which LLVM vectorises: with
         // an overflow-checked sum this check was 9% of a 112x112 pair.
-        let last = out.len() - PANEL;
+        let last = block - PANEL;
         ensure!(
             at.iter().all(|&a| a == usize::MAX || a <= last),
             "channel-blocked positions inside the block"
         );
         let job = Blocked {
             k,
-            w: self.weights[panel * PANEL * k..].as_ptr(),
-            bias: self.bias[panel * PANEL..].as_ptr(),
+            panels: panels.len(),
+            w: self.weights[panels.start * PANEL * k..].as_ptr(),
+            bias: self.bias[panels.start * PANEL..].as_ptr(),
             x: x.as_ptr(),
             ld: pixels,
             at,
             out: out.as_mut_ptr(),
+            block,
             pre: self.epilogue.pre,
             post: self.epilogue.post,
         };
         // SAFETY: `Isa::of` chose the kernel for a `Level` this CPU has;
-        // it reads `k` rows of `pixels` values of `x`, the panel's weights
-        // and bias (padded to whole panels), and writes `PANEL` values at
-        // each position, checked above to be inside `out`.
+        // it reads `k` rows of `pixels` values of `x`, the panels' weights
+        // and biases (padded to whole panels), and writes `PANEL` values at
+        // each position of each panel's block, checked above to be inside.
         unsafe { run(&job) };
         Ok(())
     }
@@ -613,20 +621,25 @@ pub(super) struct Tile<'a> {
     pub(super) post: Option<(f32, f32)>,
 }
 
-/// One panel of output channels by every pixel, written channel-blocked
-/// (see [`Pointwise::compute_blocked`]).
+/// One or two panels of output channels by every pixel, written
+/// channel-blocked (see [`Pointwise::compute_blocked`]).
 pub(super) struct Blocked<'a> {
     pub(super) k: usize,
-    /// The panel's weights: input channel `k`'s [`PANEL`] at `w + k * PANEL`.
+    /// 1 or 2.
+    pub(super) panels: usize,
+    /// The first panel's weights: input channel `k`'s [`PANEL`] at `w + k *
+    /// PANEL`; the second panel's `PANEL * k` further.
     pub(super) w: *const f32,
-    /// The panel's [`PANEL`] biases.
+    /// The panels' biases, [`PANEL`] each.
     pub(super) bias: *const f32,
     /// Input channel 0, pixel 0; the next channel is `ld` further.
     pub(super) x: *const f32,
     pub(super) ld: usize,
-    /// Per pixel, where its vector goes in `out`, or `usize::MAX`.
+    /// Per pixel, where its vector goes in a panel's block, or `usize::MAX`.
     pub(super) at: &'a [usize],
+    /// The first panel's block; the second's is `block` further.
     pub(super) out: *mut f32,
+    pub(super) block: usize,
     pub(super) pre: Option<(f32, f32)>,
     pub(super) post: Option<(f32, f32)>,
 }
@@ -1492,10 +1505,12 @@ mod tests {
             })
             .collect();
         let mut ran = 0;
+        let block = (2 * d.pixels + 1) * PANEL;
         for level in levels() {
-            for panel in 0..d.m.div_ceil(PANEL) {
-                let mut out = vec![f32::NAN; (2 * d.pixels + 1) * PANEL];
-                let result = op.compute_blocked(&x, panel, &at, &mut out, level);
+            // One panel or two, the last one partial (20 channels).
+            for panels in [0..1, 1..2, 2..3, 0..2, 1..3] {
+                let mut out = vec![f32::NAN; panels.len() * block];
+                let result = op.compute_blocked(&x, panels.clone(), &at, &mut out, level);
                 if !Pointwise::blocks_at(level) {
                     assert!(result.is_err(), "{level:?}");
                     assert!(out.iter().all(|v| v.is_nan()), "{level:?}: wrote");
@@ -1504,6 +1519,7 @@ mod tests {
                 result.unwrap();
                 ran += 1;
                 for (i, v) in out.chunks_exact(PANEL).enumerate() {
+                    let (panel, i) = (panels.start + i / (block / PANEL), i % (block / PANEL));
                     let pixel = (i % 2 == 1).then_some(i / 2).filter(|p| p % 5 != 4);
                     for (lane, v) in v.iter().enumerate() {
                         let c = panel * PANEL + lane;
@@ -1518,15 +1534,16 @@ mod tests {
                         }
                     }
                 }
-                let mut short = vec![0.0; (2 * d.pixels - 1) * PANEL];
-                assert!(op
-                    .compute_blocked(&x, panel, &at, &mut short, level)
-                    .is_err());
+                let mut short = vec![0.0; panels.len() * block - 3 * PANEL];
+                let refused = op.compute_blocked(&x, panels.clone(), &at, &mut short, level);
+                assert!(refused.is_err(), "{level:?}: {panels:?}");
                 assert!(
                     short.iter().all(|&v| v == 0.0),
                     "{level:?}: wrote past a refusal"
                 );
             }
+            let past = op.compute_blocked(&x, 2..4, &at, &mut vec![0.0; 2 * block], level);
+            assert!(past.is_err(), "{level:?}: panels past the layer");
         }
         let avx2 = levels().iter().any(|l| l.simd() == Simd::Avx2);
         assert_eq!(ran > 0, avx2, "the AVX2 level writes blocked panels");

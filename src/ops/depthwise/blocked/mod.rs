@@ -257,12 +257,17 @@ pub(super) unsafe fn compute<L: Lanes>(
     )
 }
 
-/// One block of planes (`planes`, counted across images, at most
-/// `L::BLOCK`) with this thread's scratch: `fill` writes the padded input,
-/// one vector of the block's channels per input pixel at the offsets it is
-/// given (`usize::MAX`: a pixel no output reads), then the convolution
-/// writes the planes at the start of `out`. The padding is zeroed once per
-/// geometry and thread; every block writes the same positions.
+/// Blocks the scratch holds, for a joined expansion that writes two
+/// panels at once (`fused.rs`).
+pub(super) const MAX_BLOCKS: usize = 2;
+
+/// Up to [`MAX_BLOCKS`] blocks of planes (`planes`, counted across
+/// images) with this thread's scratch: `fill` writes the padded input of
+/// each, one vector of a block's channels per input pixel at the offsets it
+/// is given (`usize::MAX`: a pixel no output reads), block after block in
+/// the slice it gets; then the convolution writes the planes at the start
+/// of `out`. The padding is zeroed once per geometry and thread; every
+/// block writes the same positions.
 ///
 /// # Safety
 /// The CPU must have `L`'s instruction set.
@@ -274,8 +279,11 @@ pub(super) unsafe fn block_into<L: Lanes>(
 ) -> TractResult<()> {
     let g = op.geometry;
     let out_plane = g.out_hw.0 * g.out_hw.1;
-    ensure!(planes.len() <= L::BLOCK && out.len() >= planes.len() * out_plane);
+    let blocks = planes.len().div_ceil(L::BLOCK);
+    ensure!(blocks <= MAX_BLOCKS && out.len() >= planes.len() * out_plane);
     let layout = Layout::of(&g);
+    // Each block on a whole number of cache lines.
+    let stride = (layout.rows * layout.cols * L::BLOCK).next_multiple_of(16);
     SCRATCH.with_borrow_mut(|scratch| {
         let Scratch {
             padded,
@@ -283,26 +291,26 @@ pub(super) unsafe fn block_into<L: Lanes>(
             positions,
             set_up,
         } = scratch;
-        let padded = aligned(padded, layout.rows * layout.cols * L::BLOCK);
+        let padded = aligned(padded, MAX_BLOCKS * stride);
         let result = aligned(result, out_plane * L::BLOCK);
         if *set_up != Some((g, L::BLOCK)) {
             positions.fill(&g, &layout, L::BLOCK);
-            zero_border(&g, &layout, L::BLOCK, padded);
+            for block in padded.chunks_exact_mut(stride) {
+                zero_border(&g, &layout, L::BLOCK, block);
+            }
             *set_up = Some((g, L::BLOCK));
         }
-        fill(&positions.inputs, padded)?;
+        fill(&positions.inputs, &mut padded[..blocks * stride])?;
         let taps = layout.taps(g.kernel, L::BLOCK);
-        // SAFETY: forwarded; the offsets were filled for this layout.
-        unsafe {
-            L::convolve(
-                op,
-                &taps,
-                planes.clone(),
-                padded,
-                &positions.outputs,
-                result,
-            );
-            L::transpose_out(out_plane, planes.len(), result, out);
+        for (b, padded) in padded.chunks_exact(stride).take(blocks).enumerate() {
+            let first = planes.start + b * L::BLOCK;
+            let block = first..planes.end.min(first + L::BLOCK);
+            let out = &mut out[b * L::BLOCK * out_plane..];
+            // SAFETY: forwarded; the offsets were filled for this layout.
+            unsafe {
+                L::convolve(op, &taps, block.clone(), padded, &positions.outputs, result);
+                L::transpose_out(out_plane, block.len(), result, out);
+            }
         }
         Ok(())
     })

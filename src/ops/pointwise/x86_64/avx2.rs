@@ -404,47 +404,81 @@ fn store_columns<const C: usize>(t: &Tile<'_>, acc: &[__m256; C]) {
     }
 }
 
-/// Pixels at a time in [`blocked`]: 12 accumulators, the panel's weight
-/// vector and a broadcast pixel in AVX2's 16 registers. Each input channel
-/// is one load of 8 weights and 12 broadcast pixels for 12 FMAs.
-const BLOCKED_PIXELS: usize = 12;
-
 /// # Safety
 /// The CPU must have AVX2 and FMA; see [`super::Pointwise::compute_blocked`].
 pub(super) unsafe fn blocked(b: &Blocked<'_>) {
+    // SAFETY: forwarded.
+    unsafe {
+        if b.panels == 2 {
+            blocked_panels::<2, 6>(b);
+        } else {
+            blocked_panels::<1, 12>(b);
+        }
+    }
+}
+
+/// Every pixel, `C` at a time (12 accumulators: one panel by 12 pixels or
+/// two by 6), then the rest 4 and 1 at a time.
+///
+/// # Safety
+/// As [`blocked`], with `P` panels.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn blocked_panels<const P: usize, const C: usize>(b: &Blocked<'_>) {
     let n = b.at.len();
     let mut p = 0;
-    // SAFETY (all three): forwarded, pixels `p..p + C` exist.
-    while p + BLOCKED_PIXELS <= n {
-        unsafe { blocked_of::<BLOCKED_PIXELS>(b, p) };
-        p += BLOCKED_PIXELS;
+    // SAFETY (all four): forwarded, pixels `p..p + C` exist.
+    if C <= n {
+        unsafe { blocked_of::<P, C, true>(b, p) };
+        p += C;
+    }
+    while p + C <= n {
+        unsafe { blocked_of::<P, C, false>(b, p) };
+        p += C;
     }
     while p + 4 <= n {
-        unsafe { blocked_of::<4>(b, p) };
+        unsafe { blocked_of::<P, 4, false>(b, p) };
         p += 4;
     }
     while p < n {
-        unsafe { blocked_of::<1>(b, p) };
+        unsafe { blocked_of::<P, 1, false>(b, p) };
         p += 1;
     }
 }
 
-/// The panel's 8 channels of pixels `p..p + C`, one vector a pixel: the
-/// columns tile's loop, stored where each pixel goes. Its FMAs run in the
+/// `P` panels' 8 channels of pixels `p..p + C`, one vector a pixel and
+/// panel: the columns tile's loop, each broadcast pixel taken by every
+/// panel, stored where each pixel goes. Per input channel, `P` loads of
+/// weights and `C` broadcast pixels for `P * C` FMAs: two panels by 6
+/// pixels load 8 values for 12 FMAs, one by 12 load 13. The FMAs run in the
 /// row tile's order (bias, then input channels in turn), so the values are
 /// the same bits as [`tile`]'s.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn blocked_of<const C: usize>(b: &Blocked<'_>, p: usize) {
-    // SAFETY: the bias is padded to whole panels.
-    let mut acc = [unsafe { _mm256_loadu_ps(b.bias) }; C];
+#[inline]
+unsafe fn blocked_of<const P: usize, const C: usize, const FIRST: bool>(b: &Blocked<'_>, p: usize) {
+    // Plain loops, no closures: a closure does not take the function's
+    // target features, and its intrinsics would be calls.
+    let mut acc = [[_mm256_setzero_ps(); C]; P];
+    for j in 0..P {
+        // SAFETY: the biases are padded to whole panels.
+        acc[j] = [unsafe { _mm256_loadu_ps(b.bias.wrapping_add(j * PANEL)) }; C];
+    }
     let (mut x, mut w) = (b.x.wrapping_add(p), b.w);
+    let next_panel = PANEL * b.k;
     for _ in 0..b.k {
-        // SAFETY: the panel holds PANEL weights per input channel, and
-        // pixels p..p + C are in every input row.
-        let wv = unsafe { _mm256_loadu_ps(w) };
+        let mut wv = [_mm256_setzero_ps(); P];
+        for j in 0..P {
+            // SAFETY: each panel holds PANEL weights per input channel.
+            wv[j] = unsafe { _mm256_loadu_ps(w.wrapping_add(j * next_panel)) };
+            if FIRST {
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(j * next_panel + PREFETCH_AHEAD).cast());
+            }
+        }
         for c in 0..C {
+            // SAFETY: pixels p..p + C are in every input row.
             let xc = _mm256_broadcast_ss(unsafe { &*x.wrapping_add(c) });
-            acc[c] = _mm256_fmadd_ps(wv, xc, acc[c]);
+            for j in 0..P {
+                acc[j][c] = _mm256_fmadd_ps(wv[j], xc, acc[j][c]);
+            }
         }
         x = x.wrapping_add(b.ld);
         w = w.wrapping_add(PANEL);
@@ -456,9 +490,11 @@ unsafe fn blocked_of<const C: usize>(b: &Blocked<'_>, p: usize) {
     for c in 0..C {
         let at = b.at[p + c];
         if at != usize::MAX {
-            let y = epilogue(epilogue(acc[c], b.pre), b.post);
-            // SAFETY: the caller checked every position is inside `out`.
-            unsafe { _mm256_storeu_ps(b.out.wrapping_add(at), y) };
+            for j in 0..P {
+                let y = epilogue(epilogue(acc[j][c], b.pre), b.post);
+                // SAFETY: the caller checked every position is inside a block.
+                unsafe { _mm256_storeu_ps(b.out.wrapping_add(j * b.block + at), y) };
+            }
         }
     }
 }
