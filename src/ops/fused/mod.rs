@@ -38,6 +38,12 @@ use crate::ops::{par_planes, replace_with, sole_successor, Level};
 /// "Joined expansion"). Channel-blocked pairs are joined at any size.
 const MIN_EXPANDED_BYTES: usize = 1 << 20;
 
+/// Smallest plane joined channel-blocked. MobileNetV2's 7x7 pairs (49
+/// pixels, 160 -> 960 channels) ran 0.015-0.02 ms slower each joined than
+/// apart, where the row tile streams their 0.6 MB of weights; its 14x14
+/// pairs (196 pixels) 0.01-0.03 ms faster. The bound sits between.
+const MIN_BLOCKED_PIXELS: usize = 100;
+
 /// `depthwise(pointwise(x))`, without the tensor between them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ExpandDepthwise {
@@ -103,15 +109,15 @@ impl ExpandDepthwise {
         })
     }
 
-    /// Whether whole panels go channel-blocked at `level`: AVX2, with whole
-    /// panels. Two panels at a time take each broadcast pixel for two
-    /// weight vectors: 8 loads for 12 FMAs where one panel by 12 pixels
-    /// took 13, and the expansion's input is read half as often. On
-    /// MobileNetV2 this beat the row loop on every pair but the 7x7 ones
-    /// (about even there), and the pairs apart on all but those too
-    /// (docs/operators.md, "Joined expansion").
+    /// Whether whole panels go channel-blocked at `level`: AVX2, whole
+    /// panels, planes of at least [`MIN_BLOCKED_PIXELS`]. Two panels at a
+    /// time take each broadcast pixel for two weight vectors: 8 loads for
+    /// 12 FMAs where one panel by 12 pixels took 13, and the expansion's
+    /// input is read half as often (docs/operators.md, "Joined expansion").
     fn blocked(&self, level: Level) -> bool {
-        self.expand.dims().m.is_multiple_of(PANEL)
+        let dims = self.expand.dims();
+        dims.m.is_multiple_of(PANEL)
+            && dims.pixels >= MIN_BLOCKED_PIXELS
             && Pointwise::blocks_at(level)
             && self.depthwise.blocks_at(level)
     }
@@ -296,8 +302,9 @@ mod tests {
         for level in crate::ops::testing::levels("fused", VECTOR_LEVELS) {
             let mut blocked = 0;
             for (m, hw, stride, kernel) in [
-                (16, (9, 11), 1, 3),
-                (16, (12, 7), 2, 3),
+                (16, (11, 10), 1, 3),
+                (16, (7, 7), 1, 3),
+                (16, (12, 9), 2, 3),
                 (13, (10, 10), 2, 3),
                 (24, (30, 30), 1, 3),
                 (24, (16, 16), 2, 3),
