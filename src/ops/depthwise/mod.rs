@@ -167,14 +167,17 @@ impl Depthwise {
         });
     }
 
-    /// Whether [`Depthwise::block_into`] runs at `level`: AVX2, with no
-    /// clamp of the input's own (the joined expansion's epilogue has it).
+    /// Whether [`Depthwise::block_into`] runs at `level`: AVX2 or AVX-512
+    /// (its code is AVX2's), with no clamp of the input's own (the joined
+    /// expansion's epilogue has it).
     pub(crate) fn blocks_at(&self, level: Level) -> bool {
-        cfg!(target_arch = "x86_64") && level.simd() == Simd::Avx2 && self.input_clamp.is_none()
+        cfg!(target_arch = "x86_64")
+            && matches!(level.simd(), Simd::Avx2 | Simd::Avx512)
+            && self.input_clamp.is_none()
     }
 
     /// Planes `planes` (one image's, one or two blocks of 8: an AVX2
-    /// vector each) through the channel-blocked path, for a joined
+    /// vector each) through the AVX2 channel-blocked path, for a joined
     /// expansion that writes its output blocked (`fused.rs`): `fill`
     /// writes each block's padded input, one vector of its 8 channels per
     /// input pixel at the offsets it is given (`usize::MAX`: none), the

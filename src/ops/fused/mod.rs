@@ -7,12 +7,14 @@
 //! (`onnx-lambda profile --by-node`: both layers ran at a fraction of
 //! their rate on later, smaller layers).
 //!
-//! How, with AVX2 (channel-blocked): two panels of 8 expanded channels at a
-//! time are written by the expansion as one vector of a panel's channels
-//! per pixel, straight into the depthwise layer's padded blocked scratch,
-//! and convolved from there ([`ExpandDepthwise::blocked`]): the expanded
-//! planes are never written, copied, transposed or split by stride phase.
-//! Every pair is joined so. Elsewhere (AVX-512, NEON): a panel of 8
+//! How, channel-blocked (AVX2 code, on both x86 levels): two panels of 8
+//! expanded channels at a time are written by the expansion as one vector
+//! of a panel's channels per pixel, straight into the depthwise layer's
+//! padded blocked scratch, and convolved from there: the expanded planes
+//! are never written, copied, transposed or split by stride phase. Every
+//! pair on a plane of 10x10 or more is joined so at AVX2, the strided ones
+//! with AVX-512 ([`ExpandDepthwise::blocked`]). Otherwise (AVX-512 at
+//! stride 1, NEON, small planes), through the row loop: a panel of 8
 //! expanded channel planes at a time is computed into a per-thread scratch
 //! (at most 8 x 12,544 floats, in L2), and each plane goes straight into
 //! the depthwise row loop; only for tensors at least the size of L2
@@ -28,7 +30,7 @@ use tract_onnx::tract_core::internal::*;
 
 use super::depthwise::Depthwise;
 use super::pointwise::{Pointwise, PANEL};
-use crate::ops::{par_planes, replace_with, sole_successor, Level};
+use crate::ops::{par_planes, replace_with, sole_successor, Level, Simd};
 
 /// Smallest expanded tensor (per image) worth joining through the row
 /// loop: one at least the size of L2 (1 MiB per core on AMD Zen 4/5, 512
@@ -109,15 +111,19 @@ impl ExpandDepthwise {
         })
     }
 
-    /// Whether whole panels go channel-blocked at `level`: AVX2, whole
-    /// panels, planes of at least [`MIN_BLOCKED_PIXELS`]. Two panels at a
-    /// time take each broadcast pixel for two weight vectors: 8 loads for
-    /// 12 FMAs where one panel by 12 pixels took 13, and the expansion's
-    /// input is read half as often (docs/operators.md, "Joined expansion").
+    /// Whether whole panels go channel-blocked at `level`: whole panels,
+    /// planes of at least [`MIN_BLOCKED_PIXELS`], and with AVX-512 strided
+    /// layers only (its 16-wide row loop beat the blocked AVX2 code at
+    /// stride 1, where it needs no column split). Two panels at a time take
+    /// each broadcast pixel for two weight vectors: 8 loads for 12 FMAs
+    /// where one panel by 12 pixels took 13, and the expansion's input is
+    /// read half as often (docs/operators.md, "Joined expansion").
     fn blocked(&self, level: Level) -> bool {
         let dims = self.expand.dims();
+        let strided = self.depthwise.geometry().stride != (1, 1);
         dims.m.is_multiple_of(PANEL)
             && dims.pixels >= MIN_BLOCKED_PIXELS
+            && (level.simd() == Simd::Avx2 || strided)
             && Pointwise::blocks_at(level)
             && self.depthwise.blocks_at(level)
     }
@@ -292,8 +298,8 @@ mod tests {
 
     /// The joined operator writes what the two write in turn, at every
     /// vector level, on one thread and on two, with channels in whole
-    /// panels and not. Same bits, except where AVX2 writes
-    /// whole panels channel-blocked: there a plane's last pixels short of
+    /// panels and not. Same bits, except where the pair runs
+    /// channel-blocked: there a plane's last pixels short of
     /// a vector are summed in one FMA chain, where the row tile's columns
     /// sum them in 2-8 (`pointwise`), so those agree to rounding.
     #[test]
@@ -338,12 +344,12 @@ mod tests {
                 }
                 blocked += usize::from(is_blocked);
             }
-            let avx2 = level.simd() == Simd::Avx2;
-            assert_eq!(
-                blocked,
-                if avx2 { 5 } else { 0 },
-                "{level:?}: channel-blocked"
-            );
+            let want = match level.simd() {
+                Simd::Avx2 => 5,
+                Simd::Avx512 => 3,
+                _ => 0,
+            };
+            assert_eq!(blocked, want, "{level:?}: channel-blocked");
         }
     }
 }

@@ -204,7 +204,8 @@ impl Pointwise {
         Ok(())
     }
 
-    /// Whether [`Pointwise::compute_blocked`] runs at `level` (AVX2).
+    /// Whether [`Pointwise::compute_blocked`] runs at `level` (x86: the
+    /// AVX2 tile at both levels).
     pub(crate) fn blocks_at(level: Level) -> bool {
         Isa::of(level).is_ok_and(|isa| isa.blocked.is_some())
     }
@@ -549,7 +550,8 @@ pub(super) struct Isa {
     pub(super) tile: unsafe fn(&Tile<'_>),
     /// [`Kind::Columns`] tiles (AVX2 + FMA for both x86 levels).
     pub(super) columns: unsafe fn(&Tile<'_>),
-    /// Channel-blocked panels ([`Pointwise::compute_blocked`]): AVX2 only.
+    /// Channel-blocked panels ([`Pointwise::compute_blocked`]): AVX2 + FMA
+    /// for both x86 levels.
     pub(super) blocked: Option<unsafe fn(&Blocked<'_>)>,
 }
 
@@ -563,7 +565,7 @@ impl Isa {
                 lanes: 16,
                 tile: avx512::tile,
                 columns: avx2::columns,
-                blocked: None,
+                blocked: Some(avx2::blocked),
             }),
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2 => Ok(Isa {
@@ -1545,8 +1547,8 @@ mod tests {
             let past = op.compute_blocked(&x, 2..4, &at, &mut vec![0.0; 2 * block], level);
             assert!(past.is_err(), "{level:?}: panels past the layer");
         }
-        let avx2 = levels().iter().any(|l| l.simd() == Simd::Avx2);
-        assert_eq!(ran > 0, avx2, "the AVX2 level writes blocked panels");
+        let x86 = levels().iter().any(|l| l.simd() == Simd::Avx2);
+        assert_eq!(ran > 0, x86, "the x86 levels write blocked panels");
     }
 
     /// Weights stored as columns (a linear layer's `[K, M]`) pack into the
