@@ -42,8 +42,9 @@ const MIN_EXPANDED_BYTES: usize = 1 << 20;
 
 /// Smallest plane joined channel-blocked. MobileNetV2's 7x7 pairs (49
 /// pixels, 160 -> 960 channels) ran 0.015-0.02 ms slower each joined than
-/// apart, where the row tile streams their 0.6 MB of weights; its 14x14
-/// pairs (196 pixels) 0.01-0.03 ms faster. The bound sits between.
+/// apart, where the row tile streams their 0.6 MB of weights, and MnasNet
+/// as a whole 12% slower in `bench` with its 7x7 pairs joined; the 14x14
+/// pairs (196 pixels) ran 0.01-0.03 ms faster. The bound sits between.
 const MIN_BLOCKED_PIXELS: usize = 100;
 
 /// `depthwise(pointwise(x))`, without the tensor between them.

@@ -624,7 +624,9 @@ pub(super) struct Tile<'a> {
 }
 
 /// One or two panels of output channels by every pixel, written
-/// channel-blocked (see [`Pointwise::compute_blocked`]).
+/// channel-blocked (see [`Pointwise::compute_blocked`]). Only x86 has a
+/// kernel that reads it.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) struct Blocked<'a> {
     pub(super) k: usize,
     /// 1 or 2.
