@@ -164,16 +164,22 @@ fn profile_times_every_operator_kind_including_ours() {
     assert!(ours["ms"].as_f64().unwrap() > 0.0);
     // Depthwise layers are joined to the expansion before them (fused.rs)
     // where the CPU runs our 1x1 convolutions: all but the 7x7 ones at
-    // AVX2, those whose input does not fit L2 at AVX-512.
+    // AVX2, those whose input does not fit L2 at AVX-512; the first is
+    // joined to the stem on x86.
     let joined = nodes("ExpandDepthwise(onnx-lambda)");
+    let stem_joined = nodes("StemDepthwise(onnx-lambda)");
     assert_eq!(
-        nodes("Depthwise(onnx-lambda)") + joined,
+        nodes("Depthwise(onnx-lambda)") + joined + stem_joined,
         17,
         "MobileNetV2's depthwise layers: {ops:?}"
     );
     let pointwise = nodes("Pointwise(onnx-lambda)") + joined;
     assert!(pointwise == 34 || pointwise == 0, "its 1x1 layers: {ops:?}");
-    assert_eq!(nodes("Stem(onnx-lambda)"), 1, "the first layer: {ops:?}");
+    assert_eq!(
+        nodes("Stem(onnx-lambda)") + stem_joined,
+        1,
+        "the first layer: {ops:?}"
+    );
     assert_eq!(nodes("Dense(onnx-lambda)"), 1, "the classifier: {ops:?}");
     if pointwise == 34 {
         // No matrix product left to tract, so no weights packed by it.
@@ -214,6 +220,7 @@ fn simd_lowers_what_our_operators_run_and_is_reported() {
         };
         let joined = nodes("ExpandDepthwise(onnx-lambda)");
         let ours = nodes("Pointwise(onnx-lambda)") + joined;
+        let stem_joined = nodes("StemDepthwise(onnx-lambda)");
         // The peak beside the table is measured at the same level.
         assert_eq!(r["peak"]["simd"], level, "{}", r["peak"]);
         assert!(r["peak"]["gmacs"].as_f64().unwrap() > 0.0);
@@ -221,9 +228,10 @@ fn simd_lowers_what_our_operators_run_and_is_reported() {
             r["machine"]["simd"].as_str().unwrap().to_string(),
             ours,
             joined,
+            stem_joined,
         )
     };
-    assert_eq!(profile("portable"), ("portable".to_string(), 0, 0));
+    assert_eq!(profile("portable"), ("portable".to_string(), 0, 0, 0));
     let best = json_of(bin().args(["profile", "--rounds", "1", "--json"]));
     let peak = best["peak"].clone();
     let best = best["machine"]["simd"].as_str().unwrap().to_string();
@@ -236,8 +244,9 @@ fn simd_lowers_what_our_operators_run_and_is_reported() {
     if best != "portable" {
         // At AVX2 every expansion on a plane of 10x10 or more is joined to
         // its depthwise layer, channel-blocked: 13 of MobileNetV2's 16
-        // inverted residual blocks (not the three at 7x7).
-        assert_eq!(profile("avx2"), ("avx2".to_string(), 34, 13));
+        // inverted residual blocks (not the three at 7x7), and the stem to
+        // the first depthwise layer.
+        assert_eq!(profile("avx2"), ("avx2".to_string(), 34, 13, 1));
     }
     let out = bin().args(["profile", "--simd", "sse9"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -148,6 +148,11 @@ impl Depthwise {
         }
     }
 
+    /// Whether the tensors have a leading image axis (NCHW, not CHW).
+    pub(crate) fn batched(&self) -> bool {
+        self.batched
+    }
+
     pub(crate) fn geometry(&self) -> Geometry {
         self.geometry
     }

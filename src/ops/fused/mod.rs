@@ -28,6 +28,8 @@ use std::ops::Range;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
+mod stem;
+
 use super::depthwise::Depthwise;
 use super::pointwise::{Pointwise, PANEL};
 use crate::ops::{par_planes, replace_with, sole_successor, Level, Simd};
@@ -101,7 +103,8 @@ impl ExpandDepthwise {
                     let panels = c0 / PANEL..(c0 + end - p0) / PANEL;
                     self.depthwise
                         .block_into(level, p0..end, out, |at, padded| {
-                            self.expand.compute_blocked(x, panels, at, padded, level)
+                            self.expand
+                                .compute_blocked((x, None), panels, at, padded, level)
                         })?;
                 } else {
                     self.planes(x, c0..c0 + (end - p0), out, p0 == planes.start)?;
@@ -254,7 +257,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
         joined += 1;
     }
     model.compact()?;
-    Ok(joined)
+    Ok(joined + stem::install(model)?)
 }
 
 #[cfg(test)]

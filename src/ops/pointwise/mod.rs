@@ -214,11 +214,13 @@ impl Pointwise {
     /// channel-blocked for a depthwise layer that reads them so
     /// (`fused.rs`): `out` holds one block per panel, and in each, pixel
     /// `i`'s [`PANEL`] channels, epilogue applied, are one vector at
-    /// `at[i]`, none where `at[i]` is `usize::MAX`. An error unless
-    /// [`Pointwise::blocks_at`] `level`.
+    /// `at[i]`, none where `at[i]` is `usize::MAX`. Input channel `k` is
+    /// the `pixels` values of `x` from `rows[k]` (a stem's taps in its
+    /// phase scratch, `stem.rs`), or from `k * pixels` without `rows`. An
+    /// error unless [`Pointwise::blocks_at`] `level`.
     pub(crate) fn compute_blocked(
         &self,
-        x: &[f32],
+        (x, rows): (&[f32], Option<&[usize]>),
         panels: Range<usize>,
         at: &[usize],
         out: &mut [f32],
@@ -228,7 +230,17 @@ impl Pointwise {
         let Some(run) = Isa::of(level)?.blocked else {
             bail!("no channel-blocked tile at {level:?}");
         };
-        ensure!(!self.epilogue.residual && x.len() == k * pixels);
+        ensure!(!self.epilogue.residual);
+        match rows {
+            Some(rows) => ensure!(
+                rows.len() == k
+                    && rows
+                        .iter()
+                        .all(|r| r.checked_add(pixels).is_some_and(|e| e <= x.len())),
+                "input rows inside the input"
+            ),
+            None => ensure!(x.len() == k * pixels, "input size"),
+        }
         ensure!(
             matches!(panels.len(), 1 | 2) && (panels.end - 1) * PANEL < m,
             "one or two panels of the layer"
@@ -252,6 +264,7 @@ impl Pointwise {
             bias: self.bias[panels.start * PANEL..].as_ptr(),
             x: x.as_ptr(),
             ld: pixels,
+            rows,
             at,
             out: out.as_mut_ptr(),
             block,
@@ -259,7 +272,8 @@ impl Pointwise {
             post: self.epilogue.post,
         };
         // SAFETY: `Isa::of` chose the kernel for a `Level` this CPU has;
-        // it reads `k` rows of `pixels` values of `x`, the panels' weights
+        // it reads `k` rows of `pixels` values of `x` (where checked
+        // above), the panels' weights
         // and biases (padded to whole panels), and writes `PANEL` values at
         // each position of each panel's block, checked above to be inside.
         unsafe { run(&job) };
@@ -636,9 +650,11 @@ pub(super) struct Blocked<'a> {
     pub(super) w: *const f32,
     /// The panels' biases, [`PANEL`] each.
     pub(super) bias: *const f32,
-    /// Input channel 0, pixel 0; the next channel is `ld` further.
+    /// Input channel 0, pixel 0; the next channel is `ld` further, or
+    /// each channel at its own offset from `x` in `rows`.
     pub(super) x: *const f32,
     pub(super) ld: usize,
+    pub(super) rows: Option<&'a [usize]>,
     /// Per pixel, where its vector goes in a panel's block, or `usize::MAX`.
     pub(super) at: &'a [usize],
     /// The first panel's block; the second's is `block` further.
@@ -1514,7 +1530,7 @@ mod tests {
             // One panel or two, the last one partial (20 channels).
             for panels in [0..1, 1..2, 2..3, 0..2, 1..3] {
                 let mut out = vec![f32::NAN; panels.len() * block];
-                let result = op.compute_blocked(&x, panels.clone(), &at, &mut out, level);
+                let result = op.compute_blocked((&x, None), panels.clone(), &at, &mut out, level);
                 if !Pointwise::blocks_at(level) {
                     assert!(result.is_err(), "{level:?}");
                     assert!(out.iter().all(|v| v.is_nan()), "{level:?}: wrote");
@@ -1538,15 +1554,36 @@ mod tests {
                         }
                     }
                 }
+                // The same rows read at their own offsets (a stem's taps):
+                // scattered, in reverse order, with gaps; one past the
+                // input's end refused.
+                let gap = d.pixels + 3;
+                let rows: Vec<usize> = (0..d.k).map(|r| (d.k - 1 - r) * gap + 2).collect();
+                let mut spread = vec![f32::NAN; d.k * gap + 2];
+                for (r, &at) in rows.iter().enumerate() {
+                    spread[at..at + d.pixels].copy_from_slice(&x[r * d.pixels..][..d.pixels]);
+                }
+                let mut by_rows = vec![f32::NAN; out.len()];
+                let input = (&spread[..], Some(&rows[..]));
+                op.compute_blocked(input, panels.clone(), &at, &mut by_rows, level)
+                    .unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&by_rows), bits(&out), "{level:?}: by rows");
+                let mut past = rows.clone();
+                past[3] = spread.len() - d.pixels + 1;
+                let input = (&spread[..], Some(&past[..]));
+                let refused = op.compute_blocked(input, panels.clone(), &at, &mut by_rows, level);
+                assert!(refused.is_err(), "{level:?}: a row past the input");
                 let mut short = vec![0.0; panels.len() * block - 3 * PANEL];
-                let refused = op.compute_blocked(&x, panels.clone(), &at, &mut short, level);
+                let refused =
+                    op.compute_blocked((&x, None), panels.clone(), &at, &mut short, level);
                 assert!(refused.is_err(), "{level:?}: {panels:?}");
                 assert!(
                     short.iter().all(|&v| v == 0.0),
                     "{level:?}: wrote past a refusal"
                 );
             }
-            let past = op.compute_blocked(&x, 2..4, &at, &mut vec![0.0; 2 * block], level);
+            let past = op.compute_blocked((&x, None), 2..4, &at, &mut vec![0.0; 2 * block], level);
             assert!(past.is_err(), "{level:?}: panels past the layer");
         }
         let x86 = levels().iter().any(|l| l.simd() == Simd::Avx2);

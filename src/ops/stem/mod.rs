@@ -30,6 +30,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use super::depthwise::{
     conv_cost, conv_eval, conv_layer, conv_output_facts, fill_phases, Geometry,
 };
+use super::pointwise::{Dims, Epilogue, Pointwise, Weights};
 use crate::ops::maxpool::{self, join_pools, Bands};
 use crate::ops::{following_clamp, par_planes, replace_with, same_bits, same_clamp, Level, Simd};
 
@@ -63,6 +64,10 @@ pub(crate) struct Stem {
     /// The max pool joined after it, over its output (SqueezeNet's), and
     /// the pooled rows of each band (`maxpool::band_rows`).
     pool: Option<(Geometry, usize)>,
+    /// One output row as a product, `[out][tap] x [tap][pixel]`, for
+    /// [`Stem::compute_blocked`]: the pointwise channel-blocked tile over
+    /// the row's taps copied out of the phase scratch.
+    rows: Pointwise,
 }
 
 impl Stem {
@@ -87,6 +92,19 @@ impl Stem {
         }
         let mut padded = bias.to_vec();
         padded.resize(blocks * BLOCK, 0.0);
+        let wo = geometry.out_hw.1;
+        let dims = Dims {
+            images: 1,
+            m: out_channels,
+            k: taps,
+            pixels: wo,
+        };
+        let epilogue = Epilogue {
+            pre: clamp,
+            ..Epilogue::default()
+        };
+        let shapes: (&[usize], &[usize]) = (&[taps, wo], &[out_channels, wo]);
+        let rows = Pointwise::new(dims, shapes, Weights::Rows(weights), bias, epilogue);
         Stem {
             geometry,
             out_channels,
@@ -95,7 +113,79 @@ impl Stem {
             clamp,
             batched,
             pool: None,
+            rows,
         }
+    }
+
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    pub(crate) fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+
+    pub(crate) fn batched(&self) -> bool {
+        self.batched
+    }
+
+    /// Whether a max pool is joined after it.
+    pub(crate) fn pooled(&self) -> bool {
+        self.pool.is_some()
+    }
+
+    /// One image's input (`x`, CHW) into `scratch` as the phase planes
+    /// every tap reads a contiguous run of.
+    pub(crate) fn phases(&self, x: &[f32], scratch: &mut Vec<f32>, level: Level) {
+        let g = &self.geometry;
+        let (len, plane) = (g.scratch_len(), g.in_hw.0 * g.in_hw.1);
+        scratch.clear();
+        scratch.resize(g.channels * len, 0.0);
+        for (c, phases) in scratch.chunks_exact_mut(len).enumerate() {
+            fill_phases(g, &x[c * plane..][..plane], phases, None, level);
+        }
+    }
+
+    /// Output channels `panels` (one or two whole pointwise panels) of
+    /// one image from its [`Stem::phases`], channel-blocked for the
+    /// depthwise layer that reads them (`fused/stem.rs`): as
+    /// `Pointwise::compute_blocked`, pixel `i`'s channels at `at[i]`. Each
+    /// output row is a product over its taps, each tap a run of the row's
+    /// width in the phases, in the order of [`Stem::compute`]'s FMAs.
+    pub(crate) fn compute_blocked(
+        &self,
+        phases: &[f32],
+        panels: Range<usize>,
+        at: &[usize],
+        out: &mut [f32],
+        level: Level,
+    ) -> TractResult<()> {
+        let g = &self.geometry;
+        let (ho, wo, taps) = (g.out_hw.0, g.out_hw.1, self.taps());
+        ensure!(self.pool.is_none() && at.len() == ho * wo);
+        for (y, at) in at.chunks_exact(wo).enumerate() {
+            let offsets = self.offsets(y);
+            let input = (phases, Some(&offsets[..taps]));
+            self.rows
+                .compute_blocked(input, panels.clone(), at, out, level)?;
+        }
+        Ok(())
+    }
+
+    /// Where each tap (input channel, ky, kx) of output row `y` starts in
+    /// the phase scratch.
+    fn offsets(&self, y: usize) -> [usize; MAX_INPUT_CHANNELS * MAX_KERNEL * MAX_KERNEL] {
+        let g = &self.geometry;
+        let (k, len) = (g.kernel, g.scratch_len());
+        let mut offsets = [0usize; MAX_INPUT_CHANNELS * MAX_KERNEL * MAX_KERNEL];
+        for c in 0..g.channels {
+            for ky in 0..k {
+                for kx in 0..k {
+                    offsets[(c * k + ky) * k + kx] = c * len + g.tap(y, ky, kx);
+                }
+            }
+        }
+        offsets
     }
 
     /// This stem with `pool` (over its output) after it, `band` pooled
@@ -145,15 +235,8 @@ impl Stem {
             // before it belong to other threads and are never written.
             let base = chunk.as_mut_ptr().wrapping_sub(rows.start * plane);
             SCRATCH.with_borrow_mut(|scratch| {
-                scratch.clear();
-                scratch.resize(g.channels * g.scratch_len(), 0.0);
                 for image in rows.start / m..rows.end.div_ceil(m) {
-                    let x = &input[image * in_image..][..in_image];
-                    let len = g.scratch_len();
-                    for (c, phases) in scratch.chunks_exact_mut(len).enumerate() {
-                        let src = &x[c * g.in_hw.0 * g.in_hw.1..][..g.in_hw.0 * g.in_hw.1];
-                        fill_phases(&g, src, phases, None, level);
-                    }
+                    self.phases(&input[image * in_image..][..in_image], scratch, level);
                     let own = rows.start.max(image * m) - image * m
                         ..rows.end.min((image + 1) * m) - image * m;
                     let out = base.wrapping_add(image * m * plane);
@@ -247,15 +330,7 @@ impl Stem {
     ) {
         let g = &self.geometry;
         let taps = self.taps();
-        let (k, len) = (g.kernel, g.scratch_len());
-        let mut offsets = [0usize; MAX_INPUT_CHANNELS * MAX_KERNEL * MAX_KERNEL];
-        for c in 0..g.channels {
-            for ky in 0..k {
-                for kx in 0..k {
-                    offsets[(c * k + ky) * k + kx] = c * len + g.tap(y, ky, kx);
-                }
-            }
-        }
+        let offsets = self.offsets(y);
         let first = b * BLOCK;
         let row = Row {
             scratch,

@@ -409,10 +409,11 @@ fn store_columns<const C: usize>(t: &Tile<'_>, acc: &[__m256; C]) {
 pub(super) unsafe fn blocked(b: &Blocked<'_>) {
     // SAFETY: forwarded.
     unsafe {
-        if b.panels == 2 {
-            blocked_panels::<2, 6>(b);
-        } else {
-            blocked_panels::<1, 12>(b);
+        match (b.panels, b.rows.is_some()) {
+            (2, false) => blocked_panels::<2, 6, false>(b),
+            (2, true) => blocked_panels::<2, 6, true>(b),
+            (_, false) => blocked_panels::<1, 12, false>(b),
+            (_, true) => blocked_panels::<1, 12, true>(b),
         }
     }
 }
@@ -423,24 +424,24 @@ pub(super) unsafe fn blocked(b: &Blocked<'_>) {
 /// # Safety
 /// As [`blocked`], with `P` panels.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn blocked_panels<const P: usize, const C: usize>(b: &Blocked<'_>) {
+unsafe fn blocked_panels<const P: usize, const C: usize, const ROWS: bool>(b: &Blocked<'_>) {
     let n = b.at.len();
     let mut p = 0;
     // SAFETY (all four): forwarded, pixels `p..p + C` exist.
     if C <= n {
-        unsafe { blocked_of::<P, C, true>(b, p) };
+        unsafe { blocked_of::<P, C, true, ROWS>(b, p) };
         p += C;
     }
     while p + C <= n {
-        unsafe { blocked_of::<P, C, false>(b, p) };
+        unsafe { blocked_of::<P, C, false, ROWS>(b, p) };
         p += C;
     }
     while p + 4 <= n {
-        unsafe { blocked_of::<P, 4, false>(b, p) };
+        unsafe { blocked_of::<P, 4, false, ROWS>(b, p) };
         p += 4;
     }
     while p < n {
-        unsafe { blocked_of::<P, 1, false>(b, p) };
+        unsafe { blocked_of::<P, 1, false, ROWS>(b, p) };
         p += 1;
     }
 }
@@ -451,10 +452,14 @@ unsafe fn blocked_panels<const P: usize, const C: usize>(b: &Blocked<'_>) {
 /// weights and `C` broadcast pixels for `P * C` FMAs: two panels by 6
 /// pixels load 8 values for 12 FMAs, one by 12 load 13. The FMAs run in the
 /// row tile's order (bias, then input channels in turn), so the values are
-/// the same bits as [`tile`]'s.
+/// the same bits as [`tile`]'s. `ROWS`: input row `k` starts at `b.rows[k]`
+/// (a stem's taps in its phase scratch), not `k * b.ld`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn blocked_of<const P: usize, const C: usize, const FIRST: bool>(b: &Blocked<'_>, p: usize) {
+unsafe fn blocked_of<const P: usize, const C: usize, const FIRST: bool, const ROWS: bool>(
+    b: &Blocked<'_>,
+    p: usize,
+) {
     // Plain loops, no closures: a closure does not take the function's
     // target features, and its intrinsics would be calls.
     let mut acc = [[_mm256_setzero_ps(); C]; P];
@@ -464,7 +469,11 @@ unsafe fn blocked_of<const P: usize, const C: usize, const FIRST: bool>(b: &Bloc
     }
     let (mut x, mut w) = (b.x.wrapping_add(p), b.w);
     let next_panel = PANEL * b.k;
-    for _ in 0..b.k {
+    let rows = b.rows.unwrap_or_default();
+    for kk in 0..b.k {
+        if ROWS {
+            x = b.x.wrapping_add(rows[kk] + p);
+        }
         let mut wv = [_mm256_setzero_ps(); P];
         for j in 0..P {
             // SAFETY: each panel holds PANEL weights per input channel.
@@ -480,7 +489,9 @@ unsafe fn blocked_of<const P: usize, const C: usize, const FIRST: bool>(b: &Bloc
                 acc[j][c] = _mm256_fmadd_ps(wv[j], xc, acc[j][c]);
             }
         }
-        x = x.wrapping_add(b.ld);
+        if !ROWS {
+            x = x.wrapping_add(b.ld);
+        }
         w = w.wrapping_add(PANEL);
     }
     let epilogue = |y: __m256, c: Option<(f32, f32)>| match c {
