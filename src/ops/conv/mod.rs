@@ -125,14 +125,18 @@ impl Shape {
     /// row as wide as output and tap (the measured choice before rows
     /// shared their padding: 7x7 planes, where the grid now wastes 1 column
     /// in 8, still ran 13% faster on columns), and for rows under 8
-    /// pixels where a group's output channels make the copy cheap against
-    /// the products: ResNet's stride-2 3x3 layers to 7x7 ran 13% faster
-    /// on columns, RegNet's grouped ones (8 channels a group) 40% slower.
+    /// pixels; both only where a group's output channels make the copy
+    /// cheap against the products. ResNet's stride-2 3x3 layers to 7x7 ran
+    /// 13% faster on columns; RegNet's grouped ones (8 channels a group)
+    /// 40% slower, and its stride-1 grouped 7x7 layers 0.23 -> 0.08 ms
+    /// each on the grid (`profile --by-node --threads 1 --simd avx2`,
+    /// minima of 4 alternating runs, AMD EPYC Zen 4): the copy is `taps`
+    /// times the input for 8 output channels.
     fn layout(&self) -> Layout {
         let (wo, reach) = (self.out_hw.1, self.reach().1);
         let columns = self.groups * self.taps() * self.c_in_group() * self.out_pixels();
-        let narrow = wo < 8 && self.c_out_group() >= MIN_COLUMNS_GROUP_OUT;
-        if (reach * 4 > wo || narrow) && columns * 4 <= MAX_COLUMNS_BYTES {
+        let wide_groups = self.c_out_group() >= MIN_COLUMNS_GROUP_OUT;
+        if (reach * 4 > wo || wo < 8) && wide_groups && columns * 4 <= MAX_COLUMNS_BYTES {
             Layout::Columns
         } else {
             Layout::Grid
@@ -195,9 +199,9 @@ enum Layout {
     Columns,
 }
 
-/// Fewest output channels a group for tap columns on narrow rows: the
-/// copy is `taps` times the input, the products that many times the
-/// group's output channels.
+/// Fewest output channels a group for tap columns (narrow rows, small
+/// planes): the copy is `taps` times the input, the products that many
+/// times the group's output channels.
 const MIN_COLUMNS_GROUP_OUT: usize = 32;
 
 /// Largest [`Layout::Columns`] copy, in bytes: it is read once per panel
@@ -1224,7 +1228,7 @@ mod tests {
     /// stride-1 3x3 layer and of a wide stride-2 one, the grid for a
     /// grouped stride-2 layer of 8 channels a group and for 14x14.
     #[test]
-    fn narrow_rows_take_tap_columns_when_groups_are_wide() {
+    fn narrow_or_small_planes_take_tap_columns_when_groups_are_wide() {
         let layout = |groups, c, hw, stride| {
             let s = shape(1, groups, (c, c), hw, (3, 3), stride, (1, 1), [1; 4]);
             s.layout()
@@ -1233,6 +1237,9 @@ mod tests {
         assert_eq!(layout(1, 256, (14, 14), (2, 2)), Layout::Columns);
         assert_eq!(layout(55, 440, (14, 14), (2, 2)), Layout::Grid);
         assert_eq!(layout(1, 256, (14, 14), (1, 1)), Layout::Grid);
+        // Small planes too: columns only for wide groups.
+        assert_eq!(layout(55, 440, (7, 7), (1, 1)), Layout::Grid);
+        assert_eq!(layout(4, 128, (7, 7), (1, 1)), Layout::Columns);
     }
 
     /// `RowCopy` against its definition, column by column, over rows
