@@ -20,7 +20,8 @@
 //! the depthwise row loop; only for tensors at least the size of L2
 //! ([`MIN_EXPANDED_BYTES`]), below which the two operators apart were
 //! faster. Both halves are the project's own operators (`pointwise.rs`,
-//! `depthwise.rs`); [`install`] pairs them after they are in.
+//! `depthwise.rs`); [`install`] pairs them after they are in, and joins a
+//! stem to the depthwise layer it feeds the same way (`stem.rs`).
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -219,7 +220,8 @@ impl TypedOp for ExpandDepthwise {
 /// Replaces every pointwise operator whose only reader is a depthwise
 /// operator (and which adds no residual) by the pair as one, where it
 /// runs channel-blocked at this CPU's level or the expanded tensor is too
-/// big for L2. Returns how many pairs it joined.
+/// big for L2; then the stems (`stem.rs`). Returns how many pairs it
+/// joined.
 pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
     let mut joined = 0;
     for id in model.eval_order()? {
