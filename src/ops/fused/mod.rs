@@ -223,43 +223,53 @@ impl TypedOp for ExpandDepthwise {
 /// big for L2; then the stems (`stem.rs`). Returns how many pairs it
 /// joined.
 pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
+    let joined = join_depthwise(
+        model,
+        "onnx-lambda expand + depthwise",
+        |expand: &Pointwise, depthwise| {
+            let g = depthwise.geometry();
+            let dims = expand.dims();
+            if expand.has_residual() || dims.m != g.channels || dims.pixels != g.in_hw.0 * g.in_hw.1
+            {
+                return None;
+            }
+            let op = ExpandDepthwise {
+                expand: expand.clone(),
+                depthwise: depthwise.clone(),
+            };
+            let expanded_bytes = dims.m * dims.pixels * std::mem::size_of::<f32>();
+            (op.blocked(Level::detect()) || expanded_bytes >= MIN_EXPANDED_BYTES).then_some(op)
+        },
+    )?;
+    Ok(joined + stem::install(model)?)
+}
+
+/// Replaces each node running an `A` whose only reader is a depthwise
+/// operator by the operator `join` makes of the two, where it makes one,
+/// named after the depthwise layer. Returns how many it replaced.
+fn join_depthwise<A: TypedOp, J: TypedOp>(
+    model: &mut TypedModel,
+    what: &str,
+    join: impl Fn(&A, &Depthwise) -> Option<J>,
+) -> TractResult<usize> {
     let mut joined = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
-        let Some(expand) = node.op_as::<Pointwise>() else {
+        let Some(first) = node.op_as::<A>() else {
             continue;
         };
         let Some(next) = sole_successor(model, id) else {
             continue;
         };
-        let Some(depthwise) = next.op_as::<Depthwise>() else {
+        let Some(op) = next.op_as::<Depthwise>().and_then(|d| join(first, d)) else {
             continue;
         };
-        let g = depthwise.geometry();
-        let dims = expand.dims();
-        if expand.has_residual() || dims.m != g.channels || dims.pixels != g.in_hw.0 * g.in_hw.1 {
-            continue;
-        }
-        let op = ExpandDepthwise {
-            expand: expand.clone(),
-            depthwise: depthwise.clone(),
-        };
-        let expanded_bytes = dims.m * dims.pixels * std::mem::size_of::<f32>();
-        if !op.blocked(Level::detect()) && expanded_bytes < MIN_EXPANDED_BYTES {
-            continue;
-        }
         let (input, name, last) = (node.inputs[0], next.name.clone(), next.id);
-        replace_with(
-            model,
-            "onnx-lambda expand + depthwise",
-            &[input],
-            (&name, op),
-            last,
-        )?;
+        replace_with(model, what, &[input], (&name, op), last)?;
         joined += 1;
     }
     model.compact()?;
-    Ok(joined + stem::install(model)?)
+    Ok(joined)
 }
 
 #[cfg(test)]

@@ -20,13 +20,13 @@ use std::cell::RefCell;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-use super::MIN_BLOCKED_PIXELS;
+use super::{join_depthwise, MIN_BLOCKED_PIXELS};
 use crate::ops::depthwise::Depthwise;
 use crate::ops::pointwise::{Pointwise, PANEL};
 use crate::ops::stem::Stem;
 #[cfg(test)]
 use crate::ops::Simd;
-use crate::ops::{par_planes, replace_with, sole_successor, Level};
+use crate::ops::{par_planes, Level};
 
 /// `depthwise(stem(x))`, without the tensor between them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,41 +163,22 @@ impl TypedOp for StemDepthwise {
 /// depthwise layer of its channels by the pair as one, where it runs
 /// channel-blocked at this CPU's level. Returns how many it joined.
 pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
-    let mut joined = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some(stem) = node.op_as::<Stem>() else {
-            continue;
-        };
-        let Some(next) = sole_successor(model, id) else {
-            continue;
-        };
-        let Some(depthwise) = next.op_as::<Depthwise>() else {
-            continue;
-        };
-        let (s, g) = (stem.geometry(), depthwise.geometry());
-        if stem.pooled() || stem.out_channels() != g.channels || s.out_hw != g.in_hw {
-            continue;
-        }
-        let op = StemDepthwise {
-            stem: stem.clone(),
-            depthwise: depthwise.clone(),
-        };
-        if stem.batched() != depthwise.batched() || !op.blocked(Level::detect()) {
-            continue;
-        }
-        let (input, name, last) = (node.inputs[0], next.name.clone(), next.id);
-        replace_with(
-            model,
-            "onnx-lambda stem + depthwise",
-            &[input],
-            (&name, op),
-            last,
-        )?;
-        joined += 1;
-    }
-    model.compact()?;
-    Ok(joined)
+    join_depthwise(
+        model,
+        "onnx-lambda stem + depthwise",
+        |stem: &Stem, depthwise| {
+            let (s, g) = (stem.geometry(), depthwise.geometry());
+            let fits = !stem.pooled()
+                && stem.out_channels() == g.channels
+                && s.out_hw == g.in_hw
+                && stem.batched() == depthwise.batched();
+            let op = StemDepthwise {
+                stem: stem.clone(),
+                depthwise: depthwise.clone(),
+            };
+            (fits && op.blocked(Level::detect())).then_some(op)
+        },
+    )
 }
 
 #[cfg(test)]
