@@ -24,8 +24,6 @@ use super::{join_depthwise, MIN_BLOCKED_PIXELS};
 use crate::ops::depthwise::Depthwise;
 use crate::ops::pointwise::{Pointwise, PANEL};
 use crate::ops::stem::Stem;
-#[cfg(test)]
-use crate::ops::Simd;
 use crate::ops::{par_planes, Level};
 
 /// `depthwise(stem(x))`, without the tensor between them.
@@ -103,14 +101,11 @@ impl StemDepthwise {
             && self.depthwise.blocks_at(level)
     }
 
-    /// The depthwise layer's output shape.
-    fn output_shape(&self, input: &[usize]) -> TVec<usize> {
-        let g = self.depthwise.geometry();
-        let mut shape: TVec<usize> = input.into();
-        let n = shape.len();
-        shape[n - 3] = g.channels;
-        (shape[n - 2], shape[n - 1]) = g.out_hw;
-        shape
+    /// The depthwise layer's output shape for the stem's input shape.
+    fn output_shape(&self, input: &[usize]) -> TractResult<TVec<usize>> {
+        let between = self.stem.output_facts(&[&f32::fact(input)])?.remove(0);
+        let fact = self.depthwise.output_facts(&[&between])?.remove(0);
+        Ok(fact.shape.as_concrete().context("a fixed shape")?.into())
     }
 }
 
@@ -133,7 +128,7 @@ impl EvalOp for StemDepthwise {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         ensure!(inputs.len() == 1);
-        let shape = self.output_shape(inputs[0].shape());
+        let shape = self.output_shape(inputs[0].shape())?;
         // SAFETY: `compute` writes every plane of the output in full.
         let mut output = unsafe { Tensor::uninitialized::<f32>(&shape)? };
         let src = inputs[0].try_as_plain_ram()?;
@@ -146,7 +141,7 @@ impl EvalOp for StemDepthwise {
 impl TypedOp for StemDepthwise {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let shape = inputs[0].shape.as_concrete().context("a fixed shape")?;
-        Ok(tvec!(f32::fact(self.output_shape(shape))))
+        Ok(tvec!(f32::fact(self.output_shape(shape)?)))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
@@ -186,6 +181,7 @@ mod tests {
     use super::*;
     use crate::ops::depthwise::Geometry;
     use crate::ops::testing::{levels, noise, VECTOR_LEVELS};
+    use crate::ops::Simd;
 
     /// A stem of `c` input channels (`k`x`k`, stride `s`, padding `k / 2`)
     /// on `hw`, with ReLU6, into `m` channels, then a depthwise layer
