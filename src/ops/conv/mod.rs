@@ -47,7 +47,9 @@ use crate::ops::pointwise::{
 use crate::ops::{replace_with, same_bits, same_clamp, weights_oihw, Level};
 
 mod pooled;
+mod winograd;
 pub(crate) use pooled::install as install_pools;
+use winograd::Winograd;
 
 /// What one convolution computes, in the ONNX attributes' terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -228,6 +230,9 @@ pub(crate) struct Conv {
     epilogue: Epilogue,
     /// The max pool joined after it, over its output (`pooled`).
     pool: Option<Geometry>,
+    /// The filters transformed for F(2x2, 3x3), where it computes the
+    /// layer (`winograd`); `weights` and `taps` are then empty.
+    winograd: Option<Winograd>,
 }
 
 impl Conv {
@@ -240,6 +245,9 @@ impl Conv {
         bias: &[f32],
         epilogue: Epilogue,
     ) -> Conv {
+        if winograd::fits(&shape) {
+            return Conv::winograd(shape, (in_shape, out_shape), weights, bias, epilogue);
+        }
         Conv::with_layout(
             shape,
             (in_shape, out_shape),
@@ -248,6 +256,31 @@ impl Conv {
             epilogue,
             shape.layout(),
         )
+    }
+
+    /// F(2x2, 3x3) rather than the direct tiles: `shape` must fit it.
+    fn winograd(
+        shape: Shape,
+        shapes: (&[usize], &[usize]),
+        weights: &[f32],
+        bias: &[f32],
+        epilogue: Epilogue,
+    ) -> Conv {
+        assert_eq!(bias.len(), shape.c_out, "bias");
+        let mut padded = bias.to_vec();
+        padded.resize(shape.c_out.div_ceil(PANEL) * PANEL, 0.0);
+        Conv {
+            shape,
+            in_shape: shapes.0.into(),
+            out_shape: shapes.1.into(),
+            weights: Arc::new([]),
+            bias: padded.into(),
+            layout: Layout::Grid,
+            taps: Arc::new([]),
+            epilogue,
+            pool: None,
+            winograd: Some(Winograd::new(&shape, weights)),
+        }
     }
 
     fn with_layout(
@@ -287,6 +320,7 @@ impl Conv {
             taps: taps.into(),
             epilogue,
             pool: None,
+            winograd: None,
         }
     }
 
@@ -325,6 +359,16 @@ impl Conv {
             "conv residual size"
         );
         let isa = Isa::of(level)?;
+        if let Some(winograd) = &self.winograd {
+            for image in 0..s.images {
+                let (x, y) = (s.c_in * h * w, s.c_out * ho * wo);
+                let res = residual.map(|r| &r[image * y..][..y]);
+                let out = &mut output[image * y..][..y];
+                let e = (&self.bias[..], self.epilogue);
+                winograd.compute(&s, isa, e, &input[image * x..][..x], res, out)?;
+            }
+            return Ok(());
+        }
         let layout = self.layout;
         // The output grid, where the tiles write before the copy back:
         // `ho` rows of `wp` columns a channel.
@@ -772,6 +816,10 @@ impl PartialEq for Conv {
             && same_clamp(self.epilogue.post, other.epilogue.post)
             && self.layout == other.layout
             && self.pool == other.pool
+            && match (&self.winograd, &other.winograd) {
+                (Some(a), Some(b)) => same_bits(a.weights(), b.weights()),
+                (a, b) => a.is_none() && b.is_none(),
+            }
     }
 }
 
@@ -783,9 +831,13 @@ impl Op for Conv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
+        let layout = match self.winograd {
+            Some(_) => "Winograd F(2x2, 3x3)".to_string(),
+            None => format!("{:?}", self.layout),
+        };
         Ok(vec![format!(
-            "{:?}, {:?}, {:?}, max pool {:?}",
-            self.shape, self.layout, self.epilogue, self.pool
+            "{:?}, {layout}, {:?}, max pool {:?}",
+            self.shape, self.epilogue, self.pool
         )])
     }
 

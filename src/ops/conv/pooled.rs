@@ -115,6 +115,7 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
             // 7.6 ms joined), the layer and its pool stay apart.
             let (s, g) = (conv.shape, pool.geometry());
             let joins = conv.layout == Layout::Grid
+                && conv.winograd.is_none()
                 && !conv.epilogue.residual
                 && conv.pool.is_none()
                 && rows_beat_grid(&s, isa)
@@ -256,13 +257,13 @@ mod tests {
                 onnx::weights("b", vec![16], 2),
             ]
         };
-        let x = Tensor::from_shape(&[1, 3, 45, 64], &noise(3 * 45 * 64, 7)).unwrap();
+        let x = Tensor::from_shape(&[1, 3, 45, 96], &noise(3 * 45 * 96, 7)).unwrap();
         let count =
             |m: &TypedModel, name: &str| m.nodes.iter().filter(|n| n.op.name() == name).count();
         let model = onnx::decluttered(
             vec![conv.clone(), relu.clone(), pool()],
             weights(),
-            &[1, 3, 45, 64],
+            &[1, 3, 45, 96],
             17,
         );
         let want = run_optimized(model.clone(), &x);
@@ -290,7 +291,7 @@ mod tests {
         nodes[2].output = vec!["p".into()];
         nodes.push(onnx::node("GlobalMaxPool", &["r"], "g", vec![]));
         nodes.push(onnx::node("Add", &["p", "g"], "y", vec![]));
-        let mut both = onnx::decluttered(nodes, weights(), &[1, 3, 45, 64], 17);
+        let mut both = onnx::decluttered(nodes, weights(), &[1, 3, 45, 96], 17);
         crate::ops::install(&mut both).unwrap();
         assert_eq!(
             count(&both, "MaxPool(onnx-lambda)"),

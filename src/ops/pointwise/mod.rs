@@ -95,8 +95,16 @@ pub(crate) enum Weights<'a> {
 impl Weights<'_> {
     /// In panels of [`PANEL`] output channels (see [`Pointwise`]).
     pub(super) fn packed(self, m: usize, k: usize) -> Vec<f32> {
-        let panels = m.div_ceil(PANEL);
-        let mut packed = vec![0f32; panels * PANEL * k];
+        let mut packed = vec![0f32; m.div_ceil(PANEL) * PANEL * k];
+        self.pack_into(m, k, &mut packed);
+        packed
+    }
+
+    /// [`Weights::packed`] into `packed`, zeros (`m` rounded up to whole
+    /// panels, by `k`), for a caller that packs several matrices into one
+    /// buffer.
+    pub(super) fn pack_into(self, m: usize, k: usize, packed: &mut [f32]) {
+        assert_eq!(packed.len(), m.div_ceil(PANEL) * PANEL * k, "packed");
         match self {
             Weights::Rows(w) => {
                 assert_eq!(w.len(), m * k, "weights");
@@ -119,7 +127,6 @@ impl Weights<'_> {
                 }
             }
         }
-        packed
     }
 }
 
