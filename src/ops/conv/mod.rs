@@ -1062,6 +1062,27 @@ mod tests {
         out
     }
 
+    /// `op`'s output against [`reference`] at `level`, to 1e-4 relative.
+    pub(super) fn assert_matches_definition(
+        op: &Conv,
+        (w, b): (&[f32], &[f32]),
+        (x, res): (&[f32], &[f32]),
+        level: Level,
+        what: &str,
+    ) {
+        let (s, e) = (&op.shape, op.epilogue);
+        let want = reference(s, w, b, e, x, res);
+        let mut got = vec![f32::NAN; want.len()];
+        let residual = e.residual.then_some(res);
+        op.compute_with(x, residual, &mut got, level).unwrap();
+        for (i, (a, want)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (a - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "{level:?} {s:?} {what} {e:?} at {i}: {a} vs {want}"
+            );
+        }
+    }
+
     /// No epilogue, a ReLU, a clamp, and ResNet's block end (ReLU,
     /// residual, ReLU) and a residual alone.
     pub(super) fn epilogues() -> [Epilogue; 5] {
@@ -1226,16 +1247,8 @@ mod tests {
                     .flat_map(|l| epilogues().map(|e| (l, e)));
                 for (layout, e) in variants {
                     let op = Conv::with_layout(*s, (&[], &[]), &w, &b, e, layout);
-                    let want = reference(s, &w, &b, e, &x, &res);
-                    let mut got = vec![f32::NAN; want.len()];
-                    let residual = e.residual.then_some(&res[..]);
-                    op.compute_with(&x, residual, &mut got, level).unwrap();
-                    for (i, (a, want)) in got.iter().zip(&want).enumerate() {
-                        assert!(
-                            (a - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "{level:?} {s:?} {layout:?} {e:?} at {i}: {a} vs {want}"
-                        );
-                    }
+                    let what = format!("{layout:?}");
+                    assert_matches_definition(&op, (&w, &b), (&x, &res), level, &what);
                 }
             }
         }

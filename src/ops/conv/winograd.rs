@@ -535,7 +535,7 @@ unsafe fn output_tiles(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::conv::tests::{epilogues, reference, shape};
+    use crate::ops::conv::tests::{assert_matches_definition, epilogues, shape};
     use crate::ops::conv::{available, Conv};
     use crate::ops::testing::{levels, noise, VECTOR_LEVELS};
 
@@ -573,16 +573,7 @@ mod tests {
                 for e in epilogues() {
                     let op = Conv::new(*s, (&[], &[]), &w, &b, e);
                     assert!(op.winograd.is_some());
-                    let want = reference(s, &w, &b, e, &x, &res);
-                    let mut got = vec![f32::NAN; want.len()];
-                    let residual = e.residual.then_some(&res[..]);
-                    op.compute_with(&x, residual, &mut got, level).unwrap();
-                    for (i, (a, want)) in got.iter().zip(&want).enumerate() {
-                        assert!(
-                            (a - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "{level:?} {s:?} {e:?} at {i}: {a} vs {want}"
-                        );
-                    }
+                    assert_matches_definition(&op, (&w, &b), (&x, &res), level, "winograd");
                 }
             }
         }
