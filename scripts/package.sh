@@ -22,7 +22,20 @@ arch="${ARCH:-x86_64}"
 
 # cargo-lambda (with zig) and the SAM CLI, pinned, in .venv.
 source scripts/venv.sh
-export PATH="$PWD/.venv/bin:$PATH"
+# cargo-lambda hands cargo a linker wrapper named after the path of the
+# cargo-lambda binary that runs, and cargo rebuilds every crate whose
+# linker changed: with .venv inside each clone, a clone's first package
+# rebuilt every dependency in the shared target directory (about 15 minutes
+# on two cores), and the next package in another clone did it again. A copy
+# at one path outside the clones gives every clone the same wrapper; zig
+# still comes from .venv, found at link time.
+tools="$HOME/.cache/onnx-lambda/tools"
+if ! cmp -s .venv/bin/cargo-lambda "$tools/cargo-lambda"; then
+  mkdir -p "$tools"
+  cp .venv/bin/cargo-lambda "$tools/cargo-lambda.$$"
+  mv -f "$tools/cargo-lambda.$$" "$tools/cargo-lambda"
+fi
+export PATH="$tools:$PWD/.venv/bin:$PATH"
 
 flags=(--release --bin onnx-lambda)
 if [ "$arch" = arm64 ]; then
