@@ -197,10 +197,17 @@ impl Winograd {
                     &v[..POINTS * s.c_in * n],
                     &mut m[..POINTS * s.c_out * n],
                 );
-                let m = &m[..POINTS * s.c_out * n];
+                let block = OutputBlock {
+                    s,
+                    bias,
+                    epilogue: e,
+                    m: &m[..POINTS * s.c_out * n],
+                    tile_rows,
+                    residual,
+                };
                 // SAFETY: `out` is the image's output, and this block alone
                 // writes the output rows of `tile_rows`.
-                unsafe { transform_output(isa, s, (bias, e), m, tile_rows, residual, &out) };
+                unsafe { transform_output(isa, &block, &out) };
             }
             Ok(())
         })
@@ -277,30 +284,33 @@ fn transform_input(
     }
 }
 
-/// The block's output pixels from its products, with the bias and `e`.
+/// One block's products and what the output transform adds to them.
+struct OutputBlock<'a> {
+    s: &'a Shape,
+    bias: &'a [f32],
+    epilogue: Epilogue,
+    /// `m[point][c_out][tile]`, the tiles of `tile_rows` row after row.
+    m: &'a [f32],
+    tile_rows: std::ops::Range<usize>,
+    residual: Option<&'a [f32]>,
+}
+
+/// The block's output pixels from its products, with the bias and the
+/// epilogue.
 ///
 /// # Safety
 /// As [`output_tiles`].
-unsafe fn transform_output(
-    isa: Isa,
-    s: &Shape,
-    bias: (&[f32], Epilogue),
-    m: &[f32],
-    tile_rows: std::ops::Range<usize>,
-    residual: Option<&[f32]>,
-    out: &SharedOut,
-) {
+unsafe fn transform_output(isa: Isa, block: &OutputBlock<'_>, out: &SharedOut) {
+    let _ = isa;
     #[cfg(target_arch = "x86_64")]
     {
-        let _ = isa;
         // SAFETY: as in `transform_input`; `out` forwarded.
-        unsafe { avx2::transform_output(s, bias, m, tile_rows, residual, out) }
+        unsafe { avx2::transform_output(block, out) };
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = isa;
         // SAFETY: forwarded.
-        unsafe { output_tiles(s, bias, m, tile_rows, residual, out) };
+        unsafe { output_tiles(block, out) };
     }
 }
 
@@ -323,16 +333,9 @@ mod avx2 {
     /// # Safety
     /// As [`output_tiles`], on a CPU with AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn transform_output(
-        s: &Shape,
-        bias: (&[f32], Epilogue),
-        m: &[f32],
-        tile_rows: std::ops::Range<usize>,
-        residual: Option<&[f32]>,
-        out: &SharedOut,
-    ) {
+    pub(super) unsafe fn transform_output(block: &OutputBlock<'_>, out: &SharedOut) {
         // SAFETY: forwarded.
-        unsafe { output_tiles(s, bias, m, tile_rows, residual, out) };
+        unsafe { output_tiles(block, out) };
     }
 }
 
@@ -450,14 +453,16 @@ fn read_rows(
 /// `out` is the image's output, `c_out` planes of `ho` rows of `wo`, and no
 /// other thread writes the rows of `tile_rows`.
 #[inline(always)]
-unsafe fn output_tiles(
-    s: &Shape,
-    (bias, e): (&[f32], Epilogue),
-    m: &[f32],
-    tile_rows: std::ops::Range<usize>,
-    residual: Option<&[f32]>,
-    out: &SharedOut,
-) {
+unsafe fn output_tiles(block: &OutputBlock<'_>, out: &SharedOut) {
+    let OutputBlock {
+        s,
+        bias,
+        epilogue: e,
+        m,
+        residual,
+        ..
+    } = *block;
+    let tile_rows = block.tile_rows.clone();
     let (ho, wo) = s.out_hw;
     let (_, cols) = tiles(s);
     let n = tile_rows.len() * cols;
