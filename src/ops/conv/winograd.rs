@@ -454,14 +454,7 @@ fn read_rows(
 /// other thread writes the rows of `tile_rows`.
 #[inline(always)]
 unsafe fn output_tiles(block: &OutputBlock<'_>, out: &SharedOut) {
-    let OutputBlock {
-        s,
-        bias,
-        epilogue: e,
-        m,
-        residual,
-        ..
-    } = *block;
+    let (s, bias, e, m, residual) = (block.s, block.bias, block.epilogue, block.m, block.residual);
     let tile_rows = block.tile_rows.clone();
     let (ho, wo) = s.out_hw;
     let (_, cols) = tiles(s);
