@@ -537,12 +537,6 @@ fn clamp_one(v: f32, (lo, hi): (f32, f32)) -> f32 {
     }
 }
 
-/// [`deinterleave`] with the kernels of `level`, for other operators
-/// that split rows by stride (max pooling).
-pub(super) fn deinterleave_at(level: Level, src: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    deinterleave(src, even, odd, Kernels::of(level));
-}
-
 /// `src[2m]` to `even[m]` and `src[2m + 1]` to `odd[m]`, as far as each
 /// destination reaches.
 fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32], kernels: Kernels) {

@@ -7,16 +7,16 @@
 //! and 22% of SqueezeNet's on AMD EPYC Zen 4 (`onnx-lambda profile`,
 //! docs/performance.md "The model zoo") for no arithmetic at all.
 //!
-//! How: separably. Each input row is first reduced across: for each kernel
-//! column, the range of output columns whose tap lands inside the input is
-//! found once and the row folded in with one `max` per output (a contiguous
-//! run at stride 1, vectorised; every `stride`-th input otherwise). Then
-//! each output row is the maximum of its window's reduced rows, contiguous
-//! and vectorised: `2k` comparisons an output instead of `k²`. Padding never enters
-//! (ONNX pads max pooling with minus infinity), and ceil mode is only a
-//! longer output, whose last windows see fewer taps. The same body is
-//! compiled for each instruction set (`#[target_feature]`), its folds
-//! written with that set's vectors (`fold_max`).
+//! How: separably, `2k` comparisons an output instead of `k²`. Padding
+//! never enters (ONNX pads max pooling with minus infinity), and ceil mode
+//! is only a longer output, whose last windows see fewer taps. Stride-1
+//! planes, and strided planes whose output rows are shorter than a
+//! vector, are padded, stacked and folded across and then down as long
+//! contiguous runs ([`pool_stacked`]). Other strided planes go one output
+//! row at a time: the window's input rows folded down in one pass, then
+//! the row reduced across, at stride 2 in registers ([`across_stride2`]).
+//! The same body is compiled for each instruction set
+//! (`#[target_feature]`), its folds written with that set's vectors.
 //!
 //! [`install`] takes every f32 NCHW `MaxPool` with a square kernel, no
 //! dilation and no index output, on a fixed shape; anything else stays with
@@ -267,8 +267,9 @@ fn padded_hw(g: &Geometry) -> (usize, usize) {
 /// Every output row through contiguous folds only, padding as minus
 /// infinity (ONNX pads max pooling with it): `2k` comparisons a value,
 /// not `k²`, 8 lanes at a time whatever the stride. At stride 1 a plane
-/// at a time, flattened; strided planes with short output rows stacked
-/// ([`pool_stacked`]), the others row by row.
+/// at a time, flattened (by rows, GoogLeNet's 14x14 branch pools took
+/// 0.16 ms against 0.10); strided planes with output rows shorter than a
+/// vector stacked ([`pool_stacked`]), the others row by row.
 #[inline(always)]
 fn pool_planes(
     input: &[f32],
@@ -296,8 +297,12 @@ fn pool_planes(
 
 /// Widest strided output row that [`pool_stacked`] takes: it computes
 /// every position at stride 1 and keeps every `stride`-th, which costs
-/// less than the rows' per-row overhead only on short rows.
-const MAX_STACKED_WIDTH: usize = 16;
+/// less than the rows' per-row overhead only on rows shorter than one
+/// vector. At 16, GoogLeNet's 480 planes of 28x28 (14 outputs a row)
+/// took 0.20 ms stacked against 0.17 by rows, SqueezeNet's 256 of 27x27
+/// 0.13 against 0.12 (`profile --by-node --threads 1`, per-node minima of
+/// 3-5 alternating runs, AMD EPYC Zen 4 with AVX-512 hidden).
+const MAX_STACKED_WIDTH: usize = 7;
 
 /// Values of one batch of padded planes: two such buffers (the planes
 /// and their maxima across, 24 KiB) stay in L1 with the rows read and
@@ -371,9 +376,10 @@ fn pool_stacked(
 }
 
 /// Any other stride, one output row at a time: its window's input rows
-/// folded down into a padded row, which is split by horizontal stride
-/// (phase `p` holds padded columns `p, p + s, ...`; the vector
-/// deinterleave for 2), so each kernel column is one contiguous fold.
+/// folded down into a padded row in one pass ([`max_of_shifts`]). At
+/// stride 2 the row is reduced across in registers ([`across_stride2`]);
+/// other strides split it by stride (phase `p` holds padded columns `p,
+/// p + s, ...`), so each kernel column is one contiguous fold.
 #[inline(always)]
 fn pool_plane_rows(
     input: &[f32],
@@ -386,36 +392,235 @@ fn pool_plane_rows(
     let wp = padded_hw(g).1;
     let phase = wp.div_ceil(sx);
     scratch.clear();
-    scratch.resize(wp + sx * phase, f32::NEG_INFINITY);
-    let (row, phases) = scratch.split_at_mut(wp);
+    // One value past the padded row: `across_stride2` reads it and never
+    // keeps it.
+    scratch.resize(wp + 1 + sx * phase, f32::NEG_INFINITY);
+    let (row, phases) = scratch.split_at_mut(wp + 1);
     let n = w.min(wp - px);
     for (y, out) in output.chunks_exact_mut(wo).enumerate().take(ho) {
         // The input rows of this window: `y * sy + ky - py` for ky < k.
         let first = (y * sy).saturating_sub(py);
         let end = (y * sy + k).saturating_sub(py).min(h);
         let across = &mut row[px..px + n];
-        // The first row copied, not folded into minus infinity.
         if first < end {
-            across.copy_from_slice(&input[first * w..][..n]);
+            max_of_shifts(across, &input[first * w..], (w, end - first), level);
         } else {
             across.fill(f32::NEG_INFINITY);
         }
-        for iy in first + 1..end {
-            fold_max(across, &input[iy * w..][..n], level);
-        }
         if sx == 2 {
-            let (even, odd) = phases.split_at_mut(phase);
-            super::depthwise::deinterleave_at(level, row, even, odd);
-        } else {
-            for (i, &v) in row.iter().enumerate() {
-                phases[(i % sx) * phase + i / sx] = v;
-            }
+            across_stride2(row, out, k, level);
+            continue;
+        }
+        for (i, &v) in row[..wp].iter().enumerate() {
+            phases[(i % sx) * phase + i / sx] = v;
         }
         out.copy_from_slice(&phases[..wo]);
         for kx in 1..k {
             fold_max(out, &phases[(kx % sx) * phase + kx / sx..][..wo], level);
         }
     }
+}
+
+/// `dst[i] = max(src[i], src[i + step], ..., src[i + (count - 1) *
+/// step])`, in that order: a window's input rows folded down (`step` a
+/// row) or a stride-1 row reduced across (`step` 1), in one pass, the
+/// maxima in registers. A copy and then `count - 1` folds in place
+/// stored every value `count` times.
+#[inline(always)]
+fn max_of_shifts(dst: &mut [f32], src: &[f32], (step, count): (usize, usize), level: Level) {
+    let n = dst.len();
+    if n == 0 {
+        return;
+    }
+    assert!(
+        count > 0 && src.len() >= (count - 1) * step + n,
+        "shifted rows"
+    );
+    // SAFETY: each kernel runs only at a level this CPU has.
+    let done = match level.simd() {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 | Simd::Avx512 => unsafe { max_of_shifts_avx2(dst, src, step, count) },
+        #[cfg(target_arch = "aarch64")]
+        Simd::Neon => unsafe { max_of_shifts_neon(dst, src, step, count) },
+        _ => 0,
+    };
+    for (i, o) in dst.iter_mut().enumerate().skip(done) {
+        *o = src[i];
+        for t in 1..count {
+            max_into(o, src[i + t * step]);
+        }
+    }
+}
+
+/// The vectors of [`max_of_shifts`], the last one overlapping the one
+/// before (computed from `src` alone, so it writes the same values
+/// twice); how many values it wrote.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn max_of_shifts_avx2(dst: &mut [f32], src: &[f32], step: usize, count: usize) -> usize {
+    use std::arch::x86_64::*;
+    let n = dst.len();
+    if n < 8 {
+        return 0;
+    }
+    let mut at = |i: usize| {
+        let p = src[i..(count - 1) * step + i + 8].as_ptr();
+        // SAFETY: the slice above holds every value read, 8 from
+        // `p + t * step` for each `t < count`.
+        unsafe {
+            let mut acc = _mm256_loadu_ps(p);
+            for t in 1..count {
+                acc = _mm256_max_ps(_mm256_loadu_ps(p.add(t * step)), acc);
+            }
+            _mm256_storeu_ps(dst[i..i + 8].as_mut_ptr(), acc);
+        }
+    };
+    for i in (0..n - 8).step_by(8) {
+        at(i);
+    }
+    at(n - 8);
+    n
+}
+
+/// [`max_of_shifts_avx2`] with NEON, 4 values a vector.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn max_of_shifts_neon(dst: &mut [f32], src: &[f32], step: usize, count: usize) -> usize {
+    use std::arch::aarch64::*;
+    let n = dst.len();
+    if n < 4 {
+        return 0;
+    }
+    let mut at = |i: usize| {
+        let p = src[i..(count - 1) * step + i + 4].as_ptr();
+        // SAFETY: the slice above holds every value read, 4 from
+        // `p + t * step` for each `t < count`.
+        unsafe {
+            let mut acc = vld1q_f32(p);
+            for t in 1..count {
+                acc = vmaxnmq_f32(acc, vld1q_f32(p.add(t * step)));
+            }
+            vst1q_f32(dst[i..i + 4].as_mut_ptr(), acc);
+        }
+    };
+    for i in (0..n - 4).step_by(4) {
+        at(i);
+    }
+    at(n - 4);
+    n
+}
+
+/// `out[j] = max(row[2j], ..., row[2j + k - 1])`: a stride-2 row reduced
+/// across, with `row` one value longer than the windows reach. In
+/// registers, 8 outputs (4 with NEON) from two vectors of the row per
+/// pair of kernel columns, split into even and odd columns. With the
+/// row first split into two phase rows in memory, then a copy and a fold
+/// per further kernel column (every fold a store), SqueezeNet's 55x55
+/// pool took 0.25 ms (ONNX Runtime's 0.05-0.07), its stores the hottest
+/// instructions (perf); this way, 0.14 (docs/operators.md).
+#[inline(always)]
+fn across_stride2(row: &[f32], out: &mut [f32], k: usize, level: Level) {
+    assert!(k > 0 && row.len() + 1 >= 2 * out.len() + k, "stride-2 row");
+    // SAFETY: each kernel runs only at a level this CPU has.
+    let done = match level.simd() {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 | Simd::Avx512 => unsafe { across_stride2_avx2(row, out, k) },
+        #[cfg(target_arch = "aarch64")]
+        Simd::Neon => unsafe { across_stride2_neon(row, out, k) },
+        _ => 0,
+    };
+    for (j, o) in out.iter_mut().enumerate().skip(done) {
+        *o = row[2 * j];
+        for &v in &row[2 * j + 1..2 * j + k] {
+            max_into(o, v);
+        }
+    }
+}
+
+/// The vectors of [`across_stride2`], 8 outputs each, the last one
+/// overlapping the one before (outputs are computed from `row`, so the
+/// overlap writes the same values twice); how many outputs it wrote.
+/// `vshufps` splits 16 columns into even and odd ones in the same
+/// interleaved lane order, so the maxima are taken in that order and
+/// put back in place once, with one `vpermpd`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn across_stride2_avx2(row: &[f32], out: &mut [f32], k: usize) -> usize {
+    use std::arch::x86_64::*;
+    let wo = out.len();
+    if wo < 8 {
+        return 0;
+    }
+    let pairs = k.div_ceil(2);
+    let mut at = |j: usize| {
+        let p = row[2 * j..2 * j + 2 * pairs + 14].as_ptr();
+        // SAFETY: the slice above holds every value read: pair `m`
+        // reads 16 values from `p + 2m`.
+        unsafe {
+            let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+            let mut acc = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+            if k > 1 {
+                acc = _mm256_max_ps(_mm256_shuffle_ps::<0b11_01_11_01>(a, b), acc);
+            }
+            for m in 1..pairs {
+                let (a, b) = (
+                    _mm256_loadu_ps(p.add(2 * m)),
+                    _mm256_loadu_ps(p.add(2 * m + 8)),
+                );
+                acc = _mm256_max_ps(_mm256_shuffle_ps::<0b10_00_10_00>(a, b), acc);
+                if 2 * m + 1 < k {
+                    acc = _mm256_max_ps(_mm256_shuffle_ps::<0b11_01_11_01>(a, b), acc);
+                }
+            }
+            let acc = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
+                acc,
+            )));
+            _mm256_storeu_ps(out[j..j + 8].as_mut_ptr(), acc);
+        }
+    };
+    for j in (0..wo - 8).step_by(8) {
+        at(j);
+    }
+    at(wo - 8);
+    wo
+}
+
+/// The vectors of [`across_stride2`] with NEON: `ld2` splits even and
+/// odd columns as it loads, 4 outputs a vector, the last overlapping.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn across_stride2_neon(row: &[f32], out: &mut [f32], k: usize) -> usize {
+    use std::arch::aarch64::*;
+    let wo = out.len();
+    if wo < 4 {
+        return 0;
+    }
+    let pairs = k.div_ceil(2);
+    let mut at = |j: usize| {
+        let p = row[2 * j..2 * j + 2 * pairs + 6].as_ptr();
+        // SAFETY: the slice above holds every value read: pair `m`
+        // reads 8 values from `p + 2m`.
+        unsafe {
+            let v = vld2q_f32(p);
+            let mut acc = v.0;
+            if k > 1 {
+                acc = vmaxnmq_f32(acc, v.1);
+            }
+            for m in 1..pairs {
+                let v = vld2q_f32(p.add(2 * m));
+                acc = vmaxnmq_f32(acc, v.0);
+                if 2 * m + 1 < k {
+                    acc = vmaxnmq_f32(acc, v.1);
+                }
+            }
+            vst1q_f32(out[j..j + 4].as_mut_ptr(), acc);
+        }
+    };
+    for j in (0..wo - 4).step_by(4) {
+        at(j);
+    }
+    at(wo - 4);
+    wo
 }
 
 impl Op for MaxPool {
@@ -542,6 +747,55 @@ mod tests {
                     .collect();
                 fold_max(&mut dst[..len], &src, level);
                 assert_eq!(dst, want, "{level:?}, {len} values");
+            }
+        }
+    }
+
+    /// Runs of 0 to 30 values, 1 to 4 shifts of 1 or of a row, at every
+    /// level: the definition, and nothing written past the run.
+    #[test]
+    fn folds_shifted_runs_of_any_length() {
+        for level in levels("maxpool shifts", ALL_LEVELS) {
+            for (step, count) in [(1, 1), (1, 3), (31, 2), (31, 4)] {
+                for n in 0..=30 {
+                    let src = noise((count - 1) * step + n, (n * 7 + count) as u32);
+                    let want: Vec<f32> = (0..n)
+                        .map(|i| {
+                            (0..count)
+                                .map(|t| src[i + t * step])
+                                .fold(f32::MIN, f32::max)
+                        })
+                        .chain([7.0; 3])
+                        .collect();
+                    let mut got = vec![7.0; n + 3];
+                    max_of_shifts(&mut got[..n], &src, (step, count), level);
+                    assert_eq!(got, want, "{level:?}, {n} values, {count} shifts of {step}");
+                }
+            }
+        }
+    }
+
+    /// Every output width from 0 to 30 and kernel from 1 to 5, at every
+    /// level: the definition, and nothing written past the row.
+    #[test]
+    fn reduces_stride_2_rows_of_any_width() {
+        for level in levels("maxpool across", ALL_LEVELS) {
+            for k in 1..=5 {
+                for wo in 0..=30 {
+                    let row = noise(2 * wo + k + 4, (k * 31 + wo) as u32);
+                    let want: Vec<f32> = (0..wo)
+                        .map(|j| {
+                            row[2 * j..2 * j + k]
+                                .iter()
+                                .copied()
+                                .fold(f32::MIN, f32::max)
+                        })
+                        .chain([7.0; 3])
+                        .collect();
+                    let mut got = vec![7.0; wo + 3];
+                    across_stride2(&row[..2 * wo + k - 1], &mut got[..wo], k, level);
+                    assert_eq!(got, want, "{level:?}, k {k}, {wo} outputs");
+                }
             }
         }
     }
