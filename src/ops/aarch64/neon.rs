@@ -11,6 +11,16 @@ pub(crate) fn clamp(v: float32x4_t, lo: float32x4_t, hi: float32x4_t) -> float32
     unsafe { vminq_f32(vmaxq_f32(v, lo), hi) }
 }
 
+/// ONNX's `HardSwish`, `v * clamp(v / 6 + 1/2, 0, 1)`.
+#[inline(always)]
+pub(crate) fn hard_swish(v: float32x4_t) -> float32x4_t {
+    // SAFETY: NEON is part of the aarch64 target.
+    unsafe {
+        let gate = vfmaq_f32(vdupq_n_f32(0.5), v, vdupq_n_f32(1.0 / 6.0));
+        vmulq_f32(v, clamp(gate, vdupq_n_f32(0.0), vdupq_n_f32(1.0)))
+    }
+}
+
 /// `acc + x * w[lane]`, for a `lane` known when the caller is unrolled:
 /// one `fmla` by element, so 4 weights share one register.
 #[inline(always)]

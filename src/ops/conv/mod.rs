@@ -566,6 +566,7 @@ impl Conv {
             strip,
             prefetch_out: true,
             pre: self.epilogue.pre,
+            hard_swish: false,
             post: dest.residual.and(self.epilogue.post),
         };
         let run = match strip.kind {
@@ -1101,11 +1102,11 @@ mod tests {
                 pre: relu,
                 residual: true,
                 post: relu,
+                ..Epilogue::default()
             },
             Epilogue {
-                pre: None,
                 residual: true,
-                post: None,
+                ..Epilogue::default()
             },
         ]
     }

@@ -239,6 +239,7 @@ impl Winograd {
                         strip,
                         prefetch_out: false,
                         pre: None,
+                        hard_swish: false,
                         post: None,
                     };
                     let run = match strip.kind {

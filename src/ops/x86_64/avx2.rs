@@ -10,6 +10,14 @@ pub(crate) fn clamp(v: __m256, lo: __m256, hi: __m256) -> __m256 {
     _mm256_min_ps(_mm256_max_ps(v, lo), hi)
 }
 
+/// ONNX's `HardSwish`, `v * clamp(v / 6 + 1/2, 0, 1)`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) fn hard_swish(v: __m256) -> __m256 {
+    let gate = _mm256_fmadd_ps(v, _mm256_set1_ps(1.0 / 6.0), _mm256_set1_ps(0.5));
+    _mm256_mul_ps(v, clamp(gate, _mm256_setzero_ps(), _mm256_set1_ps(1.0)))
+}
+
 /// The mask of the first `n` lanes, for `maskload`/`maskstore`.
 #[target_feature(enable = "avx2")]
 #[inline]

@@ -10,6 +10,14 @@ pub(crate) fn clamp(v: __m512, lo: __m512, hi: __m512) -> __m512 {
     _mm512_min_ps(_mm512_max_ps(v, lo), hi)
 }
 
+/// ONNX's `HardSwish`, `v * clamp(v / 6 + 1/2, 0, 1)`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) fn hard_swish(v: __m512) -> __m512 {
+    let gate = _mm512_fmadd_ps(v, _mm512_set1_ps(1.0 / 6.0), _mm512_set1_ps(0.5));
+    _mm512_mul_ps(v, clamp(gate, _mm512_setzero_ps(), _mm512_set1_ps(1.0)))
+}
+
 /// The mask of the first `n` lanes (all for `n >= 16`).
 #[inline]
 pub(crate) fn mask(n: usize) -> __mmask16 {

@@ -15,7 +15,7 @@
 
 use std::arch::aarch64::*;
 
-use crate::ops::aarch64::neon::{clamp, fma_lane};
+use crate::ops::aarch64::neon::{clamp, fma_lane, hard_swish};
 
 use super::{Kind, Tile, PANEL};
 
@@ -121,6 +121,9 @@ unsafe fn store<const V: usize>(t: &Tile<'_>, acc: &[[float32x4_t; V]; ROWS]) {
         for (v, y) in row.iter().enumerate() {
             let at = r * t.out_ld + LANES * v;
             let mut y = epilogue(*y, t.pre);
+            if t.hard_swish {
+                y = hard_swish(y);
+            }
             if let Some(res) = t.residual {
                 // SAFETY: 4 pixels of this output row, which the residual
                 // has too.
@@ -233,6 +236,9 @@ unsafe fn store_columns<const C: usize>(t: &Tile<'_>, acc: &[[float32x4_t; 2]; C
         for r in t.store.clone() {
             let at = r * t.out_ld + c;
             let mut y = epilogue(lanes[r], t.pre);
+            if t.hard_swish {
+                y = super::hard_swish(y);
+            }
             if let Some(res) = t.residual {
                 // SAFETY: row r of the strip, inside the residual.
                 y += unsafe { *res.add(at) };

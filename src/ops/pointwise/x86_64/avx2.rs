@@ -1,6 +1,6 @@
 use std::arch::x86_64::*;
 
-use crate::ops::x86_64::avx2::{clamp, mask};
+use crate::ops::x86_64::avx2::{clamp, hard_swish, mask};
 
 use super::{Blocked, Kind, Tile, OUT_AHEAD, PANEL, PREFETCH_AHEAD};
 
@@ -263,6 +263,9 @@ fn store<const V: usize, const MASKED: bool>(t: &Tile<'_>, h: usize, acc: &Acc<V
                 t.residual.map(|r| r.wrapping_add(at)),
             );
             let mut y = epilogue(*y, t.pre);
+            if t.hard_swish {
+                y = hard_swish(y);
+            }
             // SAFETY (loads and stores): a whole vector is 8 pixels of
             // this output row, which the residual has too; otherwise
             // the unmasked lanes are.
@@ -394,6 +397,9 @@ fn store_columns<const C: usize>(t: &Tile<'_>, acc: &[__m256; C]) {
         for r in t.store.clone() {
             let at = r * t.out_ld + c;
             let mut y = epilogue(lanes[r], t.pre);
+            if t.hard_swish {
+                y = super::hard_swish(y);
+            }
             if let Some(res) = t.residual {
                 // SAFETY: row r of the strip, inside the residual.
                 y += unsafe { *res.wrapping_add(at) };
@@ -502,7 +508,11 @@ unsafe fn blocked_of<const P: usize, const C: usize, const FIRST: bool, const RO
         let at = b.at[p + c];
         if at != usize::MAX {
             for j in 0..P {
-                let y = epilogue(epilogue(acc[j][c], b.pre), b.post);
+                let mut y = epilogue(acc[j][c], b.pre);
+                if b.hard_swish {
+                    y = hard_swish(y);
+                }
+                let y = epilogue(y, b.post);
                 // SAFETY: the caller checked every position is inside a block.
                 unsafe { _mm256_storeu_ps(b.out.wrapping_add(j * b.block + at), y) };
             }

@@ -1,6 +1,6 @@
 use std::arch::x86_64::*;
 
-use crate::ops::x86_64::avx512::{clamp, mask};
+use crate::ops::x86_64::avx512::{clamp, hard_swish, mask};
 
 use super::{Kind, Tile, PANEL, PREFETCH_AHEAD};
 
@@ -144,6 +144,9 @@ fn store<const V: usize>(t: &Tile<'_>, acc: &[[__m512; V]; ROWS], tail: __mmask1
             let mask = if v + 1 == V { tail } else { 0xFFFF };
             let at = r * t.out_ld + 16 * v;
             let mut y = epilogue(*y, t.pre);
+            if t.hard_swish {
+                y = hard_swish(y);
+            }
             if let Some(res) = t.residual {
                 // SAFETY: unmasked lanes are this output row's pixels,
                 // which the residual has too.
