@@ -43,6 +43,7 @@ pub(crate) mod depthwise;
 pub(crate) mod fused;
 pub(crate) mod gelu;
 pub(crate) mod graph;
+pub(crate) mod hardswish;
 pub(crate) mod layernorm;
 pub(crate) mod maxpool;
 mod peak;

@@ -36,8 +36,8 @@ use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use crate::ops::{
-    following_clamp, preceding_clamp, replace_with, same_bits, same_clamp, weights_oihw, Level,
-    Simd,
+    following_clamp, hardswish, preceding_clamp, replace_with, same_bits, same_clamp, weights_oihw,
+    Level, Simd,
 };
 
 #[cfg(target_arch = "x86_64")]
@@ -115,6 +115,9 @@ pub(crate) struct Depthwise {
     by_tap: Arc<[f32]>,
     /// Output clamp; `None` leaves the values alone (and NaN stays NaN).
     clamp: Option<(f32, f32)>,
+    /// ONNX's `HardSwish` after the clamp, on each plane or block just
+    /// written (`hardswish.rs`).
+    hard_swish: bool,
     /// Clamp of the input (a ReLU6 before the layer, fused so it is not a
     /// pass of its own); it contains 0, so the zero padding is unchanged.
     input_clamp: Option<(f32, f32)>,
@@ -143,9 +146,20 @@ impl Depthwise {
             weights: weights.into(),
             bias: bias.into(),
             clamp,
+            hard_swish: false,
             input_clamp: None,
             batched,
         }
+    }
+
+    /// The operator with ONNX's `HardSwish` after its clamp.
+    pub(crate) fn with_hard_swish(self, hard_swish: bool) -> Depthwise {
+        Depthwise { hard_swish, ..self }
+    }
+
+    /// Whether it applies a `HardSwish` to what it writes.
+    pub(crate) fn hard_swish(&self) -> bool {
+        self.hard_swish
     }
 
     /// Whether the tensors have a leading image axis (NCHW, not CHW).
@@ -282,6 +296,9 @@ impl Depthwise {
             scratch,
         };
         k.rows(&job, out);
+        if self.hard_swish {
+            hardswish::in_place(out, k.level);
+        }
     }
 }
 
@@ -296,6 +313,7 @@ struct Kernels {
     deinterleave: unsafe fn(&[f32], &mut [f32], &mut [f32]) -> usize,
     /// The channel-blocked path for small planes (`blocked.rs`).
     blocked: Option<Blocked>,
+    level: Level,
 }
 
 #[derive(Clone, Copy)]
@@ -317,6 +335,7 @@ impl Kernels {
                     pays: blocked::pays::<blocked::Avx512>,
                     compute: blocked::compute::<blocked::Avx512>,
                 }),
+                level,
             },
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2 => Kernels {
@@ -328,6 +347,7 @@ impl Kernels {
                     pays: blocked::pays::<blocked::Avx2>,
                     compute: blocked::compute::<blocked::Avx2>,
                 }),
+                level,
             },
             #[cfg(target_arch = "aarch64")]
             Simd::Neon => Kernels {
@@ -336,6 +356,7 @@ impl Kernels {
                 rows7: neon::rows::<7>,
                 deinterleave: neon::deinterleave,
                 blocked: None,
+                level,
             },
             _ => Kernels {
                 rows3: portable_rows::<3>,
@@ -343,6 +364,7 @@ impl Kernels {
                 rows7: portable_rows::<7>,
                 deinterleave: |_, _, _| 0,
                 blocked: None,
+                level,
             },
         }
     }
@@ -389,6 +411,7 @@ impl PartialEq for Depthwise {
             && same_bits(&self.weights, &other.weights)
             && same_bits(&self.bias, &other.bias)
             && same_clamp(self.clamp, other.clamp)
+            && self.hard_swish == other.hard_swish
             && same_clamp(self.input_clamp, other.input_clamp)
             && self.batched == other.batched
     }
@@ -591,8 +614,8 @@ impl Op for Depthwise {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{:?}, clamp {:?}, input clamp {:?}",
-            self.geometry, self.clamp, self.input_clamp
+            "{:?}, clamp {:?}, hard swish {}, input clamp {:?}",
+            self.geometry, self.clamp, self.hard_swish, self.input_clamp
         )])
     }
 
@@ -699,10 +722,13 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         };
         let (clamp, last) = following_clamp(model, id)?;
+        let hard_swish = hardswish::following(model, last);
+        let last = hard_swish.unwrap_or(last);
         let (input_clamp, source) = preceding_clamp(model, node.inputs[0])?;
         let batched = spec.data_format == DataFormat::NCHW;
-        let op =
-            Depthwise::new(geometry, weights, bias, clamp, batched).with_input_clamp(input_clamp);
+        let op = Depthwise::new(geometry, weights, bias, clamp, batched)
+            .with_input_clamp(input_clamp)
+            .with_hard_swish(hard_swish.is_some());
         let source = if op.input_clamp.is_some() {
             source
         } else {
@@ -855,6 +881,9 @@ mod tests {
                         if let Some((lo, hi)) = op.clamp {
                             acc = acc.max(lo).min(hi);
                         }
+                        if op.hard_swish {
+                            acc *= (acc / 6.0 + 0.5).clamp(0.0, 1.0);
+                        }
                         out[((b * g.channels + c) * ho + y) * wo + x] = acc;
                     }
                 }
@@ -943,7 +972,8 @@ mod tests {
     }
 
     /// One geometry against the definition at every level this CPU has:
-    /// two images, clamps on the way in and out by `seed`.
+    /// two images, clamps on the way in and out and a `HardSwish` by
+    /// `seed`.
     fn check_against_definition(g: Geometry, seed: u32) {
         let (h, w, kernel, out_hw) = (g.in_hw.0, g.in_hw.1, g.kernel, g.out_hw);
         let cases = seed;
@@ -956,7 +986,8 @@ mod tests {
             clamp,
             true,
         )
-        .with_input_clamp(cases.is_multiple_of(3).then_some((-0.3, 0.4)));
+        .with_input_clamp(cases.is_multiple_of(3).then_some((-0.3, 0.4)))
+        .with_hard_swish(cases % 4 == 1);
         let n = 2;
         let input = noise(n * 3 * h * w, cases + 13);
         let want = reference(&op, n, &input);

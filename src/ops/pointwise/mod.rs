@@ -29,12 +29,11 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
-use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::tract_linalg::multithread::par_chunks_mut;
 
 use crate::ops::{
-    following_affine, following_clamp, following_per_axis, following_residual, par_planes,
-    replace_with, same_bits, same_clamp, sole_successor, Level, Simd,
+    following_affine, following_clamp, following_per_axis, following_residual, hardswish,
+    par_planes, replace_with, same_bits, same_clamp, Level, Simd,
 };
 
 /// Output channels interleaved in the packed weights (one AVX-512 tile).
@@ -182,6 +181,14 @@ impl Pointwise {
 
     pub(crate) fn has_residual(&self) -> bool {
         self.epilogue.residual
+    }
+
+    /// The operator with a `HardSwish` after its bias and clamp (a stem's
+    /// rows, `stem.rs`); it has no residual.
+    pub(crate) fn with_hard_swish(mut self, hard_swish: bool) -> Pointwise {
+        assert!(!self.epilogue.residual, "a HardSwish before a residual");
+        self.epilogue.hard_swish = hard_swish;
+        self
     }
 
     /// Whether this CPU runs the operator (AVX2 and FMA, or NEON).
@@ -833,39 +840,23 @@ pub(crate) fn following_epilogue(
 }
 
 /// The epilogue with the `HardSwish` that reads node `last` alone, when
-/// nothing but a clamp came before it, and the last node taken. Its pass
-/// of its own (tract's, scalar SSE) was 6% of MobileNetV3-small's time
-/// and 3% of -large's; in the store it is an FMA, a clamp and a multiply
-/// on values in registers, and the expansion layer it follows can then
-/// join its depthwise layer (`fused.rs`).
+/// nothing but a clamp came before it, and the last node taken
+/// (`hardswish.rs`). A layer that takes it has no tract node left between
+/// it and its depthwise layer, so the two can join (`fused.rs`).
 fn following_hard_swish(model: &TypedModel, epilogue: Epilogue, last: usize) -> (Epilogue, usize) {
     if epilogue.residual || epilogue.hard_swish || epilogue.post.is_some() {
         return (epilogue, last);
     }
-    match sole_successor(model, last) {
-        Some(next)
-            if next
-                .op_as::<ElementWiseOp>()
-                .is_some_and(|op| op.0.name() == "HardSwish" && op.1.is_none()) =>
-        {
+    match hardswish::following(model, last) {
+        Some(id) => {
             let epilogue = Epilogue {
                 hard_swish: true,
                 ..epilogue
             };
-            (epilogue, next.id)
+            (epilogue, id)
         }
-        _ => (epilogue, last),
+        None => (epilogue, last),
     }
-}
-
-/// ONNX's `HardSwish`, `v * clamp(v / 6 + 1/2, 0, 1)`, on one value (the
-/// column tiles' stores).
-#[cfg_attr(
-    not(any(target_arch = "x86_64", target_arch = "aarch64")),
-    allow(dead_code)
-)]
-fn hard_swish(v: f32) -> f32 {
-    v * v.mul_add(1.0 / 6.0, 0.5).clamp(0.0, 1.0)
 }
 
 /// A bias and clamp after the residual `Add`, when nothing came between
@@ -1482,10 +1473,10 @@ mod tests {
                 op.epilogue.hard_swish, !after_residual,
                 "after the residual {after_residual}"
             );
-            let left = ours
-                .nodes
-                .iter()
-                .filter(|n| n.op_as::<ElementWiseOp>().is_some());
+            let left = ours.nodes.iter().filter(|n| {
+                n.op_as::<tract_onnx::tract_core::ops::element_wise::ElementWiseOp>()
+                    .is_some()
+            });
             assert_eq!(left.count(), usize::from(after_residual));
             let got = run(&ours, shape);
             for (a, b) in got[0].iter().zip(&want[0]) {

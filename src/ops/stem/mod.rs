@@ -32,7 +32,9 @@ use super::depthwise::{
 };
 use super::pointwise::{Dims, Epilogue, Pointwise, Weights};
 use crate::ops::maxpool::{self, join_pools, Bands};
-use crate::ops::{following_clamp, par_planes, replace_with, same_bits, same_clamp, Level, Simd};
+use crate::ops::{
+    following_clamp, hardswish, par_planes, replace_with, same_bits, same_clamp, Level, Simd,
+};
 
 /// Most input channels taken: past a few, the taps outgrow the registers'
 /// reuse and tract's matrix product is the better tool.
@@ -59,6 +61,9 @@ pub(crate) struct Stem {
     /// Bias, zero-padded to whole blocks.
     bias: Arc<[f32]>,
     clamp: Option<(f32, f32)>,
+    /// ONNX's `HardSwish` after the clamp (MobileNetV3's stem), on each
+    /// output row just written (`hardswish.rs`).
+    hard_swish: bool,
     /// Whether the tensors have a leading image axis (NCHW, not CHW).
     batched: bool,
     /// The max pool joined after it, over its output (SqueezeNet's), and
@@ -111,6 +116,7 @@ impl Stem {
             weights: packed.into(),
             bias: padded.into(),
             clamp,
+            hard_swish: false,
             batched,
             pool: None,
             rows,
@@ -119,6 +125,15 @@ impl Stem {
 
     pub(crate) fn geometry(&self) -> Geometry {
         self.geometry
+    }
+
+    /// The operator with ONNX's `HardSwish` after its clamp.
+    pub(crate) fn with_hard_swish(self, hard_swish: bool) -> Stem {
+        Stem {
+            hard_swish,
+            rows: self.rows.clone().with_hard_swish(hard_swish),
+            ..self
+        }
     }
 
     pub(crate) fn out_channels(&self) -> usize {
@@ -344,7 +359,17 @@ impl Stem {
             store,
         };
         // SAFETY: forwarded.
-        unsafe { kernels.row(&row) }
+        unsafe { kernels.row(&row) };
+        if self.hard_swish {
+            for o in row.store.clone() {
+                // SAFETY: channel `o`'s row, which the kernel just wrote
+                // (forwarded: `out` is valid for it).
+                let values = unsafe {
+                    std::slice::from_raw_parts_mut(out.wrapping_add(o * plane), g.out_hw.1)
+                };
+                hardswish::in_place(values, kernels.level);
+            }
+        }
     }
 }
 
@@ -377,6 +402,7 @@ struct Row<'a> {
 #[derive(Clone, Copy)]
 struct Kernels {
     row: unsafe fn(&Row<'_>),
+    level: Level,
 }
 
 impl Kernels {
@@ -390,7 +416,7 @@ impl Kernels {
             Simd::Neon => neon::row,
             _ => portable_row,
         };
-        Kernels { row }
+        Kernels { row, level }
     }
 
     /// One output row of one block of output channels.
@@ -451,6 +477,7 @@ impl PartialEq for Stem {
             && self.out_channels == other.out_channels
             && self.batched == other.batched
             && same_clamp(self.clamp, other.clamp)
+            && self.hard_swish == other.hard_swish
             && same_bits(&self.weights, &other.weights)
             && same_bits(&self.bias, &other.bias)
             && self.pool == other.pool
@@ -466,8 +493,8 @@ impl Op for Stem {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{:?} -> {} channels, clamp {:?}, max pool {:?}",
-            self.geometry, self.out_channels, self.clamp, self.pool
+            "{:?} -> {} channels, clamp {:?}, hard swish {}, max pool {:?}",
+            self.geometry, self.out_channels, self.clamp, self.hard_swish, self.pool
         )])
     }
 
@@ -537,6 +564,8 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         };
         let (clamp, last) = following_clamp(model, id)?;
+        let hard_swish = hardswish::following(model, last);
+        let last = hard_swish.unwrap_or(last);
         let batched = conv.pool_spec.data_format == DataFormat::NCHW;
         let op = Stem::new(
             layer.geometry,
@@ -545,7 +574,8 @@ pub(crate) fn install(model: &mut TypedModel) -> TractResult<usize> {
             &layer.bias,
             clamp,
             batched,
-        );
+        )
+        .with_hard_swish(hard_swish.is_some());
         let (input, name) = (node.inputs[0], node.name.clone());
         replace_with(model, "onnx-lambda stem", &[input], (&name, op), last)?;
         replaced += 1;
@@ -587,7 +617,10 @@ mod tests {
                                 }
                             }
                         }
-                        let acc = op.clamp.map_or(acc, |(lo, hi)| acc.max(lo).min(hi));
+                        let mut acc = op.clamp.map_or(acc, |(lo, hi)| acc.max(lo).min(hi));
+                        if op.hard_swish {
+                            acc *= (acc / 6.0 + 0.5).clamp(0.0, 1.0);
+                        }
                         out[((i * m + o) * ho + y) * wo + x] = acc;
                     }
                 }
@@ -635,8 +668,14 @@ mod tests {
             (1, 3, 3, 33, 35, 3, 2, 0),
         ]) {
             let (g, weights, bias, input) = case_data(case, (n, c, m, h, w, k, s, p));
-            for clamp in [None, Some((0.0, 0.5))] {
-                let op = Stem::new(g, m, &weights, &bias, clamp, true);
+            // MobileNetV3's stem: a `HardSwish`, here after a clamp too.
+            for (clamp, hard_swish) in [
+                (None, false),
+                (Some((0.0, 0.5)), false),
+                (None, true),
+                (Some((-4.0, 4.0)), true),
+            ] {
+                let op = Stem::new(g, m, &weights, &bias, clamp, true).with_hard_swish(hard_swish);
                 let want = reference(&op, &weights, &bias, n, &input);
                 for simd in levels("stem", ALL_LEVELS) {
                     let mut got = vec![f32::NAN; want.len()];
@@ -644,7 +683,7 @@ mod tests {
                     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                         assert!(
                             (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                            "{g:?} -> {m} {clamp:?} {simd:?} at {i}: {a} vs {b}"
+                            "{g:?} -> {m} {clamp:?} {hard_swish} {simd:?} at {i}: {a} vs {b}"
                         );
                     }
                 }

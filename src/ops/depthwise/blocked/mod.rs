@@ -325,7 +325,7 @@ mod tests {
 
     /// Every channel count around the block size, with images whose
     /// blocks run across the image boundary, strides, pads, both kernels
-    /// and both clamps, against the definition.
+    /// both clamps and a `HardSwish`, against the definition.
     #[test]
     fn matches_the_definition_across_block_and_image_boundaries() {
         let levels = crate::ops::testing::levels("blocked depthwise", VECTOR_LEVELS);
@@ -368,7 +368,8 @@ mod tests {
                             cases.is_multiple_of(2).then_some((0.0, 0.6)),
                             true,
                         )
-                        .with_input_clamp(cases.is_multiple_of(3).then_some((-0.3, 0.4)));
+                        .with_input_clamp(cases.is_multiple_of(3).then_some((-0.3, 0.4)))
+                        .with_hard_swish(cases % 4 == 1);
                         let n = 3;
                         let input = noise(n * channels * h * w, cases + 9);
                         let want = reference(&op, n, &input);

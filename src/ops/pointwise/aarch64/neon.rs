@@ -237,7 +237,7 @@ unsafe fn store_columns<const C: usize>(t: &Tile<'_>, acc: &[[float32x4_t; 2]; C
             let at = r * t.out_ld + c;
             let mut y = epilogue(lanes[r], t.pre);
             if t.hard_swish {
-                y = super::hard_swish(y);
+                y = crate::ops::hardswish::one(y);
             }
             if let Some(res) = t.residual {
                 // SAFETY: row r of the strip, inside the residual.

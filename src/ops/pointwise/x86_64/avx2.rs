@@ -398,7 +398,7 @@ fn store_columns<const C: usize>(t: &Tile<'_>, acc: &[__m256; C]) {
             let at = r * t.out_ld + c;
             let mut y = epilogue(lanes[r], t.pre);
             if t.hard_swish {
-                y = super::hard_swish(y);
+                y = crate::ops::hardswish::one(y);
             }
             if let Some(res) = t.residual {
                 // SAFETY: row r of the strip, inside the residual.

@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use super::{lane_values, Lanes};
 use crate::ops::depthwise::{Depthwise, MAX_TAPS};
-use crate::ops::x86_64::avx2::{clamp, mask, transpose};
+use crate::ops::x86_64::avx2::{clamp, hard_swish, mask, transpose};
 
 /// Channels per block: one AVX2 vector.
 const BLOCK: usize = 8;
@@ -76,6 +76,7 @@ impl Lanes for Avx2 {
             clamp: op
                 .clamp
                 .map(|(lo, hi)| (_mm256_set1_ps(lo), _mm256_set1_ps(hi))),
+            hard_swish: op.hard_swish(),
             taps: *taps,
             padded: padded.as_ptr(),
             result: result.as_mut_ptr(),
@@ -127,6 +128,7 @@ struct Job {
     w: [__m256; MAX_TAPS],
     bias: __m256,
     clamp: Option<(__m256, __m256)>,
+    hard_swish: bool,
     taps: [usize; MAX_TAPS],
     padded: *const f32,
     result: *mut f32,
@@ -151,10 +153,13 @@ impl Job {
             }
         }
         for (j, a) in acc.iter().enumerate() {
-            let a = match self.clamp {
+            let mut a = match self.clamp {
                 Some((lo, hi)) => clamp(*a, lo, hi),
                 None => *a,
             };
+            if self.hard_swish {
+                a = hard_swish(a);
+            }
             // SAFETY: see the function's contract.
             unsafe { _mm256_storeu_ps(self.result.add((first + j) * BLOCK), a) };
         }

@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use super::{lane_values, Lanes};
 use crate::ops::depthwise::{Depthwise, MAX_TAPS};
-use crate::ops::x86_64::avx512::{clamp, mask, transpose};
+use crate::ops::x86_64::avx512::{clamp, hard_swish, mask, transpose};
 
 /// Channels per block: one AVX-512 vector.
 const BLOCK: usize = 16;
@@ -76,6 +76,7 @@ impl Lanes for Avx512 {
             clamp: op
                 .clamp
                 .map(|(lo, hi)| (_mm512_set1_ps(lo), _mm512_set1_ps(hi))),
+            hard_swish: op.hard_swish(),
             taps: *taps,
             padded: padded.as_ptr(),
             result: result.as_mut_ptr(),
@@ -124,6 +125,7 @@ struct Job {
     w: [__m512; MAX_TAPS],
     bias: __m512,
     clamp: Option<(__m512, __m512)>,
+    hard_swish: bool,
     taps: [usize; MAX_TAPS],
     padded: *const f32,
     result: *mut f32,
@@ -147,10 +149,13 @@ impl Job {
             }
         }
         for (j, a) in acc.iter().enumerate() {
-            let a = match self.clamp {
+            let mut a = match self.clamp {
                 Some((lo, hi)) => clamp(*a, lo, hi),
                 None => *a,
             };
+            if self.hard_swish {
+                a = hard_swish(a);
+            }
             // SAFETY: see the function's contract.
             unsafe { _mm512_storeu_ps(self.result.add((first + j) * BLOCK), a) };
         }
