@@ -157,7 +157,9 @@ impl Depthwise {
         Depthwise { hard_swish, ..self }
     }
 
-    /// Whether it applies a `HardSwish` to what it writes.
+    /// Whether it applies a `HardSwish` to what it writes (the blocked
+    /// path's store, x86 only, asks).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn hard_swish(&self) -> bool {
         self.hard_swish
     }
